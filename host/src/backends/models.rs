@@ -1,0 +1,190 @@
+//! Models by content: one session per distinct model file, shared by every name that refers to
+//! it, and the bounded pool that runs them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use anyhow::{Context, bail};
+use dashmap::DashMap;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use super::InferenceError;
+use super::onnx::{OnnxRuntime, OnnxSession};
+use super::tensor::Tensor;
+
+/// The sha256 of a model file's bytes: a model's identity everywhere in Corral.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ModelDigest([u8; 32]);
+
+impl ModelDigest {
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(Sha256::digest(bytes).into())
+    }
+}
+
+impl fmt::Display for ModelDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("sha256:")?;
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for ModelDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Model file formats Corral can serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ModelFormat {
+    Onnx,
+}
+
+impl ModelFormat {
+    /// The format a file name implies.
+    pub fn from_path(path: &Path) -> anyhow::Result<Self> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext.eq_ignore_ascii_case("onnx") => Ok(Self::Onnx),
+            _ => bail!(
+                "{}: unknown model format; Corral serves ONNX models, named *.onnx",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// Loaded sessions by model digest. Sessions live while some deployment holds them.
+#[derive(Debug, Default)]
+pub struct SessionPool {
+    sessions: DashMap<(ModelDigest, ModelFormat), Weak<OnnxSession>>,
+}
+
+impl SessionPool {
+    /// Returns the live session for these bytes, loading it if there is none. Blocking.
+    pub fn load(
+        &self,
+        bytes: &[u8],
+        format: ModelFormat,
+    ) -> Result<(ModelDigest, Arc<OnnxSession>), InferenceError> {
+        let digest = ModelDigest::of(bytes);
+        let key = (digest, format);
+        if let Some(session) = self.sessions.get(&key).and_then(|weak| weak.upgrade()) {
+            return Ok((digest, session));
+        }
+        let runtime =
+            OnnxRuntime::global().map_err(|e| InferenceError::runtime(format!("{e:#}")))?;
+        let session = Arc::new(OnnxSession::load(runtime, bytes)?);
+        self.sessions.insert(key, Arc::downgrade(&session));
+        self.sessions.retain(|_, weak| weak.strong_count() > 0);
+        Ok((digest, session))
+    }
+
+    /// Number of sessions alive now.
+    pub fn live_sessions(&self) -> usize {
+        self.sessions
+            .iter()
+            .filter(|entry| entry.value().strong_count() > 0)
+            .count()
+    }
+}
+
+/// A model a guest can load by name.
+#[derive(Debug)]
+pub struct Model {
+    pub name: String,
+    pub digest: ModelDigest,
+    session: Arc<OnnxSession>,
+}
+
+/// The named models of one deployment.
+#[derive(Debug, Default)]
+pub struct ModelSet {
+    by_name: HashMap<String, Arc<Model>>,
+}
+
+impl ModelSet {
+    /// Loads `(name, path)` pairs, sharing sessions through `pool`. Errors name the model and
+    /// the file.
+    pub fn load_files(
+        pool: &SessionPool,
+        models: &[(String, std::path::PathBuf)],
+    ) -> anyhow::Result<Self> {
+        let mut by_name = HashMap::new();
+        for (name, path) in models {
+            if by_name.contains_key(name) {
+                bail!("model name '{name}' is given twice");
+            }
+            let format = ModelFormat::from_path(path)?;
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read model '{name}' from {}", path.display()))?;
+            let (digest, session) = pool
+                .load(&bytes, format)
+                .with_context(|| format!("cannot load model '{name}' from {}", path.display()))?;
+            tracing::info!(model = %name, %digest, path = %path.display(), "model loaded");
+            by_name.insert(
+                name.clone(),
+                Arc::new(Model {
+                    name: name.clone(),
+                    digest,
+                    session,
+                }),
+            );
+        }
+        Ok(Self { by_name })
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Model>> {
+        self.by_name.get(name).cloned()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+}
+
+/// Runs inference off the async workers, at most `limit` runs at once; callers beyond that
+/// wait their turn without holding a thread.
+#[derive(Debug)]
+pub struct InferencePool {
+    permits: Semaphore,
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl InferencePool {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            permits: Semaphore::new(limit.max(1)),
+            in_flight: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        }
+    }
+
+    /// The most runs that have been executing at the same moment since start.
+    pub fn peak_concurrent_runs(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Runs `model` on `inputs` on the blocking pool.
+    pub async fn run(
+        &self,
+        model: Arc<Model>,
+        inputs: Vec<(String, Tensor)>,
+    ) -> Result<Vec<(String, Tensor)>, InferenceError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| InferenceError::runtime("the inference pool is shutting down"))?;
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+        let result = tokio::task::spawn_blocking(move || model.session.run(inputs)).await;
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        result.map_err(|e| InferenceError::runtime(format!("inference task failed: {e}")))?
+    }
+}

@@ -1,0 +1,112 @@
+//! Finding and starting ONNX Runtime once per process.
+//!
+//! The native library is not linked at build time: it comes from the PyPI `onnxruntime` wheel,
+//! which `cargo xtask setup` unpacks into `.corral/onnxruntime/` in the repository, or from
+//! wherever `ORT_DYLIB_PATH` points.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::{Context, bail};
+use ort::environment::Environment;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::Session;
+
+/// The file `cargo xtask setup` installs, relative to the repository root.
+pub const PROJECT_LIBRARY: &str = ".corral/onnxruntime/libonnxruntime.so";
+
+/// The process-wide ONNX Runtime: its environment and the CPU memory description inputs use.
+#[derive(Debug)]
+pub struct OnnxRuntime {
+    environment: Environment,
+    pub(super) memory: MemoryInfo<'static>,
+    library: PathBuf,
+}
+
+static RUNTIME: OnceLock<Result<OnnxRuntime, String>> = OnceLock::new();
+
+impl OnnxRuntime {
+    /// Loads the library and creates the environment on first use; later calls return the same
+    /// runtime (ONNX Runtime can be loaded only once per process).
+    pub fn global() -> anyhow::Result<&'static OnnxRuntime> {
+        RUNTIME
+            .get_or_init(|| Self::start().map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    fn start() -> anyhow::Result<Self> {
+        let library = find_library()?;
+        let environment = ort::init_from(&library)
+            .with_context(|| format!("cannot load ONNX Runtime from {}", library.display()))?
+            .with_name("corral")
+            .with_telemetry(false)
+            .build()
+            .with_context(|| format!("cannot start ONNX Runtime from {}", library.display()))?;
+        let memory = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .context("cannot describe CPU memory to ONNX Runtime")?;
+        tracing::info!(library = %library.display(), "ONNX Runtime loaded");
+        Ok(Self {
+            environment,
+            memory,
+            library,
+        })
+    }
+
+    /// Where the library was loaded from.
+    pub fn library(&self) -> &Path {
+        &self.library
+    }
+
+    pub(super) fn session_from_memory(&self, bytes: &[u8]) -> ort::Result<Session> {
+        Session::builder(&self.environment)?.commit_from_memory(bytes)
+    }
+}
+
+/// Finds `libonnxruntime.so`: `ORT_DYLIB_PATH` if set, else `.corral/onnxruntime/` in the
+/// current directory, the executable's directory, or any directory above either.
+pub fn find_library() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!(
+                "ORT_DYLIB_PATH is set to {}, but there is no file there; point it at libonnxruntime.so \
+                 (from the PyPI onnxruntime wheel: onnxruntime/capi/libonnxruntime.so.*) or unset it",
+                path.display()
+            );
+        }
+        return Ok(path);
+    }
+    let mut roots = Vec::new();
+    if let Ok(dir) = std::env::current_dir() {
+        roots.push(dir);
+    }
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
+        roots.push(dir);
+    }
+    let candidates: Vec<PathBuf> = roots
+        .iter()
+        .flat_map(|root| root.ancestors().map(|dir| dir.join(PROJECT_LIBRARY)))
+        .collect();
+    if let Some(found) = candidates.iter().find(|path| path.is_file()) {
+        return Ok(found.clone());
+    }
+    bail!(
+        "ONNX Runtime library not found. Run `cargo xtask setup` in the Corral repository (it installs \
+         {PROJECT_LIBRARY} from the PyPI onnxruntime wheel), or set ORT_DYLIB_PATH to a libonnxruntime.so. \
+         Looked for {PROJECT_LIBRARY} in and above: {}",
+        roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}

@@ -1,0 +1,149 @@
+//! Tensors as the host holds them between a guest's `wasi:nn` calls and a backend's run.
+//!
+//! Every size here comes from a guest, so every computation is checked: a shape whose element
+//! count overflows, or data whose length does not match shape × element size, is an
+//! [`InferenceError`] before anything is allocated or handed to a backend.
+
+use super::InferenceError;
+use super::onnx::OutputTensor;
+
+/// The element types `wasi:nn` can describe; every one of them reaches the backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ElementType {
+    F16,
+    Bf16,
+    F32,
+    F64,
+    U8,
+    I32,
+    I64,
+}
+
+impl ElementType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Self::U8 => 1,
+            Self::F16 | Self::Bf16 => 2,
+            Self::F32 | Self::I32 => 4,
+            Self::F64 | Self::I64 => 8,
+        }
+    }
+
+    /// The lower-case name used in error messages (`f32`, `bf16`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+            Self::F32 => "f32",
+            Self::F64 => "f64",
+            Self::U8 => "u8",
+            Self::I32 => "i32",
+            Self::I64 => "i64",
+        }
+    }
+}
+
+/// Where a tensor's bytes live: a buffer lifted from the guest, or a backend's own output
+/// buffer (read in place; copied only when the guest asks for the data).
+#[derive(Debug)]
+pub enum TensorBytes {
+    Host(Vec<u8>),
+    Onnx(OutputTensor),
+}
+
+impl TensorBytes {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Host(bytes) => bytes,
+            Self::Onnx(output) => output.bytes(),
+        }
+    }
+}
+
+/// A tensor held by the host: its shape and type exactly as the guest declared them.
+///
+/// Construction never fails (the `wasi:nn` constructor cannot return an error); a tensor whose
+/// data does not match its shape is refused by [`Tensor::validate`] when it is used.
+#[derive(Debug)]
+pub struct Tensor {
+    pub shape: Vec<u32>,
+    pub ty: ElementType,
+    pub bytes: TensorBytes,
+}
+
+impl Tensor {
+    /// Checks that the data length is exactly `product(shape) * size(ty)`.
+    pub fn validate(&self, name: &str) -> Result<(), InferenceError> {
+        let expected = byte_len(&self.shape, self.ty).ok_or_else(|| {
+            InferenceError::invalid(format!(
+                "tensor '{name}': dimensions {:?} of {} overflow the addressable size",
+                self.shape,
+                self.ty.name()
+            ))
+        })?;
+        let actual = self.bytes.as_slice().len();
+        if actual != expected {
+            return Err(InferenceError::invalid(format!(
+                "tensor '{name}': {actual} bytes of data, but dimensions {:?} of {} need {expected}",
+                self.shape,
+                self.ty.name()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `product(shape) * size(ty)`, or `None` when it does not fit in `usize`.
+pub fn byte_len(shape: &[u32], ty: ElementType) -> Option<usize> {
+    shape.iter().try_fold(ty.size(), |acc, &dim| {
+        acc.checked_mul(usize::try_from(dim).ok()?)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(shape: &[u32], ty: ElementType, len: usize) -> Tensor {
+        Tensor {
+            shape: shape.to_vec(),
+            ty,
+            bytes: TensorBytes::Host(vec![0; len]),
+        }
+    }
+
+    #[test]
+    fn byte_len_multiplies_dimensions_by_element_size() {
+        assert_eq!(byte_len(&[2, 3], ElementType::F32), Some(24));
+        assert_eq!(byte_len(&[2, 3], ElementType::Bf16), Some(12));
+        assert_eq!(
+            byte_len(&[], ElementType::I64),
+            Some(8),
+            "a scalar is one element"
+        );
+        assert_eq!(byte_len(&[4, 0], ElementType::U8), Some(0));
+    }
+
+    #[test]
+    fn byte_len_reports_overflow_instead_of_wrapping() {
+        assert_eq!(
+            byte_len(&[u32::MAX, u32::MAX, u32::MAX], ElementType::F64),
+            None
+        );
+    }
+
+    #[test]
+    fn validate_names_the_mismatch() {
+        assert!(host(&[1, 4], ElementType::F32, 16).validate("x").is_ok());
+        let err = host(&[1, 4], ElementType::F32, 15)
+            .validate("x")
+            .unwrap_err();
+        assert!(err.message.contains("15 bytes"), "{}", err.message);
+        assert!(err.message.contains("need 16"), "{}", err.message);
+        let err = host(&[u32::MAX; 3], ElementType::F32, 4)
+            .validate("x")
+            .unwrap_err();
+        assert!(err.message.contains("overflow"), "{}", err.message);
+    }
+}

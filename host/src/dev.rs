@@ -1,0 +1,104 @@
+//! Single-tenant development mode (`corral run`): one component, its models, one listener.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::backends::models::{InferencePool, ModelSet, SessionPool};
+use crate::engine::{self, SandboxSettings, Service};
+use crate::nn::NnCtx;
+
+/// What `corral run` serves.
+#[derive(Clone, Debug)]
+pub struct DevOptions {
+    pub component: PathBuf,
+    /// `(name, path)`: the names the guest passes to `load-by-name`.
+    pub models: Vec<(String, PathBuf)>,
+    pub listen: SocketAddr,
+    pub sandbox: SandboxSettings,
+}
+
+/// A running development server.
+#[derive(Debug)]
+pub struct DevServer {
+    addr: SocketAddr,
+    models: Vec<(String, String)>,
+    inference: Arc<InferencePool>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl DevServer {
+    /// Compiles the component, loads the models and starts listening. Every failure names the
+    /// file or model at fault.
+    pub async fn start(options: DevOptions) -> anyhow::Result<Self> {
+        let engine = engine::new_engine(&options.sandbox)?;
+        let component_path = options.component.clone();
+        let compile_engine = engine.clone();
+        let component =
+            tokio::task::spawn_blocking(move || engine::compile(&compile_engine, &component_path))
+                .await??;
+        let model_files = options.models.clone();
+        let sessions = Arc::new(SessionPool::default());
+        let models =
+            tokio::task::spawn_blocking(move || ModelSet::load_files(&sessions, &model_files))
+                .await??;
+        let loaded = options
+            .models
+            .iter()
+            .filter_map(|(name, _)| {
+                models
+                    .get(name)
+                    .map(|m| (name.clone(), m.digest.to_string()))
+            })
+            .collect();
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let inference = Arc::new(InferencePool::new((2 * parallel).max(4)));
+        let nn = NnCtx::new(Arc::new(models), Arc::clone(&inference));
+        let service = Service::new(&engine, &component, nn, options.sandbox.clone())
+            .with_context(|| format!("cannot serve {}", options.component.display()))?;
+        let listener = TcpListener::bind(options.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", options.listen))?;
+        let addr = listener.local_addr()?;
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(crate::http::serve(listener, Arc::new(service), async {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            addr,
+            models: loaded,
+            inference,
+            shutdown: Some(shutdown),
+            task,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `(name, digest)` of every model served.
+    pub fn models(&self) -> &[(String, String)] {
+        &self.models
+    }
+
+    /// The inference pool's counters (e.g. how many runs overlapped).
+    pub fn inference(&self) -> &InferencePool {
+        &self.inference
+    }
+
+    /// Stops accepting connections and waits for the accept loop to end.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}

@@ -1,0 +1,86 @@
+//! Every HTTP error Corral answers on its own, built in this one place.
+//!
+//! Bodies are always `{"error":{"code":"...","message":"..."}}`. Messages describe what the
+//! client can act on; trap details and backtraces go to the log, never to the client.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Response, StatusCode};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// A failure answered by the host rather than the guest.
+#[derive(Debug)]
+pub enum HostError {
+    /// The request cannot be handed to a component (e.g. no Host header / authority).
+    BadRequest(String),
+    /// The component trapped or returned without answering.
+    ComponentFailed,
+    /// The component answered with a `wasi:http` error code instead of a response.
+    ComponentError(String),
+    /// The component did not answer within the request timeout.
+    Timeout(std::time::Duration),
+}
+
+impl HostError {
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
+            Self::BadRequest(message) => (StatusCode::BAD_REQUEST, "bad_request", message.clone()),
+            Self::ComponentFailed => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "component_failed",
+                "the service's component failed while handling the request".into(),
+            ),
+            Self::ComponentError(code) => (
+                StatusCode::BAD_GATEWAY,
+                "component_error",
+                format!(
+                    "the service's component answered with an error instead of a response: {code}"
+                ),
+            ),
+            Self::Timeout(limit) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!(
+                    "the service's component did not answer within {} s",
+                    limit.as_secs_f64()
+                ),
+            ),
+        }
+    }
+
+    pub fn into_response(self) -> Response<HyperOutgoingBody> {
+        let (status, code, message) = self.parts();
+        json_error(status, code, &message)
+    }
+}
+
+/// A JSON error response.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<HyperOutgoingBody> {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
+    let body = Full::new(Bytes::from(body))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn errors_are_json_with_code_and_message() {
+        let response = HostError::Timeout(std::time::Duration::from_secs(2)).into_response();
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["error"]["code"], "timeout");
+        assert!(json["error"]["message"].as_str().unwrap().contains("2 s"));
+    }
+}

@@ -1,0 +1,16 @@
+//! Corral: one process that serves many tenants' sandboxed WebAssembly components, which run
+//! ML models on shared inference sessions through `wasi:nn`.
+//!
+//! - [`engine`]: wasmtime configuration, sandbox limits, the per-request instance;
+//! - [`nn`]: the `wasi:nn` host implementation guests call;
+//! - [`backends`]: model sessions (ONNX Runtime), the session pool and inference pool;
+//! - [`http`]: the data-plane listener and host-generated error responses;
+//! - [`dev`]: single-tenant development mode (`corral run`);
+//! - [`cli`]: the command line.
+
+pub mod backends;
+pub mod cli;
+pub mod dev;
+pub mod engine;
+pub mod http;
+pub mod nn;

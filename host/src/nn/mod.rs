@@ -1,0 +1,254 @@
+//! Corral's `wasi:nn` host implementation (`wasi:nn@0.2.0-rc-2024-10-28`).
+//!
+//! Guarantees, for any guest input:
+//! - `load-by-name` sees only the models of the calling instance's deployment;
+//! - `load` (model bytes from guest memory) is refused with `security`;
+//! - every mistake (unknown model or input name, wrong type, rank or shape, data length not
+//!   matching dimensions × element size, dimensions whose product overflows) is a `wasi:nn`
+//!   error value, never a trap or a host panic;
+//! - `compute` runs on the shared session through the bounded [`InferencePool`], so it never
+//!   blocks an async worker and many computes of one model run at once;
+//! - input bytes move into the session without a copy; output bytes are copied once, when the
+//!   guest reads them.
+
+use std::sync::Arc;
+
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+
+use crate::backends::models::{InferencePool, Model, ModelSet};
+use crate::backends::tensor::{ElementType, Tensor, TensorBytes};
+use crate::backends::{ErrorKind, InferenceError};
+
+mod generated {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "corral:service/nn",
+        imports: {
+            "wasi:nn/inference.[method]graph-execution-context.compute": async | trappable,
+            default: trappable,
+        },
+        with: {
+            "wasi:nn/graph.graph": super::Graph,
+            "wasi:nn/tensor.tensor": crate::backends::tensor::Tensor,
+            "wasi:nn/inference.graph-execution-context": super::ExecutionContext,
+            "wasi:nn/errors.error": crate::backends::InferenceError,
+        },
+    });
+}
+
+use generated::wasi::nn::{errors, graph, inference, tensor};
+
+/// A loaded graph: the guest's handle on one of its deployment's models.
+#[derive(Debug)]
+pub struct Graph(Arc<Model>);
+
+/// An execution context for a graph. Holds no per-run state: runs share the model's session.
+#[derive(Debug)]
+pub struct ExecutionContext(Arc<Model>);
+
+/// What one instance may reach through `wasi:nn`: its deployment's models and the shared pool.
+#[derive(Clone, Debug)]
+pub struct NnCtx {
+    models: Arc<ModelSet>,
+    pool: Arc<InferencePool>,
+}
+
+impl NnCtx {
+    pub fn new(models: Arc<ModelSet>, pool: Arc<InferencePool>) -> Self {
+        Self { models, pool }
+    }
+}
+
+/// A borrowed view of an instance's `wasi:nn` state, as the generated host traits want it.
+pub struct NnView<'a> {
+    pub ctx: &'a NnCtx,
+    pub table: &'a mut ResourceTable,
+}
+
+struct Nn;
+
+impl HasData for Nn {
+    type Data<'a> = NnView<'a>;
+}
+
+/// Adds the `wasi:nn` imports to `linker`.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> NnView<'_>,
+) -> wasmtime::Result<()> {
+    tensor::add_to_linker::<T, Nn>(linker, view)?;
+    graph::add_to_linker::<T, Nn>(linker, view)?;
+    inference::add_to_linker::<T, Nn>(linker, view)?;
+    errors::add_to_linker::<T, Nn>(linker, view)?;
+    Ok(())
+}
+
+type NnResult<T> = wasmtime::Result<Result<T, Resource<InferenceError>>>;
+
+impl NnView<'_> {
+    /// Hands `error` to the guest as an `error` resource.
+    fn fail<T>(&mut self, error: InferenceError) -> NnResult<T> {
+        tracing::debug!(kind = ?error.kind, message = %error.message, "wasi:nn error returned to guest");
+        Ok(Err(self.table.push(error)?))
+    }
+}
+
+impl tensor::Host for NnView<'_> {}
+
+impl tensor::HostTensor for NnView<'_> {
+    fn new(
+        &mut self,
+        dimensions: Vec<u32>,
+        ty: tensor::TensorType,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Resource<Tensor>> {
+        let tensor = Tensor {
+            shape: dimensions,
+            ty: element_type(ty),
+            bytes: TensorBytes::Host(data),
+        };
+        Ok(self.table.push(tensor)?)
+    }
+
+    fn dimensions(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<Vec<u32>> {
+        Ok(self.table.get(&tensor)?.shape.clone())
+    }
+
+    fn ty(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<tensor::TensorType> {
+        Ok(tensor_type(self.table.get(&tensor)?.ty))
+    }
+
+    fn data(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<Vec<u8>> {
+        Ok(self.table.get(&tensor)?.bytes.as_slice().to_vec())
+    }
+
+    fn drop(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<()> {
+        self.table.delete(tensor)?;
+        Ok(())
+    }
+}
+
+impl graph::Host for NnView<'_> {
+    fn load(
+        &mut self,
+        _builder: Vec<Vec<u8>>,
+        _encoding: graph::GraphEncoding,
+        _target: graph::ExecutionTarget,
+    ) -> NnResult<Resource<Graph>> {
+        self.fail(InferenceError::new(
+            ErrorKind::Security,
+            "loading a model from guest memory is not allowed on this host; \
+             deploy the model with the component and use load-by-name",
+        ))
+    }
+
+    fn load_by_name(&mut self, name: String) -> NnResult<Resource<Graph>> {
+        match self.ctx.models.get(&name) {
+            Some(model) => Ok(Ok(self.table.push(Graph(model))?)),
+            None => {
+                let mut known: Vec<&str> = self.ctx.models.names().collect();
+                known.sort_unstable();
+                let message = format!(
+                    "no model named '{name}' in this deployment; its models are: {}",
+                    known.join(", ")
+                );
+                self.fail(InferenceError::new(ErrorKind::NotFound, message))
+            }
+        }
+    }
+}
+
+impl graph::HostGraph for NnView<'_> {
+    fn init_execution_context(
+        &mut self,
+        graph: Resource<Graph>,
+    ) -> NnResult<Resource<ExecutionContext>> {
+        let model = Arc::clone(&self.table.get(&graph)?.0);
+        Ok(Ok(self.table.push(ExecutionContext(model))?))
+    }
+
+    fn drop(&mut self, graph: Resource<Graph>) -> wasmtime::Result<()> {
+        self.table.delete(graph)?;
+        Ok(())
+    }
+}
+
+impl inference::Host for NnView<'_> {}
+
+impl inference::HostGraphExecutionContext for NnView<'_> {
+    async fn compute(
+        &mut self,
+        context: Resource<ExecutionContext>,
+        inputs: Vec<(String, Resource<Tensor>)>,
+    ) -> NnResult<Vec<(String, Resource<Tensor>)>> {
+        let model = Arc::clone(&self.table.get(&context)?.0);
+        // The tensors are owned handles passed to us: take them out of the table without copying.
+        let mut tensors = Vec::with_capacity(inputs.len());
+        for (name, handle) in inputs {
+            tensors.push((name, self.table.delete(handle)?));
+        }
+        match self.ctx.pool.run(model, tensors).await {
+            Ok(outputs) => {
+                let mut handles = Vec::with_capacity(outputs.len());
+                for (name, tensor) in outputs {
+                    handles.push((name, self.table.push(tensor)?));
+                }
+                Ok(Ok(handles))
+            }
+            Err(error) => self.fail(error),
+        }
+    }
+
+    fn drop(&mut self, context: Resource<ExecutionContext>) -> wasmtime::Result<()> {
+        self.table.delete(context)?;
+        Ok(())
+    }
+}
+
+impl errors::Host for NnView<'_> {}
+
+impl errors::HostError for NnView<'_> {
+    fn code(&mut self, error: Resource<InferenceError>) -> wasmtime::Result<errors::ErrorCode> {
+        Ok(match self.table.get(&error)?.kind {
+            ErrorKind::InvalidArgument => errors::ErrorCode::InvalidArgument,
+            ErrorKind::InvalidEncoding => errors::ErrorCode::InvalidEncoding,
+            ErrorKind::RuntimeError => errors::ErrorCode::RuntimeError,
+            ErrorKind::UnsupportedOperation => errors::ErrorCode::UnsupportedOperation,
+            ErrorKind::NotFound => errors::ErrorCode::NotFound,
+            ErrorKind::Security => errors::ErrorCode::Security,
+        })
+    }
+
+    fn data(&mut self, error: Resource<InferenceError>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&error)?.message.clone())
+    }
+
+    fn drop(&mut self, error: Resource<InferenceError>) -> wasmtime::Result<()> {
+        self.table.delete(error)?;
+        Ok(())
+    }
+}
+
+fn element_type(ty: tensor::TensorType) -> ElementType {
+    match ty {
+        tensor::TensorType::Fp16 => ElementType::F16,
+        tensor::TensorType::Fp32 => ElementType::F32,
+        tensor::TensorType::Fp64 => ElementType::F64,
+        tensor::TensorType::Bf16 => ElementType::Bf16,
+        tensor::TensorType::U8 => ElementType::U8,
+        tensor::TensorType::I32 => ElementType::I32,
+        tensor::TensorType::I64 => ElementType::I64,
+    }
+}
+
+fn tensor_type(ty: ElementType) -> tensor::TensorType {
+    match ty {
+        ElementType::F16 => tensor::TensorType::Fp16,
+        ElementType::F32 => tensor::TensorType::Fp32,
+        ElementType::F64 => tensor::TensorType::Fp64,
+        ElementType::Bf16 => tensor::TensorType::Bf16,
+        ElementType::U8 => tensor::TensorType::U8,
+        ElementType::I32 => tensor::TensorType::I32,
+        ElementType::I64 => tensor::TensorType::I64,
+    }
+}

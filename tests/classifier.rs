@@ -1,0 +1,111 @@
+//! The image-classifier example end to end: HTTP → sandboxed component (decode, resize,
+//! normalize) → wasi:nn → the shared EfficientNet-Lite0 session.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::*;
+use hyper::StatusCode;
+
+static SERVER: OnceLock<Shared> = OnceLock::new();
+
+fn server() -> &'static Shared {
+    start_shared(&SERVER, || {
+        dev_options("image-classifier", &[("classifier", example_model())])
+    })
+}
+
+async fn classify(image: Vec<u8>) -> (StatusCode, serde_json::Value) {
+    let (status, body) = request(server().addr, "POST", "/", image).await;
+    (status, json(&body))
+}
+
+fn top(result: &serde_json::Value) -> (u64, String, f64) {
+    let first = &result["predictions"][0];
+    (
+        first["index"].as_u64().unwrap(),
+        first["label"].as_str().unwrap().to_owned(),
+        first["probability"].as_f64().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn dog_is_a_golden_retriever() {
+    let (status, result) = classify(sample("dog.jpg")).await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    let (index, label, probability) = top(&result);
+    assert_eq!(
+        (index, label.as_str()),
+        (207, "golden retriever"),
+        "{result}"
+    );
+    assert!((0.8..=1.0).contains(&probability), "p = {probability}");
+    assert_eq!(result["predictions"].as_array().unwrap().len(), 5);
+}
+
+#[tokio::test]
+async fn kitten_is_a_tabby_cat() {
+    let (status, result) = classify(sample("kitten.png")).await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    let (index, label, probability) = top(&result);
+    assert_eq!((index, label.as_str()), (281, "tabby"), "{result}");
+    assert!(probability > 0.5, "p = {probability}");
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_an_image_is_a_400_naming_the_problem() {
+    for body in [
+        b"hello, not an image".to_vec(),
+        Vec::new(),
+        b"\x89PNG\r\n\x1a\ntruncated".to_vec(),
+    ] {
+        let (status, result) = classify(body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{result}");
+        assert_eq!(result["error"]["code"], "invalid_image", "{result}");
+        assert!(!result["error"]["message"].as_str().unwrap().is_empty());
+    }
+    // The server is unharmed.
+    let (status, result) = classify(sample("dog.jpg")).await;
+    assert_eq!((status, top(&result).0), (StatusCode::OK, 207));
+}
+
+#[tokio::test]
+async fn thirty_two_concurrent_requests_are_all_correct() {
+    let server = server();
+    let requests = (0..32).map(|i| {
+        let (image, expected) = if i % 2 == 0 {
+            ("dog.jpg", 207)
+        } else {
+            ("kitten.png", 281)
+        };
+        async move {
+            let (status, body) = request(server.addr, "POST", "/", sample(image)).await;
+            (status, json(&body), expected)
+        }
+    });
+    let results = futures_join_all(requests).await;
+    for (status, result, expected) in results {
+        assert_eq!(status, StatusCode::OK, "{result}");
+        assert_eq!(top(&result).0, expected, "{result}");
+    }
+    // All requests ran on the one shared session, several at the same moment.
+    assert!(
+        server.server.inference().peak_concurrent_runs() > 1,
+        "runs of one session never overlapped: inference is serialized"
+    );
+}
+
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.expect("request task"));
+    }
+    out
+}

@@ -1,0 +1,159 @@
+//! A test guest that exercises Corral's `wasi:nn` host: `GET /case/NAME` runs one case and
+//! answers `{"case":NAME,"ok":true,...}` on success or `{"case":NAME,"ok":false,"code":...,
+//! "message":...}` with the `wasi:nn` error the host returned. The host is started with
+//! models `identity` (tests/fixtures/identity_types.onnx), `add` (add.onnx) and `bool`
+//! (bool_output.onnx).
+
+use corral_guest::wasi_nn::{graph, tensor::TensorType};
+use corral_guest::{Error, Model, Tensor};
+use serde_json::{Value, json};
+use wstd::http::{Body, Request, Response, StatusCode};
+
+#[wstd::http_server]
+async fn main(request: Request<Body>) -> Result<Response<Body>, wstd::http::Error> {
+    let case = request.uri().path().trim_start_matches("/case/").to_owned();
+    let result = match case.as_str() {
+        "types" => every_type(),
+        "add" => add(f32s(&[1.0, 2.0, 3.0, 4.0]), f32s(&[10.0, 20.0, 30.0, 40.0])),
+        "unknown-model" => Model::load("no-such-model").map(|_| json!({})),
+        "load-bytes" => graph::load(
+            &[vec![0u8; 16]],
+            graph::GraphEncoding::Onnx,
+            graph::ExecutionTarget::Cpu,
+        )
+        .map(|_| json!({}))
+        .map_err(|e| Error {
+            code: e.code(),
+            message: e.data(),
+        }),
+        "wrong-shape" => run_add(vec![
+            ("a", Tensor::f32(&[2, 3], &[0.0; 6])),
+            ("b", Tensor::f32(&[2, 2], &[0.0; 4])),
+        ]),
+        "wrong-rank" => run_add(vec![
+            ("a", Tensor::f32(&[4], &[0.0; 4])),
+            ("b", Tensor::f32(&[2, 2], &[0.0; 4])),
+        ]),
+        "byte-length" => run_add(vec![
+            (
+                "a",
+                Tensor::from_bytes(&[2, 2], TensorType::Fp32, &[0u8; 15]),
+            ),
+            ("b", Tensor::f32(&[2, 2], &[0.0; 4])),
+        ]),
+        "overflow-dims" => run_add(vec![
+            (
+                "a",
+                Tensor::from_bytes(&[u32::MAX, u32::MAX, u32::MAX], TensorType::Fp32, &[0u8; 4]),
+            ),
+            ("b", Tensor::f32(&[2, 2], &[0.0; 4])),
+        ]),
+        "huge-dims" => run_add(vec![
+            (
+                "a",
+                Tensor::from_bytes(&[1_000_000, 1_000_000], TensorType::Fp32, &[0u8; 16]),
+            ),
+            ("b", Tensor::f32(&[2, 2], &[0.0; 4])),
+        ]),
+        "unknown-input" => run_add(vec![
+            ("a", Tensor::f32(&[2, 2], &[0.0; 4])),
+            ("c", Tensor::f32(&[2, 2], &[0.0; 4])),
+        ]),
+        "missing-input" => run_add(vec![("a", Tensor::f32(&[2, 2], &[0.0; 4]))]),
+        "duplicate-input" => run_add(vec![
+            ("a", Tensor::f32(&[2, 2], &[0.0; 4])),
+            ("a", Tensor::f32(&[2, 2], &[0.0; 4])),
+            ("b", Tensor::f32(&[2, 2], &[0.0; 4])),
+        ]),
+        "wrong-type" => run_add(vec![
+            ("a", Tensor::i32(&[2, 2], &[0; 4])),
+            ("b", Tensor::f32(&[2, 2], &[0.0; 4])),
+        ]),
+        "unsupported-output" => Model::load("bool").and_then(|m| {
+            m.run(vec![("x", Tensor::f32(&[4], &[1.0, -1.0, 2.0, 0.0]))])
+                .map(|_| json!({}))
+        }),
+        _ => {
+            return Ok(respond(
+                StatusCode::NOT_FOUND,
+                json!({ "case": case, "error": "unknown case" }),
+            ));
+        }
+    };
+    let body = match result {
+        Ok(detail) => json!({ "case": case, "ok": true, "detail": detail }),
+        Err(e) => json!({ "case": case, "ok": false, "code": e.code_name(), "message": e.message }),
+    };
+    Ok(respond(StatusCode::OK, body))
+}
+
+fn f32s(values: &[f32]) -> Tensor {
+    Tensor::f32(&[2, 2], values)
+}
+
+fn run_add(inputs: Vec<(&str, Tensor)>) -> Result<Value, Error> {
+    Model::load("add")?.run(inputs).map(|_| json!({}))
+}
+
+fn add(a: Tensor, b: Tensor) -> Result<Value, Error> {
+    let outputs = Model::load("add")?.run(vec![("a", a), ("b", b)])?;
+    let sum = outputs.get("sum").ok_or_else(|| Error {
+        code: corral_guest::wasi_nn::errors::ErrorCode::Unknown,
+        message: "no output 'sum'".into(),
+    })?;
+    Ok(json!({ "sum": sum.to_f32()?, "shape": sum.shape() }))
+}
+
+/// Feeds a `[2, 4]` tensor of every type through the identity model at once and checks each
+/// output has the input's dimensions, type and exact bytes.
+fn every_type() -> Result<Value, Error> {
+    let types = [
+        ("f16", TensorType::Fp16, 2),
+        ("bf16", TensorType::Bf16, 2),
+        ("f32", TensorType::Fp32, 4),
+        ("f64", TensorType::Fp64, 8),
+        ("u8", TensorType::U8, 1),
+        ("i32", TensorType::I32, 4),
+        ("i64", TensorType::I64, 8),
+    ];
+    let mut inputs = Vec::new();
+    let mut expected = Vec::new();
+    for (name, ty, size) in types {
+        // Element k: low byte k+1, high byte 0x3f (a normal positive float for the float types).
+        let bytes: Vec<u8> = (0..8u8)
+            .flat_map(|k| {
+                (0..size).map(move |b| {
+                    if b == 0 {
+                        k + 1
+                    } else if b == size - 1 {
+                        0x3f
+                    } else {
+                        0
+                    }
+                })
+            })
+            .collect();
+        expected.push((format!("y_{name}"), ty, bytes.clone()));
+        inputs.push((format!("x_{name}"), Tensor::from_bytes(&[2, 4], ty, &bytes)));
+    }
+    let outputs = Model::load("identity")?.run(inputs)?;
+    let mut checked = Vec::new();
+    for (name, ty, bytes) in expected {
+        let Some(output) = outputs.get(&name) else {
+            return Ok(json!({ "mismatch": format!("missing output {name}") }));
+        };
+        if output.ty() != ty || output.shape() != [2, 4] || output.bytes() != bytes {
+            return Ok(
+                json!({ "mismatch": name, "shape": output.shape(), "bytes": output.bytes() }),
+            );
+        }
+        checked.push(name);
+    }
+    Ok(json!({ "checked": checked }))
+}
+
+fn respond(status: StatusCode, body: Value) -> Response<Body> {
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() = status;
+    response
+}

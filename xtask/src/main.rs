@@ -1,0 +1,270 @@
+//! Project tasks: `cargo xtask <setup | build-guests | demo | test>`.
+//!
+//! - `setup`: installs what a fresh machine lacks: the `wasm32-wasip2` target and the ONNX
+//!   Runtime library (from the PyPI `onnxruntime` wheel, into `.corral/onnxruntime/`).
+//! - `build-guests`: builds the example and test components (release, wasm32-wasip2).
+//! - `demo`: setup + build, starts `corral run` on the image classifier, classifies the sample
+//!   image and prints the predictions.
+//! - `test`: setup + build, then `cargo test --workspace` (extra arguments are passed on).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+/// The ONNX Runtime release Corral is built and tested against (C API 31+, as `ort` needs).
+const ONNXRUNTIME_VERSION: &str = "1.32.0";
+const GUEST_WORKSPACES: [&str; 2] = ["examples", "tests/guests"];
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup(),
+        Some("build-guests") => build_guests(),
+        Some("demo") => demo(),
+        Some("test") => test(&args[1..]),
+        _ => {
+            Err("usage: cargo xtask <setup | build-guests | demo | test [cargo test args]>".into())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the repository")
+        .to_path_buf()
+}
+
+fn run(command: &mut Command) -> Result {
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{command:?} failed ({status})"))
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Where the ONNX Runtime library is installed (the host looks here too).
+fn ort_library() -> PathBuf {
+    root().join(".corral/onnxruntime/libonnxruntime.so")
+}
+
+fn setup() -> Result {
+    let targets = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    match targets {
+        Ok(out)
+            if String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.trim() == "wasm32-wasip2") => {}
+        Ok(_) => run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?,
+        Err(e) => {
+            return Err(format!(
+                "rustup is needed to add the wasm32-wasip2 target: {e}"
+            ));
+        }
+    }
+    install_onnxruntime()
+}
+
+/// Fetches the `onnxruntime` wheel from PyPI and unpacks `libonnxruntime.so` from it. Only the
+/// shared library is used: no Python module is installed or imported.
+fn install_onnxruntime() -> Result {
+    let library = ort_library();
+    let stamp = library.with_file_name("VERSION");
+    if library.is_file()
+        && std::fs::read_to_string(&stamp).is_ok_and(|v| v.trim() == ONNXRUNTIME_VERSION)
+    {
+        return Ok(());
+    }
+    let wheels = root().join(".corral/wheels");
+    std::fs::create_dir_all(&wheels)
+        .map_err(|e| format!("cannot create {}: {e}", wheels.display()))?;
+    eprintln!(
+        "xtask: downloading onnxruntime {ONNXRUNTIME_VERSION} from PyPI (the native library only)"
+    );
+    run(Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+        ])
+        .args([
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--python-version",
+            "3.11",
+        ])
+        .arg(format!("onnxruntime=={ONNXRUNTIME_VERSION}"))
+        .arg("-d")
+        .arg(&wheels))
+    .map_err(|e| format!("{e}\n(python3 with pip is needed to fetch the onnxruntime wheel)"))?;
+    let unpack = r#"
+import glob, shutil, sys, zipfile
+wheels, version, dest = sys.argv[1:4]
+wheel = sorted(glob.glob(f"{wheels}/onnxruntime-{version}-*.whl"))[-1]
+with zipfile.ZipFile(wheel) as z:
+    name = f"onnxruntime/capi/libonnxruntime.so.{version}"
+    with z.open(name) as src, open(dest, "wb") as out:
+        shutil.copyfileobj(src, out)
+"#;
+    std::fs::create_dir_all(library.parent().expect("has a parent")).map_err(|e| e.to_string())?;
+    run(Command::new("python3")
+        .args(["-c", unpack])
+        .arg(&wheels)
+        .arg(ONNXRUNTIME_VERSION)
+        .arg(&library))?;
+    std::fs::write(&stamp, ONNXRUNTIME_VERSION).map_err(|e| e.to_string())?;
+    eprintln!("xtask: installed {}", library.display());
+    Ok(())
+}
+
+/// The cargo target directory: `CARGO_TARGET_DIR` if set, else `target/` in the repository.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
+}
+
+fn guest_dir() -> PathBuf {
+    target_dir().join("guests/wasm32-wasip2/release")
+}
+
+fn build_guests() -> Result {
+    for workspace in GUEST_WORKSPACES {
+        // Run from inside the workspace so its .cargo/config.toml (build.target) applies.
+        run(cargo()
+            .current_dir(root().join(workspace))
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--target-dir",
+            ])
+            .arg(target_dir().join("guests"))
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS"))?;
+    }
+    Ok(())
+}
+
+fn test(extra: &[String]) -> Result {
+    setup()?;
+    build_guests()?;
+    run(cargo()
+        .current_dir(root())
+        .args(["test", "--workspace"])
+        .args(extra)
+        .env("CORRAL_GUEST_DIR", guest_dir())
+        .env("ORT_DYLIB_PATH", ort_library()))
+}
+
+fn demo() -> Result {
+    setup()?;
+    build_guests()?;
+    run(cargo()
+        .current_dir(root())
+        .args(["build", "--package", "corral"]))?;
+    let corral = target_dir().join("debug/corral");
+    let example = root().join("examples/image-classifier");
+    let addr: SocketAddr = "127.0.0.1:8080".parse().expect("valid address");
+    let mut server = Command::new(&corral)
+        .arg("run")
+        .arg(guest_dir().join("image-classifier.wasm"))
+        .arg("--model")
+        .arg(format!(
+            "classifier={}",
+            example.join("model/efficientnet-lite0.onnx").display()
+        ))
+        .arg("--listen")
+        .arg(addr.to_string())
+        .env("ORT_DYLIB_PATH", ort_library())
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", corral.display()))?;
+    let result = classify_sample(addr, &example.join("samples/dog.jpg"));
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}
+
+fn classify_sample(addr: SocketAddr, image: &Path) -> Result {
+    let body = std::fs::read(image).map_err(|e| format!("cannot read {}: {e}", image.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "corral did not start listening on {addr} within 120 s"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut timings = Vec::new();
+    let mut response = String::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        response = post(addr, &body)?;
+        timings.push(started.elapsed());
+    }
+    let first = timings[0];
+    let (head, json) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    println!(
+        "\nPOST {} ({} bytes) -> {}",
+        image.display(),
+        body.len(),
+        head.lines().next().unwrap_or("")
+    );
+    println!("{json}");
+    timings.sort();
+    println!(
+        "latency over {} requests: first {:.1} ms, median {:.1} ms",
+        timings.len(),
+        first.as_secs_f64() * 1e3,
+        timings[timings.len() / 2].as_secs_f64() * 1e3
+    );
+    if head.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err("the demo request did not succeed".into())
+    }
+}
+
+/// One HTTP/1.1 POST over a plain socket (the xtask has no dependencies).
+fn post(addr: SocketAddr, body: &[u8]) -> Result<String> {
+    let mut stream =
+        TcpStream::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body))
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&response).into_owned())
+}
