@@ -39,6 +39,9 @@ pub struct RunArgs {
     /// Seconds a request may take before the client gets a 504.
     #[arg(long, default_value_t = 30)]
     pub request_timeout: u64,
+    /// Model runs that may execute at once, across all models [default: 2 × CPUs, at least 4].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_parallel_inference: Option<u32>,
 }
 
 fn parse_model(value: &str) -> Result<(String, PathBuf), String> {
@@ -70,6 +73,7 @@ async fn run_dev(args: RunArgs) -> anyhow::Result<()> {
             inherit_stdio: true,
             ..SandboxSettings::default()
         },
+        max_parallel_inference: args.max_parallel_inference.map(|n| n as usize),
     };
     let server = DevServer::start(options).await?;
     println!(

@@ -21,6 +21,9 @@ pub struct DevOptions {
     pub models: Vec<(String, PathBuf)>,
     pub listen: SocketAddr,
     pub sandbox: SandboxSettings,
+    /// Model runs that may execute at once across all models (`None`: twice the CPU count,
+    /// at least 4).
+    pub max_parallel_inference: Option<usize>,
 }
 
 /// A running development server.
@@ -58,7 +61,10 @@ impl DevServer {
             })
             .collect();
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let inference = Arc::new(InferencePool::new((2 * parallel).max(4)));
+        let limit = options
+            .max_parallel_inference
+            .unwrap_or((2 * parallel).max(4));
+        let inference = Arc::new(InferencePool::new(limit));
         let nn = NnCtx::new(Arc::new(models), Arc::clone(&inference));
         let service = Service::new(&engine, &component, nn, options.sandbox.clone())
             .with_context(|| format!("cannot serve {}", options.component.display()))?;

@@ -99,6 +99,7 @@ pub fn dev_options(component: &str, models: &[(&str, PathBuf)]) -> DevOptions {
             .collect(),
         listen: "127.0.0.1:0".parse().unwrap(),
         sandbox: SandboxSettings::default(),
+        max_parallel_inference: None,
     }
 }
 

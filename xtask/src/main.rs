@@ -228,14 +228,22 @@ fn classify_sample(addr: SocketAddr, image: &Path) -> Result {
         timings.push(started.elapsed());
     }
     let first = timings[0];
-    let (head, json) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let (head, body_text) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let json = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body_text)
+    } else {
+        body_text.to_owned()
+    };
     println!(
         "\nPOST {} ({} bytes) -> {}",
         image.display(),
         body.len(),
         head.lines().next().unwrap_or("")
     );
-    println!("{json}");
+    println!("{}", json.replace("[{", "[\n  {").replace("},{", "},\n  {"));
     timings.sort();
     println!(
         "latency over {} requests: first {:.1} ms, median {:.1} ms",
@@ -248,6 +256,25 @@ fn classify_sample(addr: SocketAddr, image: &Path) -> Result {
     } else {
         Err("the demo request did not succeed".into())
     }
+}
+
+/// Joins the chunks of a `Transfer-Encoding: chunked` body.
+fn dechunk(mut text: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = text.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        let (Some(chunk), Some(after)) = (rest.get(..size), rest.get(size..)) else {
+            break;
+        };
+        if size == 0 {
+            break;
+        }
+        out.push_str(chunk);
+        text = after.trim_start_matches("\r\n");
+    }
+    out
 }
 
 /// One HTTP/1.1 POST over a plain socket (the xtask has no dependencies).

@@ -183,7 +183,13 @@ impl InferencePool {
             .map_err(|_| InferenceError::runtime("the inference pool is shutting down"))?;
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak.fetch_max(now, Ordering::Relaxed);
-        let result = tokio::task::spawn_blocking(move || model.session.run(inputs)).await;
+        let result = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let result = model.session.run(inputs);
+            tracing::debug!(model = %model.name, run_us = started.elapsed().as_micros() as u64, "inference run");
+            result
+        })
+        .await;
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         result.map_err(|e| InferenceError::runtime(format!("inference task failed: {e}")))?
     }
