@@ -148,26 +148,48 @@ impl ModelSet {
 }
 
 /// Runs inference off the async workers, at most `limit` runs at once; callers beyond that
-/// wait their turn without holding a thread.
+/// wait their turn without holding a thread. The bound holds for runs actually executing: a
+/// run whose request was abandoned keeps its slot until ONNX Runtime returns.
 #[derive(Debug)]
 pub struct InferencePool {
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
+    runs: Arc<RunCounters>,
+}
+
+#[derive(Debug, Default)]
+struct RunCounters {
     in_flight: AtomicUsize,
     peak: AtomicUsize,
+}
+
+/// Counts one executing run for as long as it lives.
+struct Running<'a>(&'a RunCounters);
+
+impl<'a> Running<'a> {
+    fn start(counters: &'a RunCounters) -> Self {
+        let now = counters.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        counters.peak.fetch_max(now, Ordering::Relaxed);
+        Self(counters)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl InferencePool {
     pub fn new(limit: usize) -> Self {
         Self {
-            permits: Semaphore::new(limit.max(1)),
-            in_flight: AtomicUsize::new(0),
-            peak: AtomicUsize::new(0),
+            permits: Arc::new(Semaphore::new(limit.max(1))),
+            runs: Arc::default(),
         }
     }
 
     /// The most runs that have been executing at the same moment since start.
     pub fn peak_concurrent_runs(&self) -> usize {
-        self.peak.load(Ordering::Relaxed)
+        self.runs.peak.load(Ordering::Relaxed)
     }
 
     /// Runs `model` on `inputs` on the blocking pool.
@@ -176,21 +198,20 @@ impl InferencePool {
         model: Arc<Model>,
         inputs: Vec<(String, Tensor)>,
     ) -> Result<Vec<(String, Tensor)>, InferenceError> {
-        let _permit = self
-            .permits
-            .acquire()
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
             .await
             .map_err(|_| InferenceError::runtime("the inference pool is shutting down"))?;
-        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        self.peak.fetch_max(now, Ordering::Relaxed);
-        let result = tokio::task::spawn_blocking(move || {
+        let runs = Arc::clone(&self.runs);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let _running = Running::start(&runs);
             let started = std::time::Instant::now();
             let result = model.session.run(inputs);
             tracing::debug!(model = %model.name, run_us = started.elapsed().as_micros() as u64, "inference run");
             result
         })
-        .await;
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        result.map_err(|e| InferenceError::runtime(format!("inference task failed: {e}")))?
+        .await
+        .map_err(|e| InferenceError::runtime(format!("inference task failed: {e}")))?
     }
 }
