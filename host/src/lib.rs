@@ -5,6 +5,7 @@
 //! - [`nn`]: the `wasi:nn` host implementation guests call;
 //! - [`backends`]: model sessions (ONNX Runtime), the session pool and inference pool;
 //! - [`http`]: the data-plane listener and host-generated error responses;
+//! - [`store`]: content-addressed blobs and crash-safe JSON records in the data directory;
 //! - [`dev`]: single-tenant development mode (`corral run`);
 //! - [`cli`]: the command line.
 
@@ -14,3 +15,4 @@ pub mod dev;
 pub mod engine;
 pub mod http;
 pub mod nn;
+pub mod store;

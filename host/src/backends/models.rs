@@ -2,14 +2,12 @@
 //! it, and the bounded pool that runs them.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use anyhow::{Context, bail};
 use dashmap::DashMap;
-use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use super::InferenceError;
@@ -17,27 +15,7 @@ use super::onnx::{OnnxRuntime, OnnxSession};
 use super::tensor::Tensor;
 
 /// The sha256 of a model file's bytes: a model's identity everywhere in Corral.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ModelDigest([u8; 32]);
-
-impl ModelDigest {
-    pub fn of(bytes: &[u8]) -> Self {
-        Self(Sha256::digest(bytes).into())
-    }
-}
-
-impl fmt::Display for ModelDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("sha256:")?;
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
-impl fmt::Debug for ModelDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
+pub type ModelDigest = crate::store::Digest;
 
 /// Model file formats Corral can serve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

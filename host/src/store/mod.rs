@@ -1,0 +1,223 @@
+//! The store: content-addressed blobs (components, models) and small JSON records in a local
+//! data directory.
+//!
+//! Guarantees:
+//! - every write goes to a temporary file, is fsynced, then renamed into place and the
+//!   directory fsynced, so a crash at any point leaves either the old or the new version,
+//!   never a torn file; temporary files left by a crash are removed on [`Store::open`];
+//! - a blob is stored under the sha256 of its bytes and verified against it when read, so a
+//!   damaged file is an error naming it, never a silently different model or component;
+//! - errors name the file at fault.
+//!
+//! All calls block on the file system: call them from a blocking pool.
+
+mod digest;
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest as _, Sha256};
+
+pub use digest::Digest;
+
+/// A data directory.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    next_temp: AtomicU64,
+}
+
+const BLOBS: &str = "blobs/sha256";
+const TEMP: &str = "tmp";
+
+impl Store {
+    /// Opens (creating if needed) the data directory at `root`, clearing temporary files a
+    /// crash may have left.
+    pub fn open(root: impl Into<PathBuf>) -> anyhow::Result<Self> {
+        let root = root.into();
+        for dir in [BLOBS, TEMP] {
+            let path = root.join(dir);
+            fs::create_dir_all(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+        }
+        let temp = root.join(TEMP);
+        for entry in
+            fs::read_dir(&temp).with_context(|| format!("cannot list {}", temp.display()))?
+        {
+            let path = entry?.path();
+            fs::remove_file(&path)
+                .with_context(|| format!("cannot remove leftover {}", path.display()))?;
+        }
+        Ok(Self {
+            root,
+            next_temp: AtomicU64::new(0),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Stores `bytes` and returns their digest. Storing the same bytes again is a no-op.
+    pub fn put_blob(&self, bytes: &[u8]) -> anyhow::Result<Digest> {
+        let (digest, _) = self.put_blob_from(bytes, u64::MAX)?;
+        Ok(digest)
+    }
+
+    /// Streams a blob into the store, refusing it once it exceeds `limit` bytes (nothing is
+    /// kept then). Returns its digest and length.
+    pub fn put_blob_from(
+        &self,
+        mut reader: impl Read,
+        limit: u64,
+    ) -> anyhow::Result<(Digest, u64)> {
+        let (temp, mut file) = self.temp_file()?;
+        let result = (|| {
+            let mut hasher = Sha256::new();
+            let mut len = 0u64;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = reader.read(&mut buf).context("cannot read the upload")?;
+                if n == 0 {
+                    break;
+                }
+                len += n as u64;
+                if len > limit {
+                    bail!("the blob is larger than the limit of {limit} bytes");
+                }
+                hasher.update(&buf[..n]);
+                file.write_all(&buf[..n])
+                    .with_context(|| format!("cannot write {}", temp.display()))?;
+            }
+            file.sync_all()
+                .with_context(|| format!("cannot sync {}", temp.display()))?;
+            Ok((Digest::from_bytes(hasher.finalize().into()), len))
+        })();
+        drop(file);
+        let (digest, len) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = fs::remove_file(&temp);
+                return Err(e);
+            }
+        };
+        let path = self.blob_path(&digest);
+        if path.is_file() {
+            fs::remove_file(&temp).with_context(|| format!("cannot remove {}", temp.display()))?;
+        } else {
+            self.commit(&temp, &path)?;
+        }
+        Ok((digest, len))
+    }
+
+    /// Reads a blob, checking it still has the digest it is stored under.
+    pub fn read_blob(&self, digest: &Digest) -> anyhow::Result<Vec<u8>> {
+        let path = self.blob_path(digest);
+        let bytes =
+            fs::read(&path).with_context(|| format!("cannot read blob {}", path.display()))?;
+        let actual = Digest::of(&bytes);
+        if actual != *digest {
+            bail!(
+                "blob {} is damaged: its content hashes to {actual}",
+                path.display()
+            );
+        }
+        Ok(bytes)
+    }
+
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join(BLOBS).join(digest.hex())
+    }
+
+    /// Atomically replaces the JSON record at `relative` (e.g. `tenants/acme.json`).
+    pub fn write_record<T: Serialize>(&self, relative: &Path, value: &T) -> anyhow::Result<()> {
+        let path = self.record_path(relative)?;
+        let json = serde_json::to_vec_pretty(value).context("cannot encode the record")?;
+        let (temp, mut file) = self.temp_file()?;
+        let written = file
+            .write_all(&json)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("cannot write {}", temp.display()));
+        drop(file);
+        if let Err(e) = written {
+            let _ = fs::remove_file(&temp);
+            return Err(e);
+        }
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        self.commit(&temp, &path)
+    }
+
+    /// Reads the JSON record at `relative`; `None` if there is none.
+    pub fn read_record<T: DeserializeOwned>(&self, relative: &Path) -> anyhow::Result<Option<T>> {
+        let path = self.record_path(relative)?;
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .with_context(|| format!("{} is not a valid record", path.display()))
+    }
+
+    /// Removes the record at `relative` (durably); removing a missing record is not an error.
+    pub fn remove_record(&self, relative: &Path) -> anyhow::Result<()> {
+        let path = self.record_path(relative)?;
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(path.parent().unwrap_or(&self.root)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+        }
+    }
+
+    /// Records are plain relative paths below the root, never blobs or temporary files.
+    fn record_path(&self, relative: &Path) -> anyhow::Result<PathBuf> {
+        let plain = relative
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        let reserved = relative.starts_with("blobs") || relative.starts_with(TEMP);
+        if !plain || reserved || relative.as_os_str().is_empty() {
+            bail!("{} is not a record path", relative.display());
+        }
+        Ok(self.root.join(relative))
+    }
+
+    fn temp_file(&self) -> anyhow::Result<(PathBuf, File)> {
+        let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .root
+            .join(TEMP)
+            .join(format!("{}-{n}", std::process::id()));
+        let file =
+            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok((path, file))
+    }
+
+    /// Renames a synced temporary file into place and makes the rename durable.
+    fn commit(&self, temp: &Path, path: &Path) -> anyhow::Result<()> {
+        fs::rename(temp, path)
+            .with_context(|| format!("cannot move {} into place", path.display()))?;
+        sync_dir(path.parent().unwrap_or(&self.root))
+    }
+}
+
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync directory {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests;
