@@ -125,7 +125,10 @@ macro_rules! constructor {
     ($(#[$doc:meta])* $name:ident, $ty:ty, $tt:ident) => {
         $(#[$doc])*
         pub fn $name(shape: &[u32], data: &[$ty]) -> Tensor {
-            let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let mut bytes = Vec::with_capacity(std::mem::size_of_val(data));
+            for value in data {
+                bytes.extend_from_slice(&value.to_le_bytes());
+            }
             Tensor::from_bytes(shape, TensorType::$tt, &bytes)
         }
     };
