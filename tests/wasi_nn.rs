@@ -138,3 +138,30 @@ fn a_model_that_is_not_onnx_is_refused_naming_the_file() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn the_sandbox_grants_no_environment_files_or_outgoing_http() {
+    let (status, body) = request(server().addr, "GET", "/case/sandbox", Vec::new()).await;
+    let result = json(&body);
+    assert_eq!(status, StatusCode::OK, "{result}");
+    assert_eq!(
+        result["env"],
+        serde_json::json!([]),
+        "no environment variables: {result}"
+    );
+    assert_eq!(
+        result["files"],
+        serde_json::json!([]),
+        "no preopened directories: {result}"
+    );
+    let outgoing = result["outgoing_http"].as_str().unwrap();
+    assert!(
+        outgoing.starts_with("refused") && outgoing.contains("HttpRequestDenied"),
+        "{outgoing}"
+    );
+    let args = result["args"].as_array().unwrap();
+    assert!(
+        args.len() <= 1,
+        "no arguments beyond a program name: {result}"
+    );
+}

@@ -12,6 +12,9 @@ use wstd::http::{Body, Request, Response, StatusCode};
 #[wstd::http_server]
 async fn main(request: Request<Body>) -> Result<Response<Body>, wstd::http::Error> {
     let case = request.uri().path().trim_start_matches("/case/").to_owned();
+    if case == "sandbox" {
+        return Ok(respond(StatusCode::OK, sandbox()));
+    }
     let result = match case.as_str() {
         "types" => every_type(),
         "add" => add(f32s(&[1.0, 2.0, 3.0, 4.0]), f32s(&[10.0, 20.0, 30.0, 40.0])),
@@ -150,6 +153,39 @@ fn every_type() -> Result<Value, Error> {
         checked.push(name);
     }
     Ok(json!({ "checked": checked }))
+}
+
+/// Tries `GET http://127.0.0.1:9/` through `wasi:http/outgoing-handler` and reports the
+/// `error-code` the host answers with.
+fn outgoing_http() -> String {
+    use wasip2::http::{outgoing_handler, types};
+    let request = types::OutgoingRequest::new(types::Fields::new());
+    let _ = request.set_scheme(Some(&types::Scheme::Http));
+    let _ = request.set_authority(Some("127.0.0.1:9"));
+    let _ = request.set_path_with_query(Some("/"));
+    let response = match outgoing_handler::handle(request, None) {
+        Ok(response) => response,
+        Err(code) => return format!("refused: {code:?}"),
+    };
+    response.subscribe().block();
+    match response.get() {
+        Some(Ok(Ok(response))) => format!("allowed: {}", response.status()),
+        Some(Ok(Err(code))) => format!("refused: {code:?}"),
+        other => format!("unexpected: {}", other.is_some()),
+    }
+}
+
+/// What the sandbox lets a guest see: environment, arguments, files, outgoing HTTP.
+fn sandbox() -> Value {
+    let env: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+    let args: Vec<String> = std::env::args().collect();
+    let files = ["/", ".", "/etc/passwd", "/tmp"]
+        .iter()
+        .filter(|path| std::fs::metadata(path).is_ok())
+        .map(|path| path.to_string())
+        .collect::<Vec<_>>();
+    let outgoing = outgoing_http();
+    json!({ "case": "sandbox", "env": env, "args": args, "files": files, "outgoing_http": outgoing })
 }
 
 fn respond(status: StatusCode, body: Value) -> Response<Body> {
