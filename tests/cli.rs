@@ -85,7 +85,7 @@ fn a_file_that_is_not_a_component_names_the_file() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("add.onnx") && stderr.contains("not a valid WebAssembly component"),
+        stderr.contains("add.onnx") && stderr.contains("not a WebAssembly file"),
         "{stderr}"
     );
 }

@@ -4,10 +4,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
 
+use crate::client::{AdminClient, format_time};
+use crate::config::Config;
 use crate::dev::{DevOptions, DevServer};
 use crate::engine::SandboxSettings;
+use crate::server::{DEFAULT_MAX_UPLOAD_BYTES, ServeOptions, Server, TokenSource};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,8 +27,106 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the multi-tenant server: tenants, deployments and the admin API.
+    Serve(ServeArgs),
+    /// Create, list or delete tenants (admin API).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Upload a component and its models as a tenant's new active deployment.
+    Deploy(DeployArgs),
+    /// List a tenant's deployments.
+    Deployments(DeploymentsArgs),
+    /// Make an earlier (or later) deployment version active again.
+    Rollback(RollbackArgs),
     /// Serve one component and its models over HTTP (single-tenant development mode).
     Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (every key optional; unknown keys are refused).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: the config's data_dir, else ./corral-data].
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Data-plane HTTP listener [default: the config's listen, else 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Admin API listener [default: the config's admin_listen, else 127.0.0.1:9080].
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+}
+
+/// How to reach the admin API.
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// The admin API.
+    #[arg(long, env = "CORRAL_SERVER", default_value = "http://127.0.0.1:9080")]
+    pub server: String,
+    /// Operator or tenant token.
+    #[arg(long, env = "CORRAL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print the server's JSON answer instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant (or replace its host names) and print its token.
+    Create {
+        /// Tenant name: 1 to 63 characters from a-z, 0-9 and '-'.
+        name: String,
+        /// A host name the tenant is reached by (repeatable).
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List tenants (operator token).
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a tenant and its deployments (operator token).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    /// The tenant to deploy to.
+    #[arg(long)]
+    pub tenant: String,
+    /// The component (.wasm) to serve.
+    pub component: PathBuf,
+    /// A model the component loads by name: NAME=PATH (repeatable). PATH ends in .onnx.
+    #[arg(long = "model", value_name = "NAME=PATH", value_parser = parse_model)]
+    pub models: Vec<(String, PathBuf)>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeploymentsArgs {
+    /// The tenant.
+    pub tenant: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RollbackArgs {
+    /// The tenant.
+    pub tenant: String,
+    /// The version to make active.
+    pub version: u32,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -59,8 +162,247 @@ fn parse_model(value: &str) -> Result<(String, PathBuf), String> {
 /// Runs a parsed command to completion.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Tenant(command) => tenant(command).await,
+        Command::Deploy(args) => deploy(args).await,
+        Command::Deployments(args) => deployments(args).await,
+        Command::Rollback(args) => rollback(args).await,
         Command::Run(args) => run_dev(args).await,
     }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let mut options = ServeOptions::new(
+        args.data
+            .or(config.data_dir)
+            .unwrap_or_else(|| PathBuf::from("corral-data")),
+    );
+    if let Some(listen) = args.listen.or(config.listen) {
+        options.listen = listen;
+    }
+    if let Some(admin) = args.admin_listen.or(config.admin_listen) {
+        options.admin_listen = admin;
+    }
+    options.admin_token = std::env::var("CORRAL_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or(config.admin_token);
+    options.max_upload_bytes = config.max_upload_bytes.unwrap_or(DEFAULT_MAX_UPLOAD_BYTES);
+    options.max_parallel_inference = config.max_parallel_inference;
+    if let Some(secs) = config.request_timeout_secs {
+        options.sandbox.request_timeout = Duration::from_secs(secs);
+    }
+    let data_dir = options.data_dir.clone();
+    let server = Server::start(options).await?;
+    println!("corral: data directory {}", data_dir.display());
+    println!("corral: serving tenants on http://{}", server.data_addr());
+    println!("corral: admin API on http://{}", server.admin_addr());
+    match server.token_source() {
+        TokenSource::File(path) => println!("corral: operator token in {}", path.display()),
+        TokenSource::Given => {
+            println!("corral: operator token from CORRAL_ADMIN_TOKEN or the configuration")
+        }
+    }
+    shutdown_signal().await;
+    println!("corral: shutting down");
+    server.stop().await;
+    Ok(())
+}
+
+async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
+    match command {
+        TenantCommand::Create {
+            name,
+            hosts,
+            client,
+        } => {
+            let api = AdminClient::new(&client.server, client.token)?;
+            let answer = api
+                .put_json(&format!("/v1/tenants/{name}"), &json!({ "hosts": hosts }))
+                .await?;
+            if client.json {
+                return print_json(&answer);
+            }
+            let hosts = join(&answer["hosts"]);
+            match answer["token"].as_str() {
+                Some(token) => {
+                    println!("created tenant '{name}' (hosts: {hosts})");
+                    println!("token: {token}");
+                    println!("(shown once: Corral keeps only its hash)");
+                }
+                None => println!("updated tenant '{name}' (hosts: {hosts})"),
+            }
+        }
+        TenantCommand::List { client } => {
+            let api = AdminClient::new(&client.server, client.token)?;
+            let answer = api.get("/v1/tenants").await?;
+            if client.json {
+                return print_json(&answer);
+            }
+            let rows: Vec<Vec<String>> = answer["tenants"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    vec![
+                        t["tenant"].as_str().unwrap_or_default().to_owned(),
+                        version(&t["active"]),
+                        join(&t["hosts"]),
+                    ]
+                })
+                .collect();
+            print_table(&["TENANT", "ACTIVE", "HOSTS"], &rows);
+        }
+        TenantCommand::Delete { name, client } => {
+            let api = AdminClient::new(&client.server, client.token)?;
+            let answer = api.delete(&format!("/v1/tenants/{name}")).await?;
+            if client.json {
+                return print_json(&answer);
+            }
+            println!("deleted tenant '{name}'");
+        }
+    }
+    Ok(())
+}
+
+async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    let api = AdminClient::new(&args.client.server, args.client.token)?;
+    for (name, path) in &args.models {
+        crate::backends::models::ModelFormat::from_path(path)
+            .with_context(|| format!("--model {name}={}", path.display()))?;
+    }
+    let answer = api
+        .deploy(&args.tenant, &args.component, &args.models)
+        .await?;
+    if args.client.json {
+        return print_json(&answer);
+    }
+    println!(
+        "deployed '{}' version {} (active)",
+        args.tenant,
+        version(&answer["version"])
+    );
+    println!(
+        "  component {}",
+        answer["component"].as_str().unwrap_or_default()
+    );
+    if let Some(models) = answer["models"].as_object() {
+        for (name, digest) in models {
+            println!("  model {name} {}", digest.as_str().unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+async fn deployments(args: DeploymentsArgs) -> anyhow::Result<()> {
+    let api = AdminClient::new(&args.client.server, args.client.token)?;
+    let answer = api
+        .get(&format!("/v1/tenants/{}/deployments", args.tenant))
+        .await?;
+    if args.client.json {
+        return print_json(&answer);
+    }
+    let rows: Vec<Vec<String>> = answer["deployments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let models = d["models"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(name, digest)| format!("{name}={}", short(digest)))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            vec![
+                version(&d["version"]),
+                if d["active"].as_bool() == Some(true) {
+                    "*".into()
+                } else {
+                    String::new()
+                },
+                d["created"].as_u64().map(format_time).unwrap_or_default(),
+                short(&d["component"]),
+                models,
+            ]
+        })
+        .collect();
+    print_table(
+        &["VERSION", "ACTIVE", "CREATED", "COMPONENT", "MODELS"],
+        &rows,
+    );
+    Ok(())
+}
+
+async fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
+    let api = AdminClient::new(&args.client.server, args.client.token)?;
+    let answer = api
+        .post(&format!(
+            "/v1/tenants/{}/deployments/{}/activate",
+            args.tenant, args.version
+        ))
+        .await?;
+    if args.client.json {
+        return print_json(&answer);
+    }
+    println!("'{}': version {} is active", args.tenant, args.version);
+    Ok(())
+}
+
+fn print_json(value: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:width$}"))
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+fn join(values: &Value) -> String {
+    let items: Vec<&str> = values
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+fn version(value: &Value) -> String {
+    value.as_u64().map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+/// `sha256:0123456789ab` (12 hex digits) for tables.
+fn short(digest: &Value) -> String {
+    let text = digest.as_str().unwrap_or_default();
+    text.get(..19).unwrap_or(text).to_owned()
 }
 
 async fn run_dev(args: RunArgs) -> anyhow::Result<()> {

@@ -60,10 +60,9 @@ impl DevServer {
                     .map(|m| (name.clone(), m.digest.to_string()))
             })
             .collect();
-        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
         let limit = options
             .max_parallel_inference
-            .unwrap_or((2 * parallel).max(4));
+            .unwrap_or_else(InferencePool::default_limit);
         let inference = Arc::new(InferencePool::new(limit));
         let nn = NnCtx::new(Arc::new(models), Arc::clone(&inference));
         let service = Service::new(&engine, &component, nn, options.sandbox.clone())
@@ -73,7 +72,8 @@ impl DevServer {
             .with_context(|| format!("cannot listen on {}", options.listen))?;
         let addr = listener.local_addr()?;
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(crate::http::serve(listener, Arc::new(service), async {
+        let router = Arc::new(crate::http::SingleService(Arc::new(service)));
+        let task = tokio::spawn(crate::http::serve(listener, router, async {
             let _ = stopped.await;
         }));
         Ok(Self {

@@ -6,13 +6,23 @@
 //! - [`backends`]: model sessions (ONNX Runtime), the session pool and inference pool;
 //! - [`http`]: the data-plane listener and host-generated error responses;
 //! - [`store`]: content-addressed blobs and crash-safe JSON records in the data directory;
+//! - [`tenancy`]: tenants, deployments, activation, the registry requests are routed by;
+//! - [`admin`]: the control-plane API; [`client`]: the CLI's client for it;
+//! - [`server`]: `corral serve`, the multi-tenant server; [`config`]: its configuration file;
+//! - [`metrics`]: Prometheus counters;
 //! - [`dev`]: single-tenant development mode (`corral run`);
 //! - [`cli`]: the command line.
 
+pub mod admin;
 pub mod backends;
 pub mod cli;
+pub mod client;
+pub mod config;
 pub mod dev;
 pub mod engine;
 pub mod http;
+pub mod metrics;
 pub mod nn;
+pub mod server;
 pub mod store;
+pub mod tenancy;

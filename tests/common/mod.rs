@@ -2,6 +2,8 @@
 //! (`cargo xtask build-guests`), real ONNX Runtime sessions, a real HTTP client on loopback.
 #![allow(dead_code)]
 
+pub mod serve;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

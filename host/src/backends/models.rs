@@ -18,7 +18,8 @@ use super::tensor::Tensor;
 pub type ModelDigest = crate::store::Digest;
 
 /// Model file formats Corral can serve.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ModelFormat {
     Onnx,
 }
@@ -32,6 +33,17 @@ impl ModelFormat {
                 "{}: unknown model format; Corral serves ONNX models, named *.onnx",
                 path.display()
             ),
+        }
+    }
+
+    /// The format named by a `format` field (`onnx`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        name.eq_ignore_ascii_case("onnx").then_some(Self::Onnx)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Onnx => "onnx",
         }
     }
 }
@@ -50,16 +62,25 @@ impl SessionPool {
         format: ModelFormat,
     ) -> Result<(ModelDigest, Arc<OnnxSession>), InferenceError> {
         let digest = ModelDigest::of(bytes);
-        let key = (digest, format);
-        if let Some(session) = self.sessions.get(&key).and_then(|weak| weak.upgrade()) {
+        if let Some(session) = self.get(digest, format) {
             return Ok((digest, session));
         }
+        super::onnx::check_self_contained(bytes)
+            .map_err(|e| InferenceError::new(super::ErrorKind::InvalidEncoding, e.to_string()))?;
+        let key = (digest, format);
         let runtime =
             OnnxRuntime::global().map_err(|e| InferenceError::runtime(format!("{e:#}")))?;
         let session = Arc::new(OnnxSession::load(runtime, bytes)?);
         self.sessions.insert(key, Arc::downgrade(&session));
         self.sessions.retain(|_, weak| weak.strong_count() > 0);
         Ok((digest, session))
+    }
+
+    /// The live session for a digest, if some deployment holds one.
+    pub fn get(&self, digest: ModelDigest, format: ModelFormat) -> Option<Arc<OnnxSession>> {
+        self.sessions
+            .get(&(digest, format))
+            .and_then(|weak| weak.upgrade())
     }
 
     /// Number of sessions alive now.
@@ -77,6 +98,16 @@ pub struct Model {
     pub name: String,
     pub digest: ModelDigest,
     session: Arc<OnnxSession>,
+}
+
+impl Model {
+    pub fn new(name: impl Into<String>, digest: ModelDigest, session: Arc<OnnxSession>) -> Self {
+        Self {
+            name: name.into(),
+            digest,
+            session,
+        }
+    }
 }
 
 /// The named models of one deployment.
@@ -114,6 +145,15 @@ impl ModelSet {
             );
         }
         Ok(Self { by_name })
+    }
+
+    /// Adds a model; `false` (and nothing changed) when the name is taken.
+    pub fn insert(&mut self, model: Model) -> bool {
+        if self.by_name.contains_key(&model.name) {
+            return false;
+        }
+        self.by_name.insert(model.name.clone(), Arc::new(model));
+        true
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Model>> {
@@ -158,6 +198,12 @@ impl Drop for Running<'_> {
 }
 
 impl InferencePool {
+    /// The default bound on runs at once: twice the CPU count, at least 4.
+    pub fn default_limit() -> usize {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        (2 * cpus).max(4)
+    }
+
     pub fn new(limit: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limit.max(1))),

@@ -19,6 +19,10 @@ pub enum HostError {
     ComponentError(String),
     /// The component did not answer within the request timeout.
     Timeout(std::time::Duration),
+    /// No tenant serves this host name (or the request named none).
+    UnknownHost(Option<String>),
+    /// The tenant has no active deployment.
+    NoDeployment,
 }
 
 impl HostError {
@@ -45,6 +49,21 @@ impl HostError {
                     limit.as_secs_f64()
                 ),
             ),
+            Self::UnknownHost(Some(host)) => (
+                StatusCode::NOT_FOUND,
+                "unknown_host",
+                format!("no service is deployed at host '{}'", host.escape_debug()),
+            ),
+            Self::UnknownHost(None) => (
+                StatusCode::NOT_FOUND,
+                "unknown_host",
+                "the request names no host (Host header or :authority)".into(),
+            ),
+            Self::NoDeployment => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_active_deployment",
+                "this service has no active deployment".into(),
+            ),
         }
     }
 
@@ -56,7 +75,24 @@ impl HostError {
 
 /// A JSON error response.
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<HyperOutgoingBody> {
-    let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
+    json_response(
+        status,
+        &serde_json::json!({ "error": { "code": code, "message": message } }),
+    )
+}
+
+/// A JSON response (the admin API's successful answers use it too).
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<HyperOutgoingBody> {
+    let mut body = value.to_string();
+    body.push('\n');
+    text_response(status, "application/json", body)
+}
+
+pub fn text_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<HyperOutgoingBody> {
     let body = Full::new(Bytes::from(body))
         .map_err(|never| match never {})
         .boxed_unsync();
@@ -64,7 +100,7 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Hyp
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
+        hyper::header::HeaderValue::from_static(content_type),
     );
     response
 }

@@ -1,5 +1,6 @@
 //! The data plane's HTTP listener: accepts connections (HTTP/1.1 and HTTP/2 over cleartext),
-//! and hands each request to a fresh instance of the service's component.
+//! picks the service by host name, and hands each request to a fresh instance of its
+//! component.
 
 pub mod error;
 
@@ -19,11 +20,40 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use crate::engine::Service;
 use error::HostError;
 
-/// Serves `service` on `listener` until `shutdown` resolves. Connections already accepted
-/// keep being served by their own tasks.
+/// Picks the service that handles a request.
+pub trait Router: Send + Sync + 'static {
+    /// The label the request's metrics go under (its tenant, `""` when none) and the service
+    /// for a request to `host` (as the client sent it, possibly with a port); an error is
+    /// answered by the host.
+    fn route(&self, host: Option<&str>) -> (Arc<str>, Result<Arc<Service>, HostError>);
+
+    /// Called once per request with the label from [`Router::route`] and the final status.
+    fn record(&self, _label: &str, _status: u16) {}
+}
+
+/// Development mode: every request goes to the one service.
+pub struct SingleService(pub Arc<Service>);
+
+impl Router for SingleService {
+    fn route(&self, _host: Option<&str>) -> (Arc<str>, Result<Arc<Service>, HostError>) {
+        (Arc::from(""), Ok(Arc::clone(&self.0)))
+    }
+}
+
+/// The host a request names: `:authority` (HTTP/2, absolute-form URIs), else the Host header.
+pub fn request_host<B>(request: &Request<B>) -> Option<&str> {
+    request
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| request.headers().get(hyper::header::HOST)?.to_str().ok())
+}
+
+/// Serves requests on `listener`, routed by `router`, until `shutdown` resolves. Connections
+/// already accepted keep being served by their own tasks.
 pub async fn serve(
     listener: TcpListener,
-    service: Arc<Service>,
+    router: Arc<dyn Router>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -38,16 +68,19 @@ pub async fn serve(
             },
             () = &mut shutdown => return,
         };
-        let service = Arc::clone(&service);
-        tokio::spawn(serve_connection(stream, peer, service));
+        tokio::spawn(serve_connection(stream, peer, Arc::clone(&router)));
     }
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, service: Arc<Service>) {
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    router: Arc<dyn Router>,
+) {
     let _ = stream.set_nodelay(true);
     let handler = hyper::service::service_fn(move |request| {
-        let service = Arc::clone(&service);
-        async move { Ok::<_, std::convert::Infallible>(handle(&service, request).await) }
+        let router = Arc::clone(&router);
+        async move { Ok::<_, std::convert::Infallible>(handle(&*router, request).await) }
     });
     if let Err(e) = auto::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(stream), handler)
@@ -57,15 +90,24 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, servi
     }
 }
 
-/// Runs one request through a fresh instance. Every failure becomes a JSON error response.
-pub async fn handle(service: &Service, request: Request<Incoming>) -> Response<HyperOutgoingBody> {
+/// Routes one request and runs it through a fresh instance. Every failure becomes a JSON
+/// error response.
+pub async fn handle(
+    router: &dyn Router,
+    request: Request<Incoming>,
+) -> Response<HyperOutgoingBody> {
     let started = std::time::Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let response = run_guest(service, request)
-        .await
-        .unwrap_or_else(HostError::into_response);
-    tracing::info!(%method, %path, status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+    let (label, service) = router.route(request_host(&request));
+    let response = match service {
+        Ok(service) => run_guest(&service, request).await,
+        Err(error) => Err(error),
+    }
+    .unwrap_or_else(HostError::into_response);
+    let status = response.status().as_u16();
+    router.record(&label, status);
+    tracing::info!(tenant = %label, %method, %path, status, elapsed_us = started.elapsed().as_micros() as u64, "request");
     response
 }
 

@@ -138,13 +138,18 @@ impl Store {
         self.root.join(BLOBS).join(digest.hex())
     }
 
-    /// Atomically replaces the JSON record at `relative` (e.g. `tenants/acme.json`).
+    /// Atomically replaces the JSON record at `relative` (e.g. `tenants/acme/tenant.json`).
     pub fn write_record<T: Serialize>(&self, relative: &Path, value: &T) -> anyhow::Result<()> {
-        let path = self.record_path(relative)?;
         let json = serde_json::to_vec_pretty(value).context("cannot encode the record")?;
+        self.write_file(relative, &json)
+    }
+
+    /// Atomically replaces the file at `relative` with `bytes`.
+    pub fn write_file(&self, relative: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+        let path = self.record_path(relative)?;
         let (temp, mut file) = self.temp_file()?;
         let written = file
-            .write_all(&json)
+            .write_all(bytes)
             .and_then(|()| file.sync_all())
             .with_context(|| format!("cannot write {}", temp.display()));
         drop(file);
@@ -157,6 +162,40 @@ impl Store {
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         self.commit(&temp, &path)
+    }
+
+    /// The file names in the record directory `relative` (empty if it does not exist).
+    pub fn list(&self, relative: &Path) -> anyhow::Result<Vec<String>> {
+        let path = self.record_path(relative)?;
+        let entries = match fs::read_dir(&path) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("cannot list {}", path.display())),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot list {}", path.display()))?;
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_owned());
+            }
+        }
+        names.sort_unstable();
+        Ok(names)
+    }
+
+    /// Removes the record directory `relative` and everything in it (durably).
+    pub fn remove_dir(&self, relative: &Path) -> anyhow::Result<()> {
+        let path = self.record_path(relative)?;
+        match fs::remove_dir_all(&path) {
+            Ok(()) => sync_dir(path.parent().unwrap_or(&self.root)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+        }
+    }
+
+    /// The absolute path of the record or file at `relative`.
+    pub fn path(&self, relative: &Path) -> anyhow::Result<PathBuf> {
+        self.record_path(relative)
     }
 
     /// Reads the JSON record at `relative`; `None` if there is none.

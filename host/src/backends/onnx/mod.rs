@@ -1,6 +1,7 @@
 //! The ONNX backend: ONNX Runtime loaded at run time (`ort`'s `load-dynamic`), one session per
 //! model shared by every instance and request, many runs of it in flight at once.
 
+mod check;
 mod ffi;
 mod runtime;
 
@@ -13,6 +14,7 @@ use ort::value::{TensorElementType, ValueType};
 use super::tensor::{ElementType, Tensor, TensorBytes};
 use super::{ErrorKind, InferenceError};
 
+pub use check::{ModelCheckError, check_self_contained};
 pub use ffi::OutputTensor;
 pub use runtime::{OnnxRuntime, find_library};
 

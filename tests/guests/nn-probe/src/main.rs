@@ -2,7 +2,7 @@
 //! answers `{"case":NAME,"ok":true,...}` on success or `{"case":NAME,"ok":false,"code":...,
 //! "message":...}` with the `wasi:nn` error the host returned. The host is started with
 //! models `identity` (tests/fixtures/identity_types.onnx), `add` (add.onnx) and `bool`
-//! (bool_output.onnx).
+//! (bool_output.onnx). `GET /load/NAME` only loads the model NAME by name (tenancy tests).
 
 use corral_guest::wasi_nn::{graph, tensor::TensorType};
 use corral_guest::{Error, Model, Tensor};
@@ -11,6 +11,15 @@ use wstd::http::{Body, Request, Response, StatusCode};
 
 #[wstd::http_server]
 async fn main(request: Request<Body>) -> Result<Response<Body>, wstd::http::Error> {
+    if let Some(name) = request.uri().path().strip_prefix("/load/") {
+        let body = match Model::load(name) {
+            Ok(_) => json!({ "model": name, "ok": true }),
+            Err(e) => {
+                json!({ "model": name, "ok": false, "code": e.code_name(), "message": e.message })
+            }
+        };
+        return Ok(respond(StatusCode::OK, body));
+    }
     let case = request.uri().path().trim_start_matches("/case/").to_owned();
     if case == "sandbox" {
         return Ok(respond(StatusCode::OK, sandbox()));

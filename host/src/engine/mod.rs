@@ -22,6 +22,10 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 
 use crate::nn::{self, NnCtx, NnView};
 
+mod cache;
+
+pub use cache::{CompileError, ComponentCache, check_component_header};
+
 /// How often the epoch advances; guest CPU deadlines are measured in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -150,6 +154,28 @@ pub struct Service {
     settings: SandboxSettings,
 }
 
+/// Why a component cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// It imports something Corral does not provide (wasmtime's message names the import).
+    #[error("the component imports something Corral does not provide: {0}")]
+    Import(String),
+    /// It does not export `wasi:http/incoming-handler`.
+    #[error("the component does not export wasi:http/incoming-handler@0.2: {0}")]
+    Export(String),
+    /// Building the linker failed (a host bug, not the component's fault).
+    #[error("cannot link the component: {0:#}")]
+    Host(anyhow::Error),
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("nn", &self.nn)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Service {
     /// Links `component` against the imports Corral provides. Fails, naming the import or
     /// export, when the component needs something Corral does not offer or does not export
@@ -159,18 +185,17 @@ impl Service {
         component: &Component,
         nn: NnCtx,
         settings: SandboxSettings,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, LinkError> {
+        let host = |e: wasmtime::Error| LinkError::Host(anyhow::Error::from(e));
         let mut linker = Linker::<InstanceState>::new(engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        nn::add_to_linker(&mut linker, InstanceState::nn)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(host)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(host)?;
+        nn::add_to_linker(&mut linker, InstanceState::nn).map_err(host)?;
         let pre = linker
             .instantiate_pre(component)
-            .map_err(anyhow::Error::from)
-            .context("the component imports something Corral does not provide")?;
+            .map_err(|e| LinkError::Import(format!("{:#}", anyhow::Error::from(e))))?;
         let pre = ProxyPre::new(pre)
-            .map_err(anyhow::Error::from)
-            .context("the component does not export wasi:http/incoming-handler@0.2")?;
+            .map_err(|e| LinkError::Export(format!("{:#}", anyhow::Error::from(e))))?;
         Ok(Self { pre, nn, settings })
     }
 
@@ -222,9 +247,7 @@ impl Service {
 pub fn compile(engine: &Engine, path: &std::path::Path) -> anyhow::Result<Component> {
     let bytes =
         std::fs::read(path).with_context(|| format!("cannot read component {}", path.display()))?;
-    Component::new(engine, &bytes)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("{} is not a valid WebAssembly component", path.display()))
+    cache::compile_bytes(engine, &bytes).with_context(|| format!("{}", path.display()))
 }
 
 /// Shared handle to a service.

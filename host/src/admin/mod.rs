@@ -1,0 +1,388 @@
+//! The control plane: the admin API on its own listener.
+//!
+//! - `GET /healthz`, `GET /readyz`, `GET /metrics`: no token (keep the listener private);
+//! - `PUT /v1/tenants/{tenant}`, `GET /v1/tenants`, `DELETE /v1/tenants/{tenant}`: operator;
+//! - `GET /v1/tenants/{tenant}` and everything under it: the operator or that tenant's token.
+//!
+//! Tokens come as `Authorization: Bearer TOKEN`. A missing or unknown token is `401`; a valid
+//! tenant token used on another tenant or on an operator route is `403`, without saying
+//! whether that tenant exists. Every error is `{"error":{"code","message"}}`.
+
+mod upload;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::http::error::{json_error, json_response, text_response};
+use crate::metrics::{Gauges, Metrics};
+use crate::store::Digest;
+use crate::tenancy::records::{DeploymentRecord, TenantRecord, token_hash};
+use crate::tenancy::{Refusal, Tenancy};
+
+/// Largest JSON body the admin API reads.
+const MAX_JSON_BODY: usize = 64 * 1024;
+
+/// The admin API's state.
+#[derive(Debug)]
+pub struct Admin {
+    pub tenancy: Arc<Tenancy>,
+    pub metrics: Arc<Metrics>,
+    pub operator_token_sha256: Digest,
+    /// Largest deployment upload accepted, in bytes.
+    pub max_upload_bytes: u64,
+}
+
+/// An admin API failure, answered as JSON.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn internal(error: anyhow::Error) -> Self {
+        tracing::error!(error = ?error, "admin request failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server failed; see its log",
+        )
+    }
+
+    fn into_response(self) -> Response<HyperOutgoingBody> {
+        json_error(self.status, self.code, &self.message)
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::NotFound(message) => Self::new(StatusCode::NOT_FOUND, "not_found", message),
+            Refusal::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            Refusal::Invalid { code, message } => Self::invalid(code, message),
+            Refusal::Internal(e) => Self::internal(e),
+        }
+    }
+}
+
+/// Who is calling.
+#[derive(Debug, PartialEq)]
+enum Caller {
+    Operator,
+    Tenant(String),
+}
+
+/// Serves the admin API on `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let admin = Arc::clone(&admin);
+        tokio::spawn(serve_connection(stream, peer, admin));
+    }
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, admin: Arc<Admin>) {
+    let handler = hyper::service::service_fn(move |request| {
+        let admin = Arc::clone(&admin);
+        async move { Ok::<_, std::convert::Infallible>(admin.handle(request).await) }
+    });
+    if let Err(e) = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), handler)
+        .await
+    {
+        tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+    }
+}
+
+impl Admin {
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<HyperOutgoingBody> {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let response = self
+            .route(request)
+            .await
+            .unwrap_or_else(ApiError::into_response);
+        tracing::info!(%method, %path, status = response.status().as_u16(), "admin request");
+        response
+    }
+
+    async fn route(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<HyperOutgoingBody>, ApiError> {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (&method, segments.as_slice()) {
+            (&Method::GET, ["healthz"]) => {
+                Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
+            }
+            (&Method::GET, ["readyz"]) => Ok(json_response(
+                StatusCode::OK,
+                &json!({"status": "ready", "tenants": self.tenancy.tenant_count()}),
+            )),
+            (&Method::GET, ["metrics"]) => Ok(text_response(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.metrics.render(&Gauges {
+                    model_sessions: self.tenancy.platform().sessions.live_sessions(),
+                    tenants: self.tenancy.tenant_count(),
+                }),
+            )),
+            (_, ["v1", "tenants", rest @ ..]) => {
+                let caller = self.caller(&request)?;
+                self.tenants(caller, method, rest, request).await
+            }
+            _ => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no admin route {method} {path}"),
+            )),
+        }
+    }
+
+    async fn tenants(
+        &self,
+        caller: Caller,
+        method: Method,
+        rest: &[&str],
+        request: Request<Incoming>,
+    ) -> Result<Response<HyperOutgoingBody>, ApiError> {
+        match (&method, rest) {
+            (&Method::GET, [] | [""]) => {
+                operator_only(&caller)?;
+                let tenants: Vec<Value> = self.tenancy.list().iter().map(tenant_json).collect();
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({ "tenants": tenants }),
+                ))
+            }
+            (&Method::PUT, [tenant]) => {
+                operator_only(&caller)?;
+                #[derive(serde::Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Body {
+                    #[serde(default)]
+                    hosts: Vec<String>,
+                }
+                let body: Body = read_json(request).await?;
+                let (record, token) = self.tenancy.put_tenant(tenant, &body.hosts).await?;
+                let mut answer = tenant_json(&record);
+                match token {
+                    Some(token) => {
+                        answer["token"] = Value::String(token);
+                        Ok(json_response(StatusCode::CREATED, &answer))
+                    }
+                    None => Ok(json_response(StatusCode::OK, &answer)),
+                }
+            }
+            (&Method::DELETE, [tenant]) => {
+                operator_only(&caller)?;
+                self.tenancy.delete_tenant(tenant).await?;
+                Ok(json_response(StatusCode::OK, &json!({ "deleted": tenant })))
+            }
+            (_, [tenant, rest @ ..]) => {
+                if caller != Caller::Operator && caller != Caller::Tenant((*tenant).to_owned()) {
+                    return Err(forbidden());
+                }
+                self.tenant(tenant, method, rest, request).await
+            }
+            _ => Err(method_not_allowed(&method)),
+        }
+    }
+
+    /// Routes under `/v1/tenants/{tenant}`, for a caller allowed to touch that tenant.
+    async fn tenant(
+        &self,
+        tenant: &str,
+        method: Method,
+        rest: &[&str],
+        request: Request<Incoming>,
+    ) -> Result<Response<HyperOutgoingBody>, ApiError> {
+        match (&method, rest) {
+            (&Method::GET, []) => {
+                let record = self.tenancy.get(tenant)?;
+                Ok(json_response(StatusCode::OK, &tenant_json(&record)))
+            }
+            (&Method::GET, ["deployments"]) => {
+                let list = self.tenancy.deployments(tenant).await?;
+                let deployments: Vec<Value> = list
+                    .deployments
+                    .iter()
+                    .map(|d| {
+                        let mut value = deployment_json(d);
+                        value["active"] = Value::Bool(list.active == Some(d.version));
+                        value
+                    })
+                    .collect();
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({ "tenant": tenant, "active": list.active, "deployments": deployments }),
+                ))
+            }
+            (&Method::POST, ["deployments"]) => {
+                // Refuse before reading a byte of the upload when the tenant does not exist.
+                self.tenancy.get(tenant)?;
+                let platform = Arc::clone(self.tenancy.platform());
+                let upload = upload::receive(&platform, request, self.max_upload_bytes).await?;
+                let record = self
+                    .tenancy
+                    .deploy(tenant, upload.component, upload.models)
+                    .await?;
+                let mut answer = deployment_json(&record);
+                answer["active"] = Value::Bool(true);
+                Ok(json_response(StatusCode::CREATED, &answer))
+            }
+            (&Method::POST, ["deployments", version, "activate"]) => {
+                let version: u32 = version.parse().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "'{}' is not a version number",
+                        version.escape_debug()
+                    ))
+                })?;
+                let record = self.tenancy.activate(tenant, version).await?;
+                let mut answer = deployment_json(&record);
+                answer["active"] = Value::Bool(true);
+                Ok(json_response(StatusCode::OK, &answer))
+            }
+            _ => Err(method_not_allowed(&method)),
+        }
+    }
+
+    fn caller(&self, request: &Request<Incoming>) -> Result<Caller, ApiError> {
+        let header = request
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .ok_or_else(|| unauthorized("this route needs 'Authorization: Bearer TOKEN'"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| unauthorized("the Authorization header must be 'Bearer TOKEN'"))?;
+        if token_hash(token) == self.operator_token_sha256 {
+            return Ok(Caller::Operator);
+        }
+        self.tenancy
+            .tenant_of_token(token)
+            .map(Caller::Tenant)
+            .ok_or_else(|| unauthorized("the token is not valid"))
+    }
+}
+
+fn operator_only(caller: &Caller) -> Result<(), ApiError> {
+    match caller {
+        Caller::Operator => Ok(()),
+        Caller::Tenant(_) => Err(forbidden()),
+    }
+}
+
+fn unauthorized(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+}
+
+fn forbidden() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "this token may not do that",
+    )
+}
+
+fn method_not_allowed(method: &Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on this route"),
+    )
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    request: Request<Incoming>,
+) -> Result<T, ApiError> {
+    let limited = http_body_util::Limited::new(request.into_body(), MAX_JSON_BODY);
+    let bytes = limited
+        .collect()
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("JSON bodies are limited to {MAX_JSON_BODY} bytes"),
+            )
+        })?
+        .to_bytes();
+    let bytes = if bytes.is_empty() {
+        &b"{}"[..]
+    } else {
+        &bytes[..]
+    };
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::invalid("invalid_json", format!("invalid JSON body: {e}")))
+}
+
+fn tenant_json(record: &TenantRecord) -> Value {
+    json!({
+        "tenant": record.name,
+        "hosts": record.hosts,
+        "created": record.created,
+        "active": record.active,
+    })
+}
+
+fn deployment_json(record: &DeploymentRecord) -> Value {
+    let models: serde_json::Map<String, Value> = record
+        .models
+        .iter()
+        .map(|(name, model)| (name.clone(), Value::String(model.digest.to_string())))
+        .collect();
+    let formats: serde_json::Map<String, Value> = record
+        .models
+        .iter()
+        .map(|(name, model)| (name.clone(), Value::String(model.format.name().into())))
+        .collect();
+    json!({
+        "version": record.version,
+        "component": record.component.to_string(),
+        "models": models,
+        "formats": formats,
+        "created": record.created,
+    })
+}

@@ -1,0 +1,228 @@
+//! `corral serve`: the multi-tenant server. Restores tenants from the data directory, then
+//! serves the data plane (routed by host name) and the admin API on their own listeners.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, Admin};
+use crate::backends::models::{InferencePool, SessionPool};
+use crate::engine::{self, ComponentCache, SandboxSettings, Service};
+use crate::http::error::HostError;
+use crate::http::{self, Router};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::tenancy::records::{new_token, normalize_host, token_hash};
+use crate::tenancy::{Platform, Route, Tenancy};
+
+/// Default largest deployment upload: 2 GiB.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 2 << 30;
+
+/// Where the operator token file lives in the data directory.
+const TOKEN_FILE: &str = "admin-token";
+
+/// Everything `corral serve` needs, resolved from flags, environment and configuration.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// The operator token; `None`: read or create `<data>/admin-token`.
+    pub admin_token: Option<String>,
+    pub sandbox: SandboxSettings,
+    pub max_upload_bytes: u64,
+    pub max_parallel_inference: Option<usize>,
+}
+
+impl ServeOptions {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
+            admin_token: None,
+            sandbox: SandboxSettings::default(),
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            max_parallel_inference: None,
+        }
+    }
+}
+
+/// Where the operator token came from, for the start-up banner.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TokenSource {
+    /// Given in the environment or the configuration.
+    Given,
+    /// Read from (or created in) this file.
+    File(PathBuf),
+}
+
+/// A running multi-tenant server.
+#[derive(Debug)]
+pub struct Server {
+    data_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    token_source: TokenSource,
+    tenancy: Arc<Tenancy>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Opens the data directory, restores every tenant, binds both listeners and starts
+    /// serving. Failures name the directory, file or address at fault.
+    pub async fn start(options: ServeOptions) -> anyhow::Result<Self> {
+        let data_dir = options.data_dir.clone();
+        let given_token = options.admin_token.clone();
+        let (store, operator_token, token_source) = tokio::task::spawn_blocking(move || {
+            let store = Store::open(&data_dir).with_context(|| {
+                format!("cannot open the data directory {}", data_dir.display())
+            })?;
+            let (token, source) = match given_token {
+                Some(token) => (token, TokenSource::Given),
+                None => {
+                    let path = data_dir.join(TOKEN_FILE);
+                    (operator_token_file(&path)?, TokenSource::File(path))
+                }
+            };
+            anyhow::Ok((store, token, source))
+        })
+        .await??;
+        if operator_token.trim().len() < 16 {
+            anyhow::bail!("the operator token must be at least 16 characters long");
+        }
+        let engine = engine::new_engine(&options.sandbox)?;
+        let platform = Arc::new(Platform {
+            components: ComponentCache::new(&engine),
+            engine,
+            store,
+            sessions: SessionPool::default(),
+            inference: Arc::new(InferencePool::new(
+                options
+                    .max_parallel_inference
+                    .unwrap_or_else(InferencePool::default_limit),
+            )),
+            sandbox: options.sandbox.clone(),
+        });
+        let tenancy = tokio::task::spawn_blocking(move || Tenancy::open(platform)).await??;
+        let tenancy = Arc::new(tenancy);
+        let metrics = Arc::new(Metrics::default());
+
+        let data = TcpListener::bind(options.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (data plane)", options.listen))?;
+        let admin_listener = TcpListener::bind(options.admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin API)", options.admin_listen))?;
+        let data_addr = data.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+
+        let (shutdown, stopped) = watch::channel(false);
+        let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        let router: Arc<dyn Router> = Arc::new(TenantRouter {
+            tenancy: Arc::clone(&tenancy),
+            metrics: Arc::clone(&metrics),
+        });
+        let admin = Arc::new(Admin {
+            tenancy: Arc::clone(&tenancy),
+            metrics,
+            operator_token_sha256: token_hash(operator_token.trim()),
+            max_upload_bytes: options.max_upload_bytes,
+        });
+        let tasks = vec![
+            tokio::spawn(http::serve(data, router, until_stopped(stopped.clone()))),
+            tokio::spawn(admin::serve(admin_listener, admin, until_stopped(stopped))),
+        ];
+        Ok(Self {
+            data_addr,
+            admin_addr,
+            token_source,
+            tenancy,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn data_addr(&self) -> SocketAddr {
+        self.data_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn token_source(&self) -> &TokenSource {
+        &self.token_source
+    }
+
+    pub fn tenancy(&self) -> &Tenancy {
+        &self.tenancy
+    }
+
+    /// Stops accepting connections and waits for both accept loops to end.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Routes data-plane requests by host name to the tenant's active deployment.
+struct TenantRouter {
+    tenancy: Arc<Tenancy>,
+    metrics: Arc<Metrics>,
+}
+
+impl Router for TenantRouter {
+    fn route(&self, host: Option<&str>) -> (Arc<str>, Result<Arc<Service>, HostError>) {
+        let unrouted = || Arc::<str>::from("");
+        let Some(name) = host.and_then(normalize_host) else {
+            return (
+                unrouted(),
+                Err(HostError::UnknownHost(host.map(str::to_owned))),
+            );
+        };
+        match self.tenancy.route(&name) {
+            Route::Serve { tenant, deployment } => (tenant, Ok(Arc::clone(&deployment.service))),
+            Route::NoDeployment { tenant } => (tenant, Err(HostError::NoDeployment)),
+            Route::UnknownHost => (unrouted(), Err(HostError::UnknownHost(Some(name)))),
+        }
+    }
+
+    fn record(&self, label: &str, status: u16) {
+        self.metrics.record_request(label, status);
+    }
+}
+
+/// Reads the operator token from `path`, creating it (mode 0600) on first start.
+fn operator_token_file(path: &Path) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
+        // An empty file is what a crash right after creating it leaves: write it again.
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let token = new_token("corral_op")?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(file, "{token}")
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(token)
+}

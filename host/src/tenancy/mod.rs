@@ -1,0 +1,449 @@
+//! Tenants and their deployments: the registry the data plane routes by and the control plane
+//! changes.
+//!
+//! Guarantees:
+//! - a host name belongs to at most one tenant; a tenant token names exactly one tenant;
+//! - a deployment is validated whole (component compiles and links, every model loads)
+//!   before anything is written that could activate it, so a bad upload changes nothing;
+//! - activation is one atomic pointer swap: a request holds the deployment it started on
+//!   until it finishes, and the next request sees the new one;
+//! - every change is durable in the store before it is visible, and a restart restores every
+//!   tenant and its active deployment;
+//! - control-plane changes are serialized; requests never wait on them.
+
+mod deployment;
+pub mod records;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use dashmap::DashMap;
+
+pub use deployment::{LiveDeployment, Platform};
+use records::{DeploymentRecord, ModelRef, TenantRecord};
+
+use crate::engine::Service;
+use crate::store::Digest;
+
+/// Why a control-plane request was refused.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The tenant, version or other named thing does not exist.
+    NotFound(String),
+    /// The change conflicts with existing state (e.g. a host owned by another tenant).
+    Conflict(String),
+    /// The request or an uploaded artifact is invalid; `code` says which way.
+    Invalid { code: &'static str, message: String },
+    /// Corral itself failed (I/O, a host bug).
+    Internal(anyhow::Error),
+}
+
+impl Refusal {
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Refusal {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Internal(e)
+    }
+}
+
+/// A tenant as the server holds it.
+#[derive(Debug)]
+struct Tenant {
+    record: ArcSwap<TenantRecord>,
+    live: ArcSwapOption<LiveDeployment>,
+}
+
+/// What a request's host name resolves to.
+#[derive(Debug)]
+pub enum Route {
+    /// No tenant serves this host.
+    UnknownHost,
+    /// The tenant exists but has no active deployment.
+    NoDeployment { tenant: Arc<str> },
+    Serve {
+        tenant: Arc<str>,
+        deployment: Arc<LiveDeployment>,
+    },
+}
+
+/// A tenant's deployments, oldest first, and which one is active.
+#[derive(Debug)]
+pub struct DeploymentList {
+    pub deployments: Vec<DeploymentRecord>,
+    pub active: Option<u32>,
+}
+
+/// The tenants of this process.
+#[derive(Debug)]
+pub struct Tenancy {
+    platform: Arc<Platform>,
+    tenants: DashMap<String, Arc<Tenant>>,
+    /// Normalized host name → tenant name.
+    hosts: DashMap<String, Arc<str>>,
+    /// Token hash → tenant name.
+    tokens: DashMap<Digest, String>,
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl Tenancy {
+    /// Restores every tenant from the store and activates their active deployments. A
+    /// deployment that no longer builds is logged and left inactive (its tenant answers 503);
+    /// other tenants are not held back by it. Blocking.
+    pub fn open(platform: Arc<Platform>) -> anyhow::Result<Self> {
+        let tenancy = Self {
+            platform,
+            tenants: DashMap::new(),
+            hosts: DashMap::new(),
+            tokens: DashMap::new(),
+            changes: tokio::sync::Mutex::new(()),
+        };
+        let store = &tenancy.platform.store;
+        for name in store.list("tenants".as_ref())? {
+            let Some(record) = store.read_record::<TenantRecord>(&records::tenant_path(&name))?
+            else {
+                // A tenant whose creation or deletion was interrupted: nothing refers to it.
+                tracing::info!(tenant = %name, "removing an incomplete tenant directory");
+                store.remove_dir(&records::tenant_dir(&name))?;
+                continue;
+            };
+            let live = match record.active {
+                Some(version) => match tenancy.load_version(&name, version) {
+                    Ok(live) => Some(Arc::new(live)),
+                    Err(e) => {
+                        tracing::error!(tenant = %name, version, error = ?e, "cannot restore the active deployment; the tenant answers 503 until one is activated");
+                        None
+                    }
+                },
+                None => None,
+            };
+            tracing::info!(tenant = %name, hosts = ?record.hosts, active = ?live.as_ref().map(|l| l.version), "tenant restored");
+            tenancy.insert(record, live);
+        }
+        Ok(tenancy)
+    }
+
+    pub fn platform(&self) -> &Arc<Platform> {
+        &self.platform
+    }
+
+    fn insert(&self, record: TenantRecord, live: Option<Arc<LiveDeployment>>) {
+        let name: Arc<str> = Arc::from(record.name.as_str());
+        for host in &record.hosts {
+            self.hosts.insert(host.clone(), Arc::clone(&name));
+        }
+        self.tokens.insert(record.token_sha256, record.name.clone());
+        self.tenants.insert(
+            record.name.clone(),
+            Arc::new(Tenant {
+                record: ArcSwap::from_pointee(record),
+                live: ArcSwapOption::new(live),
+            }),
+        );
+    }
+
+    /// The deployment serving `host` (already normalized).
+    pub fn route(&self, host: &str) -> Route {
+        let Some(tenant) = self.hosts.get(host).map(|t| Arc::clone(t.value())) else {
+            return Route::UnknownHost;
+        };
+        let live = self.tenants.get(&*tenant).and_then(|t| t.live.load_full());
+        match live {
+            Some(deployment) => Route::Serve { tenant, deployment },
+            None => Route::NoDeployment { tenant },
+        }
+    }
+
+    /// The tenant a tenant token belongs to.
+    pub fn tenant_of_token(&self, token: &str) -> Option<String> {
+        self.tokens
+            .get(&records::token_hash(token))
+            .map(|t| t.value().clone())
+    }
+
+    pub fn tenant_count(&self) -> usize {
+        self.tenants.len()
+    }
+
+    pub fn list(&self) -> Vec<TenantRecord> {
+        let mut all: Vec<TenantRecord> = self
+            .tenants
+            .iter()
+            .map(|t| (**t.record.load()).clone())
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    pub fn get(&self, name: &str) -> Result<TenantRecord, Refusal> {
+        Ok((*self.tenant(name)?.record.load_full()).clone())
+    }
+
+    fn tenant(&self, name: &str) -> Result<Arc<Tenant>, Refusal> {
+        self.tenants
+            .get(name)
+            .map(|t| Arc::clone(t.value()))
+            .ok_or_else(|| Refusal::NotFound(format!("no tenant named '{name}'")))
+    }
+
+    /// Creates a tenant, or replaces an existing tenant's host names. Returns the record and,
+    /// for a new tenant only, its token (shown once; only its hash is kept).
+    pub async fn put_tenant(
+        &self,
+        name: &str,
+        hosts: &[String],
+    ) -> Result<(TenantRecord, Option<String>), Refusal> {
+        records::check_tenant_name(name).map_err(|m| Refusal::invalid("invalid_tenant", m))?;
+        let mut normalized = Vec::with_capacity(hosts.len());
+        for host in hosts {
+            let host = records::normalize_host(host).ok_or_else(|| {
+                Refusal::invalid(
+                    "invalid_host",
+                    format!("'{}' is not a valid host name", host.escape_debug()),
+                )
+            })?;
+            if !normalized.contains(&host) {
+                normalized.push(host);
+            }
+        }
+        let _changing = self.changes.lock().await;
+        for host in &normalized {
+            if let Some(owner) = self.hosts.get(host)
+                && **owner != *name
+            {
+                return Err(Refusal::Conflict(format!(
+                    "host '{host}' already belongs to another tenant"
+                )));
+            }
+        }
+        let existing = self.tenants.get(name).map(|t| Arc::clone(t.value()));
+        let (record, token) = match &existing {
+            Some(tenant) => {
+                let mut record = (**tenant.record.load()).clone();
+                record.hosts = normalized;
+                (record, None)
+            }
+            None => {
+                let token = records::new_token("corral_t")?;
+                let record = TenantRecord {
+                    name: name.to_owned(),
+                    hosts: normalized,
+                    token_sha256: records::token_hash(&token),
+                    created: records::now(),
+                    active: None,
+                };
+                (record, Some(token))
+            }
+        };
+        self.write_tenant(&record).await?;
+        match existing {
+            Some(tenant) => {
+                let old = tenant.record.swap(Arc::new(record.clone()));
+                for host in old.hosts.iter().filter(|h| !record.hosts.contains(h)) {
+                    self.hosts.remove(host);
+                }
+                let name: Arc<str> = Arc::from(name);
+                for host in &record.hosts {
+                    self.hosts.insert(host.clone(), Arc::clone(&name));
+                }
+            }
+            None => self.insert(record.clone(), None),
+        }
+        Ok((record, token))
+    }
+
+    /// Deletes a tenant and all its deployment records. Requests in flight finish.
+    pub async fn delete_tenant(&self, name: &str) -> Result<(), Refusal> {
+        let _changing = self.changes.lock().await;
+        let tenant = self.tenant(name)?;
+        let store_name = name.to_owned();
+        let platform = Arc::clone(&self.platform);
+        // The record goes first: a crash after it leaves a directory that `open` removes.
+        blocking(move || {
+            platform
+                .store
+                .remove_record(&records::tenant_path(&store_name))?;
+            platform
+                .store
+                .remove_dir(&records::tenant_dir(&store_name))?;
+            Ok(())
+        })
+        .await?;
+        let record = tenant.record.load_full();
+        for host in &record.hosts {
+            self.hosts.remove(host);
+        }
+        self.tokens.remove(&record.token_sha256);
+        self.tenants.remove(name);
+        tenant.live.store(None);
+        Ok(())
+    }
+
+    /// Every deployment of a tenant, by version.
+    pub async fn deployments(&self, name: &str) -> Result<DeploymentList, Refusal> {
+        let tenant = self.tenant(name)?;
+        let platform = Arc::clone(&self.platform);
+        let dir_name = name.to_owned();
+        let deployments =
+            blocking(move || {
+                let mut all = Vec::new();
+                for version in versions(&platform, &dir_name)? {
+                    if let Some(record) = platform.store.read_record::<DeploymentRecord>(
+                        &records::deployment_path(&dir_name, version),
+                    )? {
+                        all.push(record);
+                    }
+                }
+                Ok(all)
+            })
+            .await?;
+        Ok(DeploymentList {
+            deployments,
+            active: tenant.record.load().active,
+        })
+    }
+
+    /// Validates and stores a new deployment of blobs already in the store, then activates it.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        component: Digest,
+        models: BTreeMap<String, ModelRef>,
+    ) -> Result<DeploymentRecord, Refusal> {
+        self.tenant(name)?;
+        let mut record = DeploymentRecord {
+            version: 0,
+            component,
+            models,
+            created: records::now(),
+        };
+        // Validation (compilation, model loading) runs before the lock: uploads to different
+        // tenants, or a slow compile, never hold up other changes.
+        let platform = Arc::clone(&self.platform);
+        let candidate = record.clone();
+        let live = blocking(move || platform.build(&candidate)).await?;
+        let _changing = self.changes.lock().await;
+        let tenant = self.tenant(name)?;
+        let platform = Arc::clone(&self.platform);
+        let store_name = name.to_owned();
+        record.version = blocking(move || {
+            Ok(versions(&platform, &store_name)?
+                .last()
+                .map_or(1, |v| v + 1))
+        })
+        .await?;
+        let platform = Arc::clone(&self.platform);
+        let (store_name, to_store) = (name.to_owned(), record.clone());
+        blocking(move || {
+            platform.store.write_record(
+                &records::deployment_path(&store_name, to_store.version),
+                &to_store,
+            )?;
+            Ok(())
+        })
+        .await?;
+        self.activate_live(
+            &tenant,
+            LiveDeployment {
+                version: record.version,
+                service: live.service,
+            },
+        )
+        .await?;
+        tracing::info!(tenant = %name, version = record.version, component = %record.component, "deployment activated");
+        Ok(record)
+    }
+
+    /// Makes an existing version the active one (roll back or forward).
+    pub async fn activate(&self, name: &str, version: u32) -> Result<DeploymentRecord, Refusal> {
+        self.tenant(name)?;
+        let platform = Arc::clone(&self.platform);
+        let store_name = name.to_owned();
+        let (record, live) = blocking(move || {
+            let record = platform
+                .store
+                .read_record::<DeploymentRecord>(&records::deployment_path(&store_name, version))?
+                .ok_or_else(|| {
+                    Refusal::NotFound(format!("tenant '{store_name}' has no version {version}"))
+                })?;
+            let live = platform.build(&record)?;
+            Ok((record, live))
+        })
+        .await?;
+        let _changing = self.changes.lock().await;
+        let tenant = self.tenant(name)?;
+        self.activate_live(&tenant, live).await?;
+        tracing::info!(tenant = %name, version, "deployment activated");
+        Ok(record)
+    }
+
+    /// Records `live` as the tenant's active version, then swaps it in. Call with the
+    /// changes lock held.
+    async fn activate_live(&self, tenant: &Tenant, live: LiveDeployment) -> Result<(), Refusal> {
+        let mut record = (**tenant.record.load()).clone();
+        record.active = Some(live.version);
+        self.write_tenant(&record).await?;
+        tenant.record.store(Arc::new(record));
+        tenant.live.store(Some(Arc::new(live)));
+        Ok(())
+    }
+
+    async fn write_tenant(&self, record: &TenantRecord) -> Result<(), Refusal> {
+        let platform = Arc::clone(&self.platform);
+        let record = record.clone();
+        blocking(move || {
+            platform
+                .store
+                .write_record(&records::tenant_path(&record.name), &record)
+                .context("cannot save the tenant")?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn load_version(&self, name: &str, version: u32) -> Result<LiveDeployment, Refusal> {
+        let record = self
+            .platform
+            .store
+            .read_record::<DeploymentRecord>(&records::deployment_path(name, version))?
+            .ok_or_else(|| Refusal::NotFound(format!("version {version} has no record")))?;
+        self.platform.build(&record)
+    }
+
+    /// The service serving a tenant now, if any (for tests and metrics).
+    pub fn active_service(&self, name: &str) -> Option<Arc<Service>> {
+        self.tenants
+            .get(name)
+            .and_then(|t| t.live.load_full())
+            .map(|live| Arc::clone(&live.service))
+    }
+}
+
+/// The versions stored for a tenant, ascending.
+fn versions(platform: &Platform, tenant: &str) -> anyhow::Result<Vec<u32>> {
+    let mut versions: Vec<u32> = platform
+        .store
+        .list(&records::deployments_dir(tenant))?
+        .iter()
+        .filter_map(|file| file.strip_suffix(".json")?.parse().ok())
+        .collect();
+    versions.sort_unstable();
+    Ok(versions)
+}
+
+/// Runs store or build work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, Refusal> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Refusal::Internal(anyhow::anyhow!("background task failed: {e}")))?
+}

@@ -1,0 +1,182 @@
+//! What the store keeps about tenants and their deployments, and the rules for names.
+//!
+//! Layout in the data directory:
+//! - `tenants/<tenant>/tenant.json`: a [`TenantRecord`] (hosts, token hash, active version);
+//! - `tenants/<tenant>/deployments/<version>.json`: a [`DeploymentRecord`] pinned by digests;
+//! - `blobs/sha256/<hex>`: the components and models the records name.
+//!
+//! A deployment record is written before the tenant record that activates it, so a crash in
+//! between leaves an inactive version, never an active one whose record is missing.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backends::models::ModelFormat;
+use crate::store::Digest;
+
+/// A tenant as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRecord {
+    pub name: String,
+    pub hosts: Vec<String>,
+    /// sha256 of the tenant's token; the token itself is shown once and never stored.
+    pub token_sha256: Digest,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+    /// The version requests are served by, if any.
+    pub active: Option<u32>,
+}
+
+/// One deployment of a tenant, as stored: everything pinned by content digest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentRecord {
+    pub version: u32,
+    pub component: Digest,
+    pub models: BTreeMap<String, ModelRef>,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+}
+
+/// A model of a deployment: its bytes and how to load them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRef {
+    pub digest: Digest,
+    pub format: ModelFormat,
+}
+
+pub fn tenant_dir(tenant: &str) -> PathBuf {
+    PathBuf::from("tenants").join(tenant)
+}
+
+pub fn tenant_path(tenant: &str) -> PathBuf {
+    tenant_dir(tenant).join("tenant.json")
+}
+
+pub fn deployments_dir(tenant: &str) -> PathBuf {
+    tenant_dir(tenant).join("deployments")
+}
+
+pub fn deployment_path(tenant: &str, version: u32) -> PathBuf {
+    deployments_dir(tenant).join(format!("{version}.json"))
+}
+
+/// Tenant names are DNS-label-like: `[a-z0-9-]{1,63}`.
+pub fn check_tenant_name(name: &str) -> Result<(), String> {
+    let valid = (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{}' is not a valid tenant name: use 1 to 63 characters from a-z, 0-9 and '-'",
+            name.escape_debug()
+        ))
+    }
+}
+
+/// Model names are what guests pass to `load-by-name`: `[A-Za-z0-9_.-]{1,128}`.
+pub fn check_model_name(name: &str) -> Result<(), String> {
+    let valid = (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{}' is not a valid model name: use 1 to 128 characters from A-Z, a-z, 0-9, '-', '_' and '.'",
+            name.escape_debug()
+        ))
+    }
+}
+
+/// Normalizes a host name as routing compares it: lower case, no port, no trailing dot.
+/// `None` when it is not a plausible DNS name.
+pub fn normalize_host(host: &str) -> Option<String> {
+    let host = host.trim();
+    let host = match host.rsplit_once(':') {
+        Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let valid = (1..=253).contains(&host.len())
+        && host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    valid.then_some(host)
+}
+
+/// A new secret token: 32 random bytes as hex, prefixed so it is recognizable in a leak scan.
+pub fn new_token(prefix: &str) -> anyhow::Result<String> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{prefix}_{hex}"))
+}
+
+pub fn token_hash(token: &str) -> Digest {
+    Digest::of(token.as_bytes())
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_names_follow_dns_labels() {
+        for good in ["acme", "a", "team-42", &"x".repeat(63)] {
+            assert!(check_tenant_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Acme", "a_b", "a.b", "../x", &"x".repeat(64), "é"] {
+            assert!(check_tenant_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hosts_are_compared_without_case_port_or_trailing_dot() {
+        assert_eq!(
+            normalize_host("Acme.Example.com:8443").as_deref(),
+            Some("acme.example.com")
+        );
+        assert_eq!(
+            normalize_host("acme.localhost.").as_deref(),
+            Some("acme.localhost")
+        );
+        for bad in [
+            "",
+            "a..b",
+            "a b",
+            "a/b",
+            "x:",
+            &format!("{}.com", "y".repeat(64)),
+        ] {
+            assert_eq!(normalize_host(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_random_and_stored_as_hashes() {
+        let a = new_token("corral_t").unwrap();
+        let b = new_token("corral_t").unwrap();
+        assert_ne!(a, b);
+        assert!(a.starts_with("corral_t_") && a.len() == "corral_t_".len() + 64);
+        assert_eq!(token_hash(&a), token_hash(&a));
+        assert_ne!(token_hash(&a), token_hash(&b));
+    }
+}

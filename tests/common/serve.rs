@@ -1,0 +1,285 @@
+//! A real `corral serve` process on loopback, and a real HTTP client for its two listeners.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+/// A data directory under the system temp dir, removed when dropped.
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    pub fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("corral-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.0.join("data")
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `corral serve` running on ephemeral ports; SIGKILLed when dropped.
+pub struct Corral {
+    child: Child,
+    pub data: SocketAddr,
+    pub admin: SocketAddr,
+    pub token: String,
+    pub log: PathBuf,
+}
+
+impl Corral {
+    /// Starts `corral serve` on `dir` with `config` (TOML) and waits until both listeners are
+    /// bound. The server's log goes to `dir/serve-N.log`.
+    pub fn start(dir: &DataDir, config: &str) -> Self {
+        let config_path = dir.0.join("corral.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let n = std::fs::read_dir(&dir.0).unwrap().count();
+        let log = dir.0.join(format!("serve-{n}.log"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_corral"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--data")
+            .arg(dir.data())
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .env_remove("CORRAL_ADMIN_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("corral serve starts");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (mut data, mut admin, mut token_file) = (None, None, None);
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            if let Some(addr) = line.strip_prefix("corral: serving tenants on http://") {
+                data = Some(addr.trim().parse().unwrap());
+            } else if let Some(addr) = line.strip_prefix("corral: admin API on http://") {
+                admin = Some(addr.trim().parse().unwrap());
+            } else if let Some(path) = line.strip_prefix("corral: operator token in ") {
+                token_file = Some(PathBuf::from(path.trim()));
+                break;
+            }
+        }
+        let (Some(data), Some(admin), Some(token_file)) = (data, admin, token_file) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "corral serve did not start; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        let token = std::fs::read_to_string(token_file)
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            child,
+            data,
+            admin,
+            token,
+            log,
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs, as in a crash.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// An admin API call with `token`; returns the status and the JSON body.
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(String, Vec<u8>)>,
+    ) -> (StatusCode, Value) {
+        let mut headers = Vec::new();
+        if let Some(token) = token {
+            headers.push(("authorization".to_owned(), format!("Bearer {token}")));
+        }
+        let body = match body {
+            Some((content_type, bytes)) => {
+                headers.push(("content-type".to_owned(), content_type));
+                bytes
+            }
+            None => Vec::new(),
+        };
+        let (status, bytes) = send(self.admin, method, path, "admin", &headers, body).await;
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, value)
+    }
+
+    /// An operator call with a JSON body.
+    pub async fn operator(&self, method: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        let body = Some(("application/json".to_owned(), body.to_string().into_bytes()));
+        self.admin(method, path, Some(&self.token.clone()), body)
+            .await
+    }
+
+    /// Creates a tenant with one host; returns its token.
+    pub async fn create_tenant(&self, name: &str, host: &str) -> String {
+        let (status, body) = self
+            .operator(
+                "PUT",
+                &format!("/v1/tenants/{name}"),
+                serde_json::json!({ "hosts": [host] }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Uploads a deployment with `token`: `component` and `(name, file)` models.
+    pub async fn deploy(
+        &self,
+        tenant: &str,
+        token: &str,
+        component: &Path,
+        models: &[(&str, &Path)],
+    ) -> (StatusCode, Value) {
+        let mut parts = vec![Part::file("component", component)];
+        for (name, path) in models {
+            parts.push(Part::file(&format!("model.{name}"), path));
+        }
+        let path = format!("/v1/tenants/{tenant}/deployments");
+        self.admin("POST", &path, Some(token), Some(multipart(&parts)))
+            .await
+    }
+
+    /// A data-plane request for `host`.
+    pub async fn call(
+        &self,
+        host: &str,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Bytes) {
+        send(self.data, method, path, host, &[], body).await
+    }
+
+    /// The value of an unlabelled metric, e.g. `corral_model_sessions`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (status, body) = send(self.admin, "GET", "/metrics", "admin", &[], Vec::new()).await;
+        assert_eq!(status, StatusCode::OK);
+        let text = String::from_utf8_lossy(&body).into_owned();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        let (_, body) = send(self.admin, "GET", "/metrics", "admin", &[], Vec::new()).await;
+        String::from_utf8_lossy(&body).into_owned()
+    }
+}
+
+impl Drop for Corral {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One part of a multipart/form-data body.
+pub struct Part {
+    pub name: String,
+    pub file_name: Option<String>,
+    pub bytes: Vec<u8>,
+}
+
+impl Part {
+    pub fn file(name: &str, path: &Path) -> Self {
+        Self {
+            name: name.to_owned(),
+            file_name: path.file_name().map(|n| n.to_string_lossy().into_owned()),
+            bytes: std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        }
+    }
+
+    pub fn bytes(name: &str, file_name: &str, bytes: Vec<u8>) -> Self {
+        Self {
+            name: name.to_owned(),
+            file_name: Some(file_name.to_owned()),
+            bytes,
+        }
+    }
+}
+
+/// `(content type, body)` of a multipart/form-data upload.
+pub fn multipart(parts: &[Part]) -> (String, Vec<u8>) {
+    let boundary = "corral-test-boundary-7d2f";
+    let mut body = Vec::new();
+    for part in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        let file_name = part
+            .file_name
+            .as_ref()
+            .map(|f| format!("; filename=\"{f}\""))
+            .unwrap_or_default();
+        body.extend_from_slice(
+            format!(
+                "Content-Disposition: form-data; name=\"{}\"{file_name}\r\n\r\n",
+                part.name
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(&part.bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(String, String)],
+    body: Vec<u8>,
+) -> (StatusCode, Bytes) {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(connection);
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let request = request.body(Full::new(Bytes::from(body))).unwrap();
+    let response = sender.send_request(request).await.expect("response");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, body)
+}
