@@ -89,3 +89,103 @@ fn a_file_that_is_not_a_component_names_the_file() {
         "{stderr}"
     );
 }
+
+/// The README's multi-tenant walk-through, with the real CLI against a real `corral serve`.
+#[tokio::test]
+async fn the_cli_creates_tenants_deploys_lists_and_rolls_back() {
+    use common::serve::{Corral, DataDir};
+    let dir = DataDir::new("cli");
+    let server = Corral::start(&dir, "");
+    let cli = |args: &[&str], token: &str| {
+        let output = corral()
+            .args(args)
+            .env("CORRAL_SERVER", format!("http://{}", server.admin))
+            .env("CORRAL_TOKEN", token)
+            .output()
+            .expect("corral runs");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.success(), stdout, stderr)
+    };
+    let operator = server.token.clone();
+
+    let (ok, out, err) = cli(
+        &["tenant", "create", "acme", "--host", "acme.test"],
+        &operator,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("created tenant 'acme' (hosts: acme.test)"),
+        "{out}"
+    );
+    let tenant_token = out
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .expect("the token is printed")
+        .to_owned();
+
+    // The tenant's own token deploys twice and rolls back.
+    let model = format!("add={}", fixture("add.onnx").display());
+    let probe = guest("nn-probe");
+    let component = probe.to_str().unwrap();
+    for version in ["1", "2"] {
+        let (ok, out, err) = cli(
+            &["deploy", "--tenant", "acme", component, "--model", &model],
+            &tenant_token,
+        );
+        assert!(ok, "{err}");
+        assert!(
+            out.contains(&format!("deployed 'acme' version {version} (active)")),
+            "{out}"
+        );
+        assert!(out.contains("model add sha256:"), "{out}");
+    }
+    let (ok, out, err) = cli(&["rollback", "acme", "1"], &tenant_token);
+    assert!(ok, "{err}");
+    assert!(out.contains("version 1 is active"), "{out}");
+    let (ok, out, _) = cli(&["deployments", "acme"], &tenant_token);
+    assert!(ok);
+    let rows: Vec<&str> = out.lines().collect();
+    assert!(rows[0].starts_with("VERSION") && rows.len() == 3, "{out}");
+    assert!(rows[1].starts_with("1        *"), "{out}");
+    let (ok, out, _) = cli(&["deployments", "acme", "--json"], &tenant_token);
+    assert!(ok);
+    let listed = json(out.as_bytes());
+    assert_eq!(listed["active"], 1);
+    let (status, body) = server
+        .call("acme.test", "GET", "/case/add", Vec::new())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+
+    // Errors name what is wrong: a tenant token on an operator command, a missing file,
+    // a model flag with an unknown format, no token at all.
+    let (ok, _, err) = cli(&["tenant", "list"], &tenant_token);
+    assert!(
+        !ok && err.contains("403") && err.contains("forbidden"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(
+        &["deploy", "--tenant", "acme", "missing.wasm"],
+        &tenant_token,
+    );
+    assert!(!ok && err.contains("missing.wasm"), "{err}");
+    let (ok, _, err) = cli(
+        &[
+            "deploy",
+            "--tenant",
+            "acme",
+            component,
+            "--model",
+            "m=weights.bin",
+        ],
+        &tenant_token,
+    );
+    assert!(
+        !ok && err.contains("--model m=weights.bin") && err.contains("*.onnx"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(&["tenant", "list"], "");
+    assert!(!ok && err.contains("CORRAL_TOKEN"), "{err}");
+    let (ok, out, _) = cli(&["tenant", "list"], &operator);
+    assert!(ok && out.contains("acme    1       acme.test"), "{out}");
+}

@@ -65,6 +65,14 @@ async fn two_tenants_are_isolated_by_host_token_and_model_names_and_share_identi
         json!([11.0, 22.0, 33.0, 44.0])
     );
 
+    // HTTP/2 routes by :authority.
+    let (status, body) = corral.call_h2("beta.test", "/case/add").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        json(&body)["detail"]["sum"],
+        json!([11.0, 22.0, 33.0, 44.0])
+    );
+
     // load-by-name sees only the caller's own deployment.
     let (_, body) = corral
         .call("beta.test", "GET", "/load/secret", Vec::new())
@@ -190,7 +198,7 @@ struct BadUpload {
 #[tokio::test]
 async fn invalid_uploads_are_refused_with_their_code_and_change_nothing() {
     let dir = DataDir::new("bad-uploads");
-    // Room for the largest real upload below (add.onnx + nn-probe), not for 3 MB of junk.
+    // Room for the real uploads below (nn-probe + add.onnx), not for a 3 MB one.
     let corral = Corral::start(&dir, "max_upload_bytes = 2_500_000\n");
     let token = corral.create_tenant("acme", "acme.test").await;
     let add = || Part::file("model.add", &fixture("add.onnx"));
@@ -296,17 +304,6 @@ async fn invalid_uploads_are_refused_with_their_code_and_change_nothing() {
             code: "missing_component",
         },
         BadUpload {
-            what: "too large",
-            tenant: "acme",
-            parts: vec![
-                Part::file("component", &guest("nn-probe")),
-                Part::bytes("model.big", "big.onnx", vec![0u8; 3_000_000]),
-            ],
-            content_type: None,
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            code: "upload_too_large",
-        },
-        BadUpload {
             what: "not multipart",
             tenant: "acme",
             parts: vec![],
@@ -369,6 +366,77 @@ async fn invalid_uploads_are_refused_with_their_code_and_change_nothing() {
     }
     let tmp = std::fs::read_dir(dir.data().join("tmp")).unwrap().count();
     assert_eq!(tmp, 0, "no temporary file is left behind");
+
+    // An upload declared larger than the limit is refused before a byte of it is read.
+    let mut stream = tokio::net::TcpStream::connect(corral.admin).await.unwrap();
+    let head = format!(
+        "POST /v1/tenants/acme/deployments HTTP/1.1\r\nhost: admin\r\nauthorization: Bearer {token}\r\n\
+         content-type: multipart/form-data; boundary=x\r\ncontent-length: 3000000\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let response = read_response(&mut stream).await;
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("\"upload_too_large\""), "{response}");
+
+    // A `format.NAME` part names the format when the file name does not; an unknown one is
+    // refused.
+    let add_bytes = || std::fs::read(fixture("add.onnx")).unwrap();
+    let upload = |format: &str| {
+        multipart(&[
+            Part::file("component", &guest("nn-probe")),
+            Part::bytes("model.add", "weights.bin", add_bytes()),
+            Part {
+                name: "format.add".into(),
+                file_name: None,
+                bytes: format.as_bytes().to_vec(),
+            },
+        ])
+    };
+    let path = "/v1/tenants/acme/deployments";
+    let (status, body) = corral
+        .admin("POST", path, Some(&token), Some(upload("tflite")))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "unknown_format");
+    let (status, body) = corral
+        .admin("POST", path, Some(&token), Some(upload("onnx")))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["version"], 2);
+    assert_eq!(body["formats"]["add"], "onnx");
+}
+
+/// Reads one HTTP/1.1 response (head and a Content-Length body) from a raw connection.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")?
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0usize);
+            if body.len() >= length {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .expect("the server answers")
+            .unwrap();
+        if n == 0 {
+            return text;
+        }
+        bytes.extend_from_slice(&buf[..n]);
+    }
 }
 
 #[tokio::test]

@@ -179,6 +179,33 @@ impl Corral {
         send(self.data, method, path, host, &[], body).await
     }
 
+    /// A data-plane GET over HTTP/2 (cleartext), naming the host in `:authority` only.
+    pub async fn call_h2(&self, host: &str, path: &str) -> (StatusCode, Bytes) {
+        let stream = tokio::net::TcpStream::connect(self.data)
+            .await
+            .expect("connect");
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(connection);
+        let request = Request::get(format!("http://{host}{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert!(request.headers().get("host").is_none());
+        let response = sender.send_request(request).await.expect("response");
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, body)
+    }
+
     /// The value of an unlabelled metric, e.g. `corral_model_sessions`.
     pub async fn metric(&self, name: &str) -> f64 {
         let (status, body) = send(self.admin, "GET", "/metrics", "admin", &[], Vec::new()).await;

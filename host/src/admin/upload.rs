@@ -79,8 +79,8 @@ pub async fn receive(
             let digest = store_part(platform, &mut field).await?;
             models.insert(model.to_owned(), (digest, format));
         } else if let Some(model) = name.strip_prefix("format.") {
-            let value = field.text().await.map_err(multipart_error)?;
-            formats.insert(model.to_owned(), value.trim().to_owned());
+            let value = small_text(&mut field, &name).await?;
+            formats.insert(model.to_owned(), value);
         } else {
             return Err(ApiError::bad_request(format!(
                 "unexpected part '{}': expected 'component', 'model.NAME' or 'format.NAME'",
@@ -124,6 +124,26 @@ pub async fn receive(
         component,
         models: resolved,
     })
+}
+
+/// A short text part, read without buffering more than a few bytes of it.
+async fn small_text(field: &mut multer::Field<'_>, name: &str) -> Result<String, ApiError> {
+    const MAX: usize = 64;
+    let mut value = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        if value.len() + chunk.len() > MAX {
+            return Err(ApiError::bad_request(format!(
+                "the part '{}' is longer than {MAX} bytes",
+                name.escape_debug()
+            )));
+        }
+        value.extend_from_slice(&chunk);
+    }
+    String::from_utf8(value)
+        .map(|v| v.trim().to_owned())
+        .map_err(|_| {
+            ApiError::bad_request(format!("the part '{}' is not UTF-8", name.escape_debug()))
+        })
 }
 
 /// Streams one part into the store on the blocking pool.

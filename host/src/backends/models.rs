@@ -52,6 +52,9 @@ impl ModelFormat {
 #[derive(Debug, Default)]
 pub struct SessionPool {
     sessions: DashMap<(ModelDigest, ModelFormat), Weak<OnnxSession>>,
+    /// Serializes loading, so two deployments of the same new bytes load it once. Held only
+    /// on the blocking pool, never across an await; lookups of live sessions do not take it.
+    loading: std::sync::Mutex<()>,
 }
 
 impl SessionPool {
@@ -62,6 +65,13 @@ impl SessionPool {
         format: ModelFormat,
     ) -> Result<(ModelDigest, Arc<OnnxSession>), InferenceError> {
         let digest = ModelDigest::of(bytes);
+        if let Some(session) = self.get(digest, format) {
+            return Ok((digest, session));
+        }
+        let _loading = self
+            .loading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(session) = self.get(digest, format) {
             return Ok((digest, session));
         }
