@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::serve::{Corral, DataDir, Part, multipart};
+use common::serve::{Corral, DataDir, Part, multipart, raw_request};
 use common::*;
 use hyper::StatusCode;
 use serde_json::json;
@@ -270,6 +270,17 @@ async fn invalid_uploads_are_refused_with_their_code_and_change_nothing() {
             code: "invalid_model",
         },
         BadUpload {
+            what: "a custom op (needs a library Corral never loads)",
+            tenant: "acme",
+            parts: vec![
+                Part::file("component", &guest("nn-probe")),
+                Part::file("model.add", &fixture("custom_op.onnx")),
+            ],
+            content_type: None,
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_model",
+        },
+        BadUpload {
             what: "external data",
             tenant: "acme",
             parts: vec![
@@ -368,13 +379,11 @@ async fn invalid_uploads_are_refused_with_their_code_and_change_nothing() {
     assert_eq!(tmp, 0, "no temporary file is left behind");
 
     // An upload declared larger than the limit is refused before a byte of it is read.
-    let mut stream = tokio::net::TcpStream::connect(corral.admin).await.unwrap();
     let head = format!(
         "POST /v1/tenants/acme/deployments HTTP/1.1\r\nhost: admin\r\nauthorization: Bearer {token}\r\n\
          content-type: multipart/form-data; boundary=x\r\ncontent-length: 3000000\r\n\r\n"
     );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let response = read_response(&mut stream).await;
+    let response = raw_request(corral.admin, &head).await;
     assert!(response.starts_with("HTTP/1.1 413"), "{response}");
     assert!(response.contains("\"upload_too_large\""), "{response}");
 
@@ -404,39 +413,6 @@ async fn invalid_uploads_are_refused_with_their_code_and_change_nothing() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["version"], 2);
     assert_eq!(body["formats"]["add"], "onnx");
-}
-
-/// Reads one HTTP/1.1 response (head and a Content-Length body) from a raw connection.
-async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length: ")?
-                        .parse()
-                        .ok()
-                })
-                .unwrap_or(0usize);
-            if body.len() >= length {
-                return text;
-            }
-        }
-        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
-            .await
-            .expect("the server answers")
-            .unwrap();
-        if n == 0 {
-            return text;
-        }
-        bytes.extend_from_slice(&buf[..n]);
-    }
 }
 
 #[tokio::test]

@@ -70,7 +70,11 @@ const MISTAKES: &[(&str, &str, &str)] = &[
     ("wrong-rank", "invalid-argument", "dimensions"),
     ("byte-length", "invalid-argument", "15 bytes"),
     ("overflow-dims", "invalid-argument", "overflow"),
-    ("huge-dims", "invalid-argument", "bytes"),
+    (
+        "huge-dims",
+        "invalid-argument",
+        "limit of 67108864 elements",
+    ),
     ("unknown-input", "invalid-argument", "'c'"),
     ("missing-input", "invalid-argument", "missing input 'b'"),
     ("duplicate-input", "invalid-argument", "more than once"),

@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 use crate::client::{AdminClient, format_time};
 use crate::config::Config;
 use crate::dev::{DevOptions, DevServer};
-use crate::engine::SandboxSettings;
+use crate::engine::EngineSettings;
+use crate::limits::Limits;
 use crate::server::{DEFAULT_MAX_UPLOAD_BYTES, ServeOptions, Server, TokenSource};
 
 #[derive(Debug, Parser)]
@@ -193,9 +194,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .or(config.admin_token);
     options.max_upload_bytes = config.max_upload_bytes.unwrap_or(DEFAULT_MAX_UPLOAD_BYTES);
     options.max_parallel_inference = config.max_parallel_inference;
-    if let Some(secs) = config.request_timeout_secs {
-        options.sandbox.request_timeout = Duration::from_secs(secs);
+    if let Some(secs) = config.deploy_timeout_secs {
+        options.deploy_timeout = Duration::from_secs(secs);
     }
+    options.engine = config.engine;
+    options.limits = config.limits;
     let data_dir = options.data_dir.clone();
     let server = Server::start(options).await?;
     println!("corral: data directory {}", data_dir.display());
@@ -410,11 +413,12 @@ async fn run_dev(args: RunArgs) -> anyhow::Result<()> {
         component: args.component.clone(),
         models: args.models,
         listen: args.listen,
-        sandbox: SandboxSettings {
-            request_timeout: Duration::from_secs(args.request_timeout.max(1)),
-            inherit_stdio: true,
-            ..SandboxSettings::default()
+        engine: EngineSettings::default(),
+        limits: Limits {
+            timeout_ms: Duration::from_secs(args.request_timeout.max(1)).as_millis() as u64,
+            ..Limits::default()
         },
+        inherit_stdio: true,
         max_parallel_inference: args.max_parallel_inference.map(|n| n as usize),
     };
     let server = DevServer::start(options).await?;

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::engine::EngineSettings;
+use crate::limits::Limits;
+
 /// The configuration file, as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,10 +24,16 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Largest deployment upload, in bytes.
     pub max_upload_bytes: Option<u64>,
-    /// Seconds a data-plane request may take before the client gets a 504.
-    pub request_timeout_secs: Option<u64>,
     /// Model runs that may execute at once, across all tenants and models.
     pub max_parallel_inference: Option<usize>,
+    /// Seconds validating an upload (compiling, loading models) may take.
+    pub deploy_timeout_secs: Option<u64>,
+    /// The engine's instance pool (`[engine]`).
+    #[serde(default)]
+    pub engine: EngineSettings,
+    /// Default per-tenant limits (`[limits]`); tenants may be given their own.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 impl Config {
@@ -39,12 +48,17 @@ impl Config {
         if config.max_upload_bytes == Some(0) {
             anyhow::bail!("max_upload_bytes must be at least 1");
         }
+        if config.deploy_timeout_secs == Some(0) {
+            anyhow::bail!("deploy_timeout_secs must be at least 1");
+        }
         if config.max_parallel_inference == Some(0) {
             anyhow::bail!("max_parallel_inference must be at least 1");
         }
-        if config.request_timeout_secs == Some(0) {
-            anyhow::bail!("request_timeout_secs must be at least 1");
-        }
+        config.engine.check().map_err(anyhow::Error::msg)?;
+        config
+            .limits
+            .check()
+            .map_err(|m| anyhow::anyhow!("[limits]: {m}"))?;
         Ok(config)
     }
 }
@@ -70,5 +84,11 @@ mod tests {
         let err = Config::parse("admin_listen = \"nowhere\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("admin_listen"), "{err:#}");
         assert!(Config::parse("max_upload_bytes = 0").is_err());
+        let err = Config::parse("[limits]\ncpu_ms = 0\n").unwrap_err();
+        assert!(format!("{err:#}").contains("cpu_ms"), "{err:#}");
+        let err = Config::parse("[limits]\ncpu_msec = 5\n").unwrap_err();
+        assert!(format!("{err:#}").contains("cpu_msec"), "{err:#}");
+        let config = Config::parse("[engine]\ninstances = 8\n[limits]\ncpu_ms = 50\n").unwrap();
+        assert_eq!((config.engine.instances, config.limits.cpu_ms), (8, 50));
     }
 }

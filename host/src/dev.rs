@@ -10,7 +10,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::backends::models::{InferencePool, ModelSet, SessionPool};
-use crate::engine::{self, SandboxSettings, Service};
+use crate::engine::log::GuestOutput;
+use crate::engine::{self, EngineSettings, RequestSandbox, Service};
+use crate::http::Target;
+use crate::limits::Limits;
 use crate::nn::NnCtx;
 
 /// What `corral run` serves.
@@ -20,7 +23,10 @@ pub struct DevOptions {
     /// `(name, path)`: the names the guest passes to `load-by-name`.
     pub models: Vec<(String, PathBuf)>,
     pub listen: SocketAddr,
-    pub sandbox: SandboxSettings,
+    pub engine: EngineSettings,
+    pub limits: Limits,
+    /// Let the guest write to the host's stdout/stderr.
+    pub inherit_stdio: bool,
     /// Model runs that may execute at once across all models (`None`: twice the CPU count,
     /// at least 4).
     pub max_parallel_inference: Option<usize>,
@@ -40,7 +46,7 @@ impl DevServer {
     /// Compiles the component, loads the models and starts listening. Every failure names the
     /// file or model at fault.
     pub async fn start(options: DevOptions) -> anyhow::Result<Self> {
-        let engine = engine::new_engine(&options.sandbox)?;
+        let engine = engine::new_engine(&options.engine)?;
         let component_path = options.component.clone();
         let compile_engine = engine.clone();
         let component =
@@ -65,14 +71,28 @@ impl DevServer {
             .unwrap_or_else(InferencePool::default_limit);
         let inference = Arc::new(InferencePool::new(limit));
         let nn = NnCtx::new(Arc::new(models), Arc::clone(&inference));
-        let service = Service::new(&engine, &component, nn, options.sandbox.clone())
+        let service = Service::new(&engine, &component, nn)
             .with_context(|| format!("cannot serve {}", options.component.display()))?;
+        let output = if options.inherit_stdio {
+            GuestOutput::Inherit
+        } else {
+            GuestOutput::Discard
+        };
+        let target = Target {
+            service: Arc::new(service),
+            sandbox: RequestSandbox {
+                limits: Arc::new(options.limits.clone()),
+                stdout: output.clone(),
+                stderr: output,
+            },
+            gate: None,
+        };
         let listener = TcpListener::bind(options.listen)
             .await
             .with_context(|| format!("cannot listen on {}", options.listen))?;
         let addr = listener.local_addr()?;
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let router = Arc::new(crate::http::SingleService(Arc::new(service)));
+        let router = Arc::new(crate::http::SingleService(target));
         let task = tokio::spawn(crate::http::serve(listener, router, async {
             let _ = stopped.await;
         }));

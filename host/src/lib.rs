@@ -9,6 +9,7 @@
 //! - [`tenancy`]: tenants, deployments, activation, the registry requests are routed by;
 //! - [`admin`]: the control-plane API; [`client`]: the CLI's client for it;
 //! - [`server`]: `corral serve`, the multi-tenant server; [`config`]: its configuration file;
+//! - [`limits`]: per-tenant limits and where each is enforced;
 //! - [`metrics`]: Prometheus counters;
 //! - [`dev`]: single-tenant development mode (`corral run`);
 //! - [`cli`]: the command line.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod dev;
 pub mod engine;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod nn;
 pub mod server;

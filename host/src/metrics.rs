@@ -4,6 +4,7 @@
 //! anything a client sends: requests to unknown hosts count under `tenant=""`.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
@@ -12,6 +13,8 @@ use dashmap::DashMap;
 pub struct Metrics {
     /// Tenant → status → requests.
     requests: DashMap<String, DashMap<u16, AtomicU64>>,
+    /// Tenant → guest stdout/stderr bytes dropped over the tenant's log budget.
+    log_dropped: DashMap<String, Arc<AtomicU64>>,
 }
 
 impl Metrics {
@@ -35,6 +38,11 @@ impl Metrics {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The counter of a tenant's dropped guest-output bytes.
+    pub fn log_dropped_counter(&self, tenant: &str) -> Arc<AtomicU64> {
+        Arc::clone(&self.log_dropped.entry(tenant.to_owned()).or_default())
+    }
+
     /// The Prometheus text exposition, with gauges read at call time.
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
@@ -55,6 +63,21 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "corral_requests_total{{tenant=\"{}\",status=\"{status}\"}} {count}",
+                escape(&tenant)
+            );
+        }
+        out.push_str("# HELP corral_guest_log_dropped_bytes_total Guest stdout/stderr bytes dropped over the tenant's log budget.\n");
+        out.push_str("# TYPE corral_guest_log_dropped_bytes_total counter\n");
+        let mut dropped: Vec<(String, u64)> = self
+            .log_dropped
+            .iter()
+            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+            .collect();
+        dropped.sort_unstable();
+        for (tenant, bytes) in dropped {
+            let _ = writeln!(
+                out,
+                "corral_guest_log_dropped_bytes_total{{tenant=\"{}\"}} {bytes}",
                 escape(&tenant)
             );
         }

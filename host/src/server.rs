@@ -14,9 +14,10 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, Admin};
 use crate::backends::models::{InferencePool, SessionPool};
-use crate::engine::{self, ComponentCache, SandboxSettings, Service};
+use crate::engine::{self, ComponentCache, EngineSettings};
 use crate::http::error::HostError;
-use crate::http::{self, Router};
+use crate::http::{self, Router, Target};
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::tenancy::records::{new_token, normalize_host, token_hash};
@@ -36,9 +37,13 @@ pub struct ServeOptions {
     pub admin_listen: SocketAddr,
     /// The operator token; `None`: read or create `<data>/admin-token`.
     pub admin_token: Option<String>,
-    pub sandbox: SandboxSettings,
+    pub engine: EngineSettings,
+    /// Limits of tenants that do not override them.
+    pub limits: Limits,
     pub max_upload_bytes: u64,
     pub max_parallel_inference: Option<usize>,
+    /// How long validating an upload may take.
+    pub deploy_timeout: std::time::Duration,
 }
 
 impl ServeOptions {
@@ -48,9 +53,11 @@ impl ServeOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
             admin_token: None,
-            sandbox: SandboxSettings::default(),
+            engine: EngineSettings::default(),
+            limits: Limits::default(),
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_parallel_inference: None,
+            deploy_timeout: std::time::Duration::from_secs(300),
         }
     }
 }
@@ -98,7 +105,19 @@ impl Server {
         if operator_token.trim().len() < 16 {
             anyhow::bail!("the operator token must be at least 16 characters long");
         }
-        let engine = engine::new_engine(&options.sandbox)?;
+        options
+            .limits
+            .check()
+            .map_err(|m| anyhow::anyhow!("default limits: {m}"))?;
+        if options.limits.memory_bytes > options.engine.max_memory_bytes {
+            anyhow::bail!(
+                "default limits: memory_bytes ({}) is more than engine.max_memory_bytes ({})",
+                options.limits.memory_bytes,
+                options.engine.max_memory_bytes
+            );
+        }
+        let engine = engine::new_engine(&options.engine)?;
+        let metrics = Arc::new(Metrics::default());
         let platform = Arc::new(Platform {
             components: ComponentCache::new(&engine),
             engine,
@@ -109,11 +128,13 @@ impl Server {
                     .max_parallel_inference
                     .unwrap_or_else(InferencePool::default_limit),
             )),
-            sandbox: options.sandbox.clone(),
+            engine_settings: options.engine.clone(),
+            default_limits: options.limits.clone(),
+            metrics: Arc::clone(&metrics),
+            deploy_timeout: options.deploy_timeout,
         });
         let tenancy = tokio::task::spawn_blocking(move || Tenancy::open(platform)).await??;
         let tenancy = Arc::new(tenancy);
-        let metrics = Arc::new(Metrics::default());
 
         let data = TcpListener::bind(options.listen)
             .await
@@ -184,7 +205,7 @@ struct TenantRouter {
 }
 
 impl Router for TenantRouter {
-    fn route(&self, host: Option<&str>) -> (Arc<str>, Result<Arc<Service>, HostError>) {
+    fn route(&self, host: Option<&str>) -> (Arc<str>, Result<Target, HostError>) {
         let unrouted = || Arc::<str>::from("");
         let Some(name) = host.and_then(normalize_host) else {
             return (
@@ -193,7 +214,18 @@ impl Router for TenantRouter {
             );
         };
         match self.tenancy.route(&name) {
-            Route::Serve { tenant, deployment } => (tenant, Ok(Arc::clone(&deployment.service))),
+            Route::Serve {
+                tenant,
+                deployment,
+                bounds,
+            } => {
+                let target = Target {
+                    service: Arc::clone(&deployment.service),
+                    sandbox: bounds.sandbox.clone(),
+                    gate: Some(Arc::clone(&bounds.gate)),
+                };
+                (tenant, Ok(target))
+            }
             Route::NoDeployment { tenant } => (tenant, Err(HostError::NoDeployment)),
             Route::UnknownHost => (unrouted(), Err(HostError::UnknownHost(Some(name)))),
         }

@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use corral::dev::{DevOptions, DevServer};
-use corral::engine::SandboxSettings;
+use corral::engine::EngineSettings;
+use corral::limits::Limits;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -100,7 +101,9 @@ pub fn dev_options(component: &str, models: &[(&str, PathBuf)]) -> DevOptions {
             .map(|(n, p)| (n.to_string(), p.clone()))
             .collect(),
         listen: "127.0.0.1:0".parse().unwrap(),
-        sandbox: SandboxSettings::default(),
+        engine: EngineSettings::default(),
+        limits: Limits::default(),
+        inherit_stdio: false,
         max_parallel_inference: None,
     }
 }

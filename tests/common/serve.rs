@@ -179,6 +179,48 @@ impl Corral {
         send(self.data, method, path, host, &[], body).await
     }
 
+    /// A data-plane GET for `host`, with the response headers.
+    pub async fn call_full(&self, host: &str, path: &str) -> (StatusCode, hyper::HeaderMap, Bytes) {
+        send_full(self.data, "GET", path, host, &[], Vec::new()).await
+    }
+
+    /// A data-plane GET whose body may be cut off: how many body bytes arrived.
+    pub async fn call_cut(&self, host: &str, path: &str) -> usize {
+        let stream = tokio::net::TcpStream::connect(self.data)
+            .await
+            .expect("connect");
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        let request = Request::get(path)
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = sender.send_request(request).await.expect("response head");
+        let mut body = response.into_body();
+        let mut received = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            received += frame.data_ref().map_or(0, |d| d.len());
+        }
+        received
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server process's resident memory, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS")
+            * 1024
+    }
+
     /// A data-plane GET over HTTP/2 (cleartext), naming the host in `:authority` only.
     pub async fn call_h2(&self, host: &str, path: &str) -> (StatusCode, Bytes) {
         let stream = tokio::net::TcpStream::connect(self.data)
@@ -287,6 +329,18 @@ async fn send(
     headers: &[(String, String)],
     body: Vec<u8>,
 ) -> (StatusCode, Bytes) {
+    let (status, _, body) = send_full(addr, method, path, host, headers, body).await;
+    (status, body)
+}
+
+async fn send_full(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(String, String)],
+    body: Vec<u8>,
+) -> (StatusCode, hyper::HeaderMap, Bytes) {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -302,11 +356,48 @@ async fn send(
     let request = request.body(Full::new(Bytes::from(body))).unwrap();
     let response = sender.send_request(request).await.expect("response");
     let status = response.status();
+    let headers = response.headers().clone();
     let body = response
         .into_body()
         .collect()
         .await
         .expect("body")
         .to_bytes();
-    (status, body)
+    (status, headers, body)
+}
+
+/// Sends `head` (a request head, no body) on a raw connection and reads one HTTP/1.1
+/// response (head and a Content-Length body): for answers given before a body is read.
+pub async fn raw_request(addr: SocketAddr, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")?
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0usize);
+            if body.len() >= length {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .expect("the server answers")
+            .unwrap();
+        if n == 0 {
+            return text;
+        }
+        bytes.extend_from_slice(&buf[..n]);
+    }
 }

@@ -199,11 +199,14 @@ impl Admin {
                 #[derive(serde::Deserialize)]
                 #[serde(deny_unknown_fields)]
                 struct Body {
-                    #[serde(default)]
-                    hosts: Vec<String>,
+                    hosts: Option<Vec<String>>,
+                    limits: Option<crate::limits::LimitOverrides>,
                 }
                 let body: Body = read_json(request).await?;
-                let (record, token) = self.tenancy.put_tenant(tenant, &body.hosts).await?;
+                let (record, token) = self
+                    .tenancy
+                    .put_tenant(tenant, body.hosts.as_deref(), body.limits)
+                    .await?;
                 let mut answer = tenant_json(&record);
                 match token {
                     Some(token) => {
@@ -239,7 +242,12 @@ impl Admin {
         match (&method, rest) {
             (&Method::GET, []) => {
                 let record = self.tenancy.get(tenant)?;
-                Ok(json_response(StatusCode::OK, &tenant_json(&record)))
+                let mut answer = tenant_json(&record);
+                answer["limits"] = serde_json::to_value(self.tenancy.limits(tenant)?)
+                    .map_err(|e| ApiError::internal(e.into()))?;
+                answer["limit_overrides"] = serde_json::to_value(&record.limits)
+                    .map_err(|e| ApiError::internal(e.into()))?;
+                Ok(json_response(StatusCode::OK, &answer))
             }
             (&Method::GET, ["deployments"]) => {
                 let list = self.tenancy.deployments(tenant).await?;

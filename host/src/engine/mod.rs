@@ -4,8 +4,10 @@
 //! An instance gets the `wasi:http/proxy` imports, `wasi:nn` over its deployment's models, and
 //! the rest of WASI 0.2 (so components from Rust's `wasm32-wasip2` target link) with nothing
 //! granted: no preopened directories, no environment variables or arguments, no sockets, no
-//! name lookups, and outgoing HTTP requests are denied. Guest CPU time is bounded by epoch
-//! deadlines and linear memory by [`StoreLimits`].
+//! name lookups, and outgoing HTTP requests are denied. Each request runs under its tenant's
+//! [`Limits`]: CPU time by epoch deadlines (one ticker thread), memory, tables and instances by
+//! a resource limiter, `wasi:nn` traffic by the `wasi:nn` host; guest stdout/stderr become
+//! rate-limited log lines ([`log`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,62 +15,87 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
-    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder, UpdateDeadline,
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::WasiCtx;
+use wasmtime_wasi_http::WasiHttpCtx;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use crate::nn::{self, NnCtx, NnView};
+use crate::limits::{LimitHit, Limits};
+use crate::nn::{self, NnBudget, NnCtx};
 
 mod cache;
+mod instance;
+pub mod log;
 
 pub use cache::{CompileError, ComponentCache, check_component_header};
+use instance::{DenyOutgoingHttp, Limiter};
+pub use instance::{InstanceState, Outcome};
+use log::{GuestOutput, GuestStream};
 
-/// How often the epoch advances; guest CPU deadlines are measured in these ticks.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often the epoch advances; guest CPU time is measured in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Sandbox settings that apply to every instance.
-#[derive(Clone, Debug)]
-pub struct SandboxSettings {
-    /// Upper bound on one instance's linear memory, in bytes.
-    pub max_memory_bytes: usize,
-    /// Wall-clock budget of one request: guest code still running past it is trapped, and a
-    /// guest that has not answered by then gets a 504 sent on its behalf.
-    pub request_timeout: Duration,
-    /// Instances that may exist at once (the pooling allocator's slots).
-    pub max_instances: u32,
-    /// Let the guest write to the host's stdout/stderr (development only).
-    pub inherit_stdio: bool,
+/// The engine's fixed resources: the pooling allocator's slots, sized once at start.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSettings {
+    /// Component instances that may exist at once, across all tenants (the pool's slots).
+    pub instances: u32,
+    /// The most linear memory any instance may have, in bytes: a tenant's `memory_bytes`
+    /// limit cannot exceed it. Each slot reserves this much address space (not memory).
+    pub max_memory_bytes: u64,
+    /// WebAssembly stack per instance, in bytes: deeper recursion traps.
+    pub stack_bytes: u64,
 }
 
-impl Default for SandboxSettings {
+impl Default for EngineSettings {
     fn default() -> Self {
         Self {
-            max_memory_bytes: 512 << 20,
-            request_timeout: Duration::from_secs(30),
-            max_instances: 1000,
-            inherit_stdio: false,
+            instances: 1000,
+            max_memory_bytes: 1 << 30,
+            stack_bytes: 1 << 20,
         }
     }
 }
 
+impl EngineSettings {
+    pub fn check(&self) -> Result<(), String> {
+        if self.instances == 0 {
+            return Err("engine.instances must be at least 1".into());
+        }
+        if !(64 << 10..=4 << 30).contains(&self.max_memory_bytes) {
+            return Err("engine.max_memory_bytes must be between 64 KiB and 4 GiB".into());
+        }
+        if !(64 << 10..=64 << 20).contains(&self.stack_bytes) {
+            return Err("engine.stack_bytes must be between 64 KiB and 64 MiB".into());
+        }
+        Ok(())
+    }
+}
+
 /// Builds the process's engine (pooling allocator, copy-on-write memory images, epoch
-/// interruption) and starts the thread that advances its epoch.
-pub fn new_engine(settings: &SandboxSettings) -> anyhow::Result<Engine> {
+/// interruption) and starts the one thread that advances its epoch.
+pub fn new_engine(settings: &EngineSettings) -> anyhow::Result<Engine> {
+    settings.check().map_err(anyhow::Error::msg)?;
+    let stack = settings.stack_bytes as usize;
     let mut pooling = PoolingAllocationConfig::default();
     pooling
-        .total_component_instances(settings.max_instances)
-        .total_memories(settings.max_instances)
-        .total_tables(settings.max_instances)
-        .total_core_instances(settings.max_instances.saturating_mul(4))
-        .max_memory_size(settings.max_memory_bytes);
+        .total_component_instances(settings.instances)
+        .total_memories(settings.instances)
+        // Components carry small tables in their shims besides the main module's.
+        .total_tables(settings.instances.saturating_mul(4))
+        .total_stacks(settings.instances)
+        .total_core_instances(settings.instances.saturating_mul(8))
+        .max_memory_size(settings.max_memory_bytes as usize);
     let mut config = wasmtime::Config::new();
     config
         .wasm_component_model(true)
         .epoch_interruption(true)
         .memory_init_cow(true)
+        .max_wasm_stack(stack)
+        // The async stack holds the wasm stack plus host frames.
+        .async_stack_size(stack + (512 << 10))
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     let engine = Engine::new(&config)
         .map_err(anyhow::Error::from)
@@ -87,71 +114,12 @@ pub fn new_engine(settings: &SandboxSettings) -> anyhow::Result<Engine> {
     Ok(engine)
 }
 
-/// The data of one instance's store.
-pub struct InstanceState {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    table: ResourceTable,
-    nn: NnCtx,
-    limits: StoreLimits,
-    hooks: DenyOutgoingHttp,
-}
-
-impl WasiView for InstanceState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for InstanceState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.hooks,
-        }
-    }
-}
-
-impl InstanceState {
-    fn nn(&mut self) -> NnView<'_> {
-        NnView {
-            ctx: &self.nn,
-            table: &mut self.table,
-        }
-    }
-}
-
-/// Refuses every outgoing HTTP request: guests get `HTTP-request-denied`.
-struct DenyOutgoingHttp;
-
-impl WasiHttpHooks for DenyOutgoingHttp {
-    fn send_request(
-        &mut self,
-        request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = wasmtime_wasi_http::Result<(
-                    http::Response<wasmtime_wasi_http::WasiBody>,
-                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-                )>,
-            > + Send,
-    > {
-        tracing::debug!(uri = %request.uri(), "outgoing HTTP request denied");
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
-    }
-}
-
-/// A component ready to serve: compiled, linked and pre-instantiated, with its models.
-pub struct Service {
-    pre: ProxyPre<InstanceState>,
-    nn: NnCtx,
-    settings: SandboxSettings,
+/// What one request's instance runs under.
+#[derive(Clone, Debug)]
+pub struct RequestSandbox {
+    pub limits: Arc<Limits>,
+    pub stdout: GuestOutput,
+    pub stderr: GuestOutput,
 }
 
 /// Why a component cannot be served.
@@ -168,6 +136,12 @@ pub enum LinkError {
     Host(anyhow::Error),
 }
 
+/// A component ready to serve: compiled, linked and pre-instantiated, with its models.
+pub struct Service {
+    pre: ProxyPre<InstanceState>,
+    nn: NnCtx,
+}
+
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Service")
@@ -180,12 +154,7 @@ impl Service {
     /// Links `component` against the imports Corral provides. Fails, naming the import or
     /// export, when the component needs something Corral does not offer or does not export
     /// `wasi:http/incoming-handler`.
-    pub fn new(
-        engine: &Engine,
-        component: &Component,
-        nn: NnCtx,
-        settings: SandboxSettings,
-    ) -> Result<Self, LinkError> {
+    pub fn new(engine: &Engine, component: &Component, nn: NnCtx) -> Result<Self, LinkError> {
         let host = |e: wasmtime::Error| LinkError::Host(anyhow::Error::from(e));
         let mut linker = Linker::<InstanceState>::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(host)?;
@@ -196,50 +165,79 @@ impl Service {
             .map_err(|e| LinkError::Import(format!("{:#}", anyhow::Error::from(e))))?;
         let pre = ProxyPre::new(pre)
             .map_err(|e| LinkError::Export(format!("{:#}", anyhow::Error::from(e))))?;
-        Ok(Self { pre, nn, settings })
+        Ok(Self { pre, nn })
     }
 
-    /// A fresh store for one request, with its memory and CPU bounds set.
-    pub fn new_store(&self) -> Store<InstanceState> {
+    /// A fresh store for one request, with its memory, CPU and `wasi:nn` bounds set. Limits
+    /// hit are recorded in `outcome`.
+    pub fn new_store(
+        &self,
+        sandbox: &RequestSandbox,
+        outcome: &Arc<Outcome>,
+    ) -> Store<InstanceState> {
+        let limits = &sandbox.limits;
         let mut wasi = WasiCtx::builder();
-        if self.settings.inherit_stdio {
-            wasi.inherit_stdout().inherit_stderr();
+        for (output, name) in [(&sandbox.stdout, "stdout"), (&sandbox.stderr, "stderr")] {
+            match output {
+                GuestOutput::Inherit if name == "stdout" => {
+                    wasi.inherit_stdout();
+                }
+                GuestOutput::Inherit => {
+                    wasi.inherit_stderr();
+                }
+                GuestOutput::Log(budget) => {
+                    let stream = GuestStream {
+                        budget: Arc::clone(budget),
+                        stream: name,
+                    };
+                    if name == "stdout" {
+                        wasi.stdout(stream);
+                    } else {
+                        wasi.stderr(stream);
+                    }
+                }
+                GuestOutput::Discard => {}
+            }
         }
         let state = InstanceState {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             nn: self.nn.clone(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.settings.max_memory_bytes)
-                .trap_on_grow_failure(true)
-                .build(),
+            nn_budget: NnBudget::new(Arc::clone(limits), Arc::clone(outcome)),
+            limiter: Limiter {
+                limits: Arc::clone(limits),
+                outcome: Arc::clone(outcome),
+            },
             hooks: DenyOutgoingHttp,
         };
         let mut store = Store::new(self.pre.engine(), state);
-        store.limiter(|state| &mut state.limits);
+        store.limiter(|state| &mut state.limiter);
         let started = Instant::now();
-        let budget = self.settings.request_timeout;
+        let wall = Duration::from_millis(limits.timeout_ms);
+        let cpu_ticks = limits.cpu_ms.div_ceil(EPOCH_TICK.as_millis() as u64);
+        let mut ticks = 0u64;
+        let (limits, outcome) = (Arc::clone(limits), Arc::clone(outcome));
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
-            if started.elapsed() > budget {
-                Err(wasmtime::format_err!(
-                    "guest code ran past the request timeout of {budget:?}"
-                ))
-            } else {
-                // Yield to the async runtime each tick so a busy guest never starves others.
-                Ok(UpdateDeadline::Yield(1))
+            // Called once per tick in which guest code was running: a count of CPU time.
+            ticks += 1;
+            if ticks > cpu_ticks {
+                return Err(outcome.trap(LimitHit::CpuTime, &limits));
             }
+            if started.elapsed() > wall {
+                return Err(wasmtime::format_err!(
+                    "guest code ran past the request timeout of {wall:?}"
+                ));
+            }
+            // Yield to the async runtime each tick so a busy guest never starves others.
+            Ok(UpdateDeadline::Yield(1))
         });
         store
     }
 
     pub fn pre(&self) -> &ProxyPre<InstanceState> {
         &self.pre
-    }
-
-    pub fn settings(&self) -> &SandboxSettings {
-        &self.settings
     }
 }
 
@@ -249,6 +247,3 @@ pub fn compile(engine: &Engine, path: &std::path::Path) -> anyhow::Result<Compon
         std::fs::read(path).with_context(|| format!("cannot read component {}", path.display()))?;
     cache::compile_bytes(engine, &bytes).with_context(|| format!("{}", path.display()))
 }
-
-/// Shared handle to a service.
-pub type SharedService = Arc<Service>;

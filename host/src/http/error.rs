@@ -13,8 +13,13 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 pub enum HostError {
     /// The request cannot be handed to a component (e.g. no Host header / authority).
     BadRequest(String),
-    /// The component trapped or returned without answering.
-    ComponentFailed,
+    /// The component trapped (the trap's kind, when it is a wasm trap) or returned without
+    /// answering.
+    ComponentFailed(Option<String>),
+    /// A tenant limit stopped the request.
+    Limit(crate::limits::LimitHit, String),
+    /// The tenant's concurrency slots and queue are full.
+    Overloaded,
     /// The component answered with a `wasi:http` error code instead of a response.
     ComponentError(String),
     /// The component did not answer within the request timeout.
@@ -29,10 +34,27 @@ impl HostError {
     fn parts(&self) -> (StatusCode, &'static str, String) {
         match self {
             Self::BadRequest(message) => (StatusCode::BAD_REQUEST, "bad_request", message.clone()),
-            Self::ComponentFailed => (
+            Self::ComponentFailed(None) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "component_failed",
                 "the service's component failed while handling the request".into(),
+            ),
+            Self::ComponentFailed(Some(trap)) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "component_trapped",
+                format!("the service's component trapped: {trap}"),
+            ),
+            Self::Limit(hit, message) => {
+                let status = match hit {
+                    crate::limits::LimitHit::RequestBody => StatusCode::PAYLOAD_TOO_LARGE,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                (status, hit.code(), message.clone())
+            }
+            Self::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "this service is handling as many requests as it may; retry shortly".into(),
             ),
             Self::ComponentError(code) => (
                 StatusCode::BAD_GATEWAY,
@@ -69,7 +91,14 @@ impl HostError {
 
     pub fn into_response(self) -> Response<HyperOutgoingBody> {
         let (status, code, message) = self.parts();
-        json_error(status, code, &message)
+        let mut response = json_error(status, code, &message);
+        if matches!(self, Self::Overloaded) {
+            response.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                hyper::header::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }
 

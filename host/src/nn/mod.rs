@@ -9,7 +9,10 @@
 //! - `compute` runs on the shared session through the bounded [`InferencePool`], so it never
 //!   blocks an async worker and many computes of one model run at once;
 //! - input bytes move into the session without a copy; output bytes are copied once, when the
-//!   guest reads them.
+//!   guest reads them;
+//! - every call counts against the request's [`NnBudget`] (calls, bytes copied per call and per
+//!   request): a guest over it is trapped with the limit named; tensors over the tenant's rank
+//!   or element limits are refused with `invalid-argument` before any backend sees them.
 
 use std::sync::Arc;
 
@@ -18,6 +21,8 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use crate::backends::models::{InferencePool, Model, ModelSet};
 use crate::backends::tensor::{ElementType, Tensor, TensorBytes};
 use crate::backends::{ErrorKind, InferenceError};
+use crate::engine::Outcome;
+use crate::limits::{LimitHit, Limits};
 
 mod generated {
     wasmtime::component::bindgen!({
@@ -59,9 +64,75 @@ impl NnCtx {
     }
 }
 
+/// What one request may still do through `wasi:nn`.
+#[derive(Debug)]
+pub struct NnBudget {
+    limits: Arc<Limits>,
+    outcome: Arc<Outcome>,
+    calls: u32,
+    bytes: u64,
+}
+
+impl NnBudget {
+    pub fn new(limits: Arc<Limits>, outcome: Arc<Outcome>) -> Self {
+        Self {
+            limits,
+            outcome,
+            calls: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Counts one call; traps past the per-request call limit.
+    fn call(&mut self) -> wasmtime::Result<()> {
+        self.calls = self.calls.saturating_add(1);
+        if self.calls > self.limits.nn_calls_per_request {
+            return Err(self.outcome.trap(LimitHit::NnCalls, &self.limits));
+        }
+        Ok(())
+    }
+
+    /// Counts `len` bytes copied for the guest; traps past the per-call or per-request limit.
+    fn copy(&mut self, len: usize) -> wasmtime::Result<()> {
+        let len = len as u64;
+        self.bytes = self.bytes.saturating_add(len);
+        if len > self.limits.nn_bytes_per_call || self.bytes > self.limits.nn_bytes_per_request {
+            return Err(self.outcome.trap(LimitHit::NnBytes, &self.limits));
+        }
+        Ok(())
+    }
+
+    /// Refuses a tensor over the tenant's rank or element limits.
+    fn check_tensor(&self, name: &str, tensor: &Tensor) -> Result<(), InferenceError> {
+        let rank = tensor.shape.len();
+        if rank > self.limits.tensor_rank as usize {
+            return Err(InferenceError::invalid(format!(
+                "tensor '{name}' has {rank} dimensions; this service's limit is {}",
+                self.limits.tensor_rank
+            )));
+        }
+        let elements = tensor
+            .shape
+            .iter()
+            .try_fold(1u64, |n, d| n.checked_mul(u64::from(*d)));
+        match elements {
+            Some(n) if n <= self.limits.tensor_elements => Ok(()),
+            Some(_) => Err(InferenceError::invalid(format!(
+                "tensor '{name}' with dimensions {:?} has more than this service's limit of {} elements",
+                tensor.shape, self.limits.tensor_elements
+            ))),
+            None => Err(InferenceError::invalid(format!(
+                "tensor '{name}': the element count of dimensions {:?} overflows",
+                tensor.shape
+            ))),
+        }
+    }
+}
+
 /// A borrowed view of an instance's `wasi:nn` state, as the generated host traits want it.
 pub struct NnView<'a> {
     pub ctx: &'a NnCtx,
+    pub budget: &'a mut NnBudget,
     pub table: &'a mut ResourceTable,
 }
 
@@ -102,6 +173,8 @@ impl tensor::HostTensor for NnView<'_> {
         ty: tensor::TensorType,
         data: Vec<u8>,
     ) -> wasmtime::Result<Resource<Tensor>> {
+        self.budget.call()?;
+        self.budget.copy(data.len())?;
         let tensor = Tensor {
             shape: dimensions,
             ty: element_type(ty),
@@ -111,14 +184,19 @@ impl tensor::HostTensor for NnView<'_> {
     }
 
     fn dimensions(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<Vec<u32>> {
+        self.budget.call()?;
         Ok(self.table.get(&tensor)?.shape.clone())
     }
 
     fn ty(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<tensor::TensorType> {
+        self.budget.call()?;
         Ok(tensor_type(self.table.get(&tensor)?.ty))
     }
 
     fn data(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<Vec<u8>> {
+        self.budget.call()?;
+        let len = self.table.get(&tensor)?.bytes.as_slice().len();
+        self.budget.copy(len)?;
         Ok(self.table.get(&tensor)?.bytes.as_slice().to_vec())
     }
 
@@ -135,6 +213,7 @@ impl graph::Host for NnView<'_> {
         _encoding: graph::GraphEncoding,
         _target: graph::ExecutionTarget,
     ) -> NnResult<Resource<Graph>> {
+        self.budget.call()?;
         self.fail(InferenceError::new(
             ErrorKind::Security,
             "loading a model from guest memory is not allowed on this host; \
@@ -143,6 +222,7 @@ impl graph::Host for NnView<'_> {
     }
 
     fn load_by_name(&mut self, name: String) -> NnResult<Resource<Graph>> {
+        self.budget.call()?;
         match self.ctx.models.get(&name) {
             Some(model) => Ok(Ok(self.table.push(Graph(model))?)),
             None => {
@@ -163,6 +243,7 @@ impl graph::HostGraph for NnView<'_> {
         &mut self,
         graph: Resource<Graph>,
     ) -> NnResult<Resource<ExecutionContext>> {
+        self.budget.call()?;
         let model = Arc::clone(&self.table.get(&graph)?.0);
         Ok(Ok(self.table.push(ExecutionContext(model))?))
     }
@@ -181,11 +262,17 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         context: Resource<ExecutionContext>,
         inputs: Vec<(String, Resource<Tensor>)>,
     ) -> NnResult<Vec<(String, Resource<Tensor>)>> {
+        self.budget.call()?;
         let model = Arc::clone(&self.table.get(&context)?.0);
         // The tensors are owned handles passed to us: take them out of the table without copying.
         let mut tensors = Vec::with_capacity(inputs.len());
         for (name, handle) in inputs {
             tensors.push((name, self.table.delete(handle)?));
+        }
+        for (name, tensor) in &tensors {
+            if let Err(error) = self.budget.check_tensor(name, tensor) {
+                return self.fail(error);
+            }
         }
         match self.ctx.pool.run(model, tensors).await {
             Ok(outputs) => {
@@ -209,6 +296,7 @@ impl errors::Host for NnView<'_> {}
 
 impl errors::HostError for NnView<'_> {
     fn code(&mut self, error: Resource<InferenceError>) -> wasmtime::Result<errors::ErrorCode> {
+        self.budget.call()?;
         Ok(match self.table.get(&error)?.kind {
             ErrorKind::InvalidArgument => errors::ErrorCode::InvalidArgument,
             ErrorKind::InvalidEncoding => errors::ErrorCode::InvalidEncoding,
@@ -220,6 +308,7 @@ impl errors::HostError for NnView<'_> {
     }
 
     fn data(&mut self, error: Resource<InferenceError>) -> wasmtime::Result<String> {
+        self.budget.call()?;
         Ok(self.table.get(&error)?.message.clone())
     }
 

@@ -11,7 +11,9 @@ use super::records::DeploymentRecord;
 use crate::backends::ErrorKind;
 use crate::backends::models::{InferencePool, Model, ModelSet, SessionPool};
 use crate::backends::onnx::{ModelCheckError, check_self_contained};
-use crate::engine::{CompileError, ComponentCache, LinkError, SandboxSettings, Service};
+use crate::engine::{CompileError, ComponentCache, EngineSettings, LinkError, Service};
+use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::nn::NnCtx;
 use crate::store::Store;
 
@@ -23,7 +25,12 @@ pub struct Platform {
     pub sessions: SessionPool,
     pub components: ComponentCache,
     pub inference: Arc<InferencePool>,
-    pub sandbox: SandboxSettings,
+    pub engine_settings: EngineSettings,
+    /// Limits of tenants that do not override them.
+    pub default_limits: Limits,
+    pub metrics: Arc<Metrics>,
+    /// How long validating an upload (compiling, loading models) may take.
+    pub deploy_timeout: std::time::Duration,
 }
 
 /// A deployment that serves requests: the version and its linked, pre-instantiated component.
@@ -78,13 +85,11 @@ impl Platform {
             models.insert(Model::new(name.clone(), model.digest, session));
         }
         let nn = NnCtx::new(Arc::new(models), Arc::clone(&self.inference));
-        let service = Service::new(&self.engine, &component, nn, self.sandbox.clone()).map_err(
-            |e| match e {
-                LinkError::Import(_) => Refusal::invalid("unsatisfied_import", e.to_string()),
-                LinkError::Export(_) => Refusal::invalid("missing_export", e.to_string()),
-                LinkError::Host(e) => Refusal::Internal(e),
-            },
-        )?;
+        let service = Service::new(&self.engine, &component, nn).map_err(|e| match e {
+            LinkError::Import(_) => Refusal::invalid("unsatisfied_import", e.to_string()),
+            LinkError::Export(_) => Refusal::invalid("missing_export", e.to_string()),
+            LinkError::Host(e) => Refusal::Internal(e),
+        })?;
         Ok(LiveDeployment {
             version: record.version,
             service: Arc::new(service),

@@ -24,7 +24,10 @@ use dashmap::DashMap;
 pub use deployment::{LiveDeployment, Platform};
 use records::{DeploymentRecord, ModelRef, TenantRecord};
 
-use crate::engine::Service;
+use crate::engine::log::{GuestOutput, LogBudget};
+use crate::engine::{RequestSandbox, Service};
+use crate::http::bounds::Gate;
+use crate::limits::{LimitOverrides, Limits};
 use crate::store::Digest;
 
 /// Why a control-plane request was refused.
@@ -60,6 +63,16 @@ impl From<anyhow::Error> for Refusal {
 struct Tenant {
     record: ArcSwap<TenantRecord>,
     live: ArcSwapOption<LiveDeployment>,
+    bounds: ArcSwap<TenantBounds>,
+}
+
+/// What a tenant's requests run under: its effective limits, its admission gate and its
+/// guest-output budget. Replaced whole when the operator changes the limits; requests in
+/// flight keep the one they started with.
+#[derive(Debug)]
+pub struct TenantBounds {
+    pub sandbox: RequestSandbox,
+    pub gate: Arc<Gate>,
 }
 
 /// What a request's host name resolves to.
@@ -72,6 +85,7 @@ pub enum Route {
     Serve {
         tenant: Arc<str>,
         deployment: Arc<LiveDeployment>,
+        bounds: Arc<TenantBounds>,
     },
 }
 
@@ -141,13 +155,55 @@ impl Tenancy {
             self.hosts.insert(host.clone(), Arc::clone(&name));
         }
         self.tokens.insert(record.token_sha256, record.name.clone());
+        let bounds = self.bounds(&name, &self.platform.default_limits.with(&record.limits));
         self.tenants.insert(
             record.name.clone(),
             Arc::new(Tenant {
                 record: ArcSwap::from_pointee(record),
                 live: ArcSwapOption::new(live),
+                bounds: ArcSwap::from_pointee(bounds),
             }),
         );
+    }
+
+    fn bounds(&self, tenant: &Arc<str>, limits: &Limits) -> TenantBounds {
+        let dropped = self.platform.metrics.log_dropped_counter(tenant);
+        let log = Arc::new(LogBudget::new(
+            Arc::clone(tenant),
+            limits.log_bytes_per_minute,
+            dropped,
+        ));
+        TenantBounds {
+            sandbox: RequestSandbox {
+                limits: Arc::new(limits.clone()),
+                stdout: GuestOutput::Log(Arc::clone(&log)),
+                stderr: GuestOutput::Log(log),
+            },
+            gate: Arc::new(Gate::new(limits)),
+        }
+    }
+
+    /// The effective limits for `overrides`, refused when invalid or beyond the engine's.
+    fn effective_limits(&self, overrides: &LimitOverrides) -> Result<Limits, Refusal> {
+        let limits = self.platform.default_limits.with(overrides);
+        limits
+            .check()
+            .map_err(|m| Refusal::invalid("invalid_limits", m))?;
+        let engine_max = self.platform.engine_settings.max_memory_bytes;
+        if limits.memory_bytes > engine_max {
+            return Err(Refusal::invalid(
+                "invalid_limits",
+                format!(
+                    "limit 'memory_bytes' must be at most the engine's max_memory_bytes ({engine_max})"
+                ),
+            ));
+        }
+        Ok(limits)
+    }
+
+    /// A tenant's effective limits.
+    pub fn limits(&self, name: &str) -> Result<Limits, Refusal> {
+        Ok((*self.tenant(name)?.bounds.load().sandbox.limits).clone())
     }
 
     /// The deployment serving `host` (already normalized).
@@ -155,9 +211,15 @@ impl Tenancy {
         let Some(tenant) = self.hosts.get(host).map(|t| Arc::clone(t.value())) else {
             return Route::UnknownHost;
         };
-        let live = self.tenants.get(&*tenant).and_then(|t| t.live.load_full());
-        match live {
-            Some(deployment) => Route::Serve { tenant, deployment },
+        let Some(entry) = self.tenants.get(&*tenant).map(|t| Arc::clone(t.value())) else {
+            return Route::UnknownHost;
+        };
+        match entry.live.load_full() {
+            Some(deployment) => Route::Serve {
+                tenant,
+                deployment,
+                bounds: entry.bounds.load_full(),
+            },
             None => Route::NoDeployment { tenant },
         }
     }
@@ -194,16 +256,29 @@ impl Tenancy {
             .ok_or_else(|| Refusal::NotFound(format!("no tenant named '{name}'")))
     }
 
-    /// Creates a tenant, or replaces an existing tenant's host names. Returns the record and,
-    /// for a new tenant only, its token (shown once; only its hash is kept).
+    /// Creates a tenant, or updates an existing tenant's host names and limit overrides (each
+    /// kept when `None`). Returns the record and, for a new tenant only, its token (shown
+    /// once; only its hash is kept).
     pub async fn put_tenant(
         &self,
         name: &str,
-        hosts: &[String],
+        hosts: Option<&[String]>,
+        limits: Option<LimitOverrides>,
     ) -> Result<(TenantRecord, Option<String>), Refusal> {
         records::check_tenant_name(name).map_err(|m| Refusal::invalid("invalid_tenant", m))?;
+        if let Some(overrides) = &limits {
+            self.effective_limits(overrides)?;
+        }
+        let existing_hosts = self
+            .tenants
+            .get(name)
+            .map(|t| t.record.load().hosts.clone());
+        let hosts: Vec<String> = match hosts {
+            Some(hosts) => hosts.to_vec(),
+            None => existing_hosts.unwrap_or_default(),
+        };
         let mut normalized = Vec::with_capacity(hosts.len());
-        for host in hosts {
+        for host in &hosts {
             let host = records::normalize_host(host).ok_or_else(|| {
                 Refusal::invalid(
                     "invalid_host",
@@ -229,6 +304,9 @@ impl Tenancy {
             Some(tenant) => {
                 let mut record = (**tenant.record.load()).clone();
                 record.hosts = normalized;
+                if let Some(limits) = limits {
+                    record.limits = limits;
+                }
                 (record, None)
             }
             None => {
@@ -239,6 +317,7 @@ impl Tenancy {
                     token_sha256: records::token_hash(&token),
                     created: records::now(),
                     active: None,
+                    limits: limits.unwrap_or_default(),
                 };
                 (record, Some(token))
             }
@@ -246,6 +325,10 @@ impl Tenancy {
         self.write_tenant(&record).await?;
         match existing {
             Some(tenant) => {
+                let limits = self.effective_limits(&record.limits)?;
+                tenant
+                    .bounds
+                    .store(Arc::new(self.bounds(&Arc::from(name), &limits)));
                 let old = tenant.record.swap(Arc::new(record.clone()));
                 for host in old.hosts.iter().filter(|h| !record.hosts.contains(h)) {
                     self.hosts.remove(host);
@@ -329,7 +412,9 @@ impl Tenancy {
         // tenants, or a slow compile, never hold up other changes.
         let platform = Arc::clone(&self.platform);
         let candidate = record.clone();
-        let live = blocking(move || platform.build(&candidate)).await?;
+        let live = self
+            .within_deploy_timeout(blocking(move || platform.build(&candidate)))
+            .await?;
         let _changing = self.changes.lock().await;
         let tenant = self.tenant(name)?;
         let platform = Arc::clone(&self.platform);
@@ -367,22 +452,44 @@ impl Tenancy {
         self.tenant(name)?;
         let platform = Arc::clone(&self.platform);
         let store_name = name.to_owned();
-        let (record, live) = blocking(move || {
-            let record = platform
-                .store
-                .read_record::<DeploymentRecord>(&records::deployment_path(&store_name, version))?
-                .ok_or_else(|| {
-                    Refusal::NotFound(format!("tenant '{store_name}' has no version {version}"))
-                })?;
-            let live = platform.build(&record)?;
-            Ok((record, live))
-        })
-        .await?;
+        let (record, live) = self
+            .within_deploy_timeout(blocking(move || {
+                let record = platform
+                    .store
+                    .read_record::<DeploymentRecord>(&records::deployment_path(
+                        &store_name,
+                        version,
+                    ))?
+                    .ok_or_else(|| {
+                        Refusal::NotFound(format!("tenant '{store_name}' has no version {version}"))
+                    })?;
+                let live = platform.build(&record)?;
+                Ok((record, live))
+            }))
+            .await?;
         let _changing = self.changes.lock().await;
         let tenant = self.tenant(name)?;
         self.activate_live(&tenant, live).await?;
         tracing::info!(tenant = %name, version, "deployment activated");
         Ok(record)
+    }
+
+    /// Bounds validation in time. ONNX Runtime cannot cancel a load: a load past the limit
+    /// finishes on its blocking thread and is then dropped.
+    async fn within_deploy_timeout<T>(
+        &self,
+        work: impl Future<Output = Result<T, Refusal>>,
+    ) -> Result<T, Refusal> {
+        let limit = self.platform.deploy_timeout;
+        tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+            Err(Refusal::invalid(
+                "deploy_timeout",
+                format!(
+                    "compiling the component and loading its models took longer than {} s",
+                    limit.as_secs_f64()
+                ),
+            ))
+        })
     }
 
     /// Records `live` as the tenant's active version, then swaps it in. Call with the

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::backends::models::ModelFormat;
+use crate::limits::LimitOverrides;
 use crate::store::Digest;
 
 /// A tenant as stored.
@@ -28,6 +29,13 @@ pub struct TenantRecord {
     pub created: u64,
     /// The version requests are served by, if any.
     pub active: Option<u32>,
+    /// The operator's overrides of the default limits.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub limits: LimitOverrides,
+}
+
+fn is_default(overrides: &LimitOverrides) -> bool {
+    *overrides == LimitOverrides::default()
 }
 
 /// One deployment of a tenant, as stored: everything pinned by content digest.

@@ -2,7 +2,10 @@
 //! answers `{"case":NAME,"ok":true,...}` on success or `{"case":NAME,"ok":false,"code":...,
 //! "message":...}` with the `wasi:nn` error the host returned. The host is started with
 //! models `identity` (tests/fixtures/identity_types.onnx), `add` (add.onnx) and `bool`
-//! (bool_output.onnx). `GET /load/NAME` only loads the model NAME by name (tenancy tests).
+//! (bool_output.onnx). `GET /load/NAME` only loads the model NAME by name (tenancy tests);
+//! `GET /fault/NAME` misbehaves on purpose (the fault suite, see `fault.rs`).
+
+mod fault;
 
 use corral_guest::wasi_nn::{graph, tensor::TensorType};
 use corral_guest::{Error, Model, Tensor};
@@ -11,6 +14,16 @@ use wstd::http::{Body, Request, Response, StatusCode};
 
 #[wstd::http_server]
 async fn main(request: Request<Body>) -> Result<Response<Body>, wstd::http::Error> {
+    if let Some(name) = request.uri().path().strip_prefix("/fault/") {
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        return Ok(match fault::run(name, &query).await {
+            Some((status, body)) => respond(status, body),
+            None => respond(
+                StatusCode::NOT_FOUND,
+                json!({ "fault": name, "error": "unknown fault" }),
+            ),
+        });
+    }
     if let Some(name) = request.uri().path().strip_prefix("/load/") {
         let body = match Model::load(name) {
             Ok(_) => json!({ "model": name, "ok": true }),

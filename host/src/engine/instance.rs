@@ -1,0 +1,173 @@
+//! One request's sandbox: the store data of an instance, and the limits that bound it.
+//!
+//! Every limit that stops a guest records which one it was in the request's [`Outcome`]
+//! before trapping, so the client gets an error naming the limit rather than a bare 500.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::limits::{LimitHit, Limits};
+use crate::nn::{NnBudget, NnCtx, NnView};
+
+/// Which limit, if any, stopped a request. Shared between the store and the request handler.
+#[derive(Debug, Default)]
+pub struct Outcome(AtomicU8);
+
+impl Outcome {
+    const HITS: [LimitHit; 6] = [
+        LimitHit::Memory,
+        LimitHit::Instances,
+        LimitHit::CpuTime,
+        LimitHit::NnCalls,
+        LimitHit::NnBytes,
+        LimitHit::RequestBody,
+    ];
+
+    /// Records `hit` (the first one wins) and returns the trap to stop the guest with.
+    pub fn trap(&self, hit: LimitHit, limits: &Limits) -> wasmtime::Error {
+        self.record(hit);
+        wasmtime::format_err!("{}", hit.describe(limits))
+    }
+
+    pub fn record(&self, hit: LimitHit) {
+        let code = Self::HITS.iter().position(|h| *h == hit).unwrap_or(0) as u8 + 1;
+        let _ = self
+            .0
+            .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    pub fn hit(&self) -> Option<LimitHit> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            n => Self::HITS.get(usize::from(n) - 1).copied(),
+        }
+    }
+}
+
+/// Bounds an instance's memories, tables and instances.
+pub struct Limiter {
+    pub limits: Arc<Limits>,
+    pub outcome: Arc<Outcome>,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired as u64 > self.limits.memory_bytes {
+            return Err(self.outcome.trap(LimitHit::Memory, &self.limits));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired as u64 > u64::from(self.limits.table_elements) {
+            return Err(self.outcome.trap(LimitHit::Memory, &self.limits));
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances as usize
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables as usize
+    }
+
+    fn memories(&self) -> usize {
+        // A component has a handful of memories; tables and instances bound the rest.
+        self.limits.tables as usize
+    }
+}
+
+/// The data of one instance's store.
+pub struct InstanceState {
+    pub(super) wasi: WasiCtx,
+    pub(super) http: WasiHttpCtx,
+    pub(super) table: ResourceTable,
+    pub(super) nn: NnCtx,
+    pub(super) nn_budget: NnBudget,
+    pub(super) limiter: Limiter,
+    pub(super) hooks: DenyOutgoingHttp,
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for InstanceState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+impl InstanceState {
+    pub(super) fn nn(&mut self) -> NnView<'_> {
+        NnView {
+            ctx: &self.nn,
+            budget: &mut self.nn_budget,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Refuses every outgoing HTTP request: guests get `HTTP-request-denied`.
+pub struct DenyOutgoingHttp;
+
+impl WasiHttpHooks for DenyOutgoingHttp {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                )>,
+            > + Send,
+    > {
+        tracing::debug!(uri = %request.uri(), "outgoing HTTP request denied");
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_limit_hit_is_the_one_reported() {
+        let outcome = Outcome::default();
+        assert_eq!(outcome.hit(), None);
+        let limits = Limits::default();
+        let trap = outcome.trap(LimitHit::CpuTime, &limits);
+        assert!(trap.to_string().contains("CPU time"));
+        outcome.record(LimitHit::Memory);
+        assert_eq!(outcome.hit(), Some(LimitHit::CpuTime));
+    }
+}

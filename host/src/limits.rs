@@ -1,0 +1,178 @@
+//! Per-tenant limits: what one tenant's requests may use, so no tenant can crash, starve or
+//! slow down another.
+//!
+//! The operator sets defaults in the configuration (`[limits]`) and overrides them per tenant
+//! (the admin API's `limits` object). Every value is checked (non-zero) when set. Where each
+//! limit is enforced, and the status a request gets when it hits one:
+//!
+//! | limit | enforced by | when hit |
+//! |---|---|---|
+//! | `memory_bytes`, `tables`, `table_elements`, `instances` | the store's resource limiter | trap, `500 memory_limit` / `500 instance_limit` |
+//! | `cpu_ms` (guest CPU time) | epoch deadline callback, 10 ms ticks | trap, `500 cpu_time_limit` |
+//! | `timeout_ms` (wall clock) | the request task | `504 timeout` |
+//! | `concurrent_requests`, `queued_requests` | per-tenant gate before the guest runs | `503 overloaded` + `Retry-After` |
+//! | `request_body_bytes` | Content-Length check, then the streamed body | `413 request_too_large` |
+//! | `response_body_bytes` | the streamed response | response cut off, logged |
+//! | `nn_bytes_per_call`, `nn_bytes_per_request`, `nn_calls_per_request` | the `wasi:nn` host | trap, `500 nn_limit` |
+//! | `tensor_rank`, `tensor_elements` | `wasi:nn` compute, before the backend | `invalid-argument` error value |
+//! | `log_bytes_per_minute` | guest stdout/stderr | excess dropped and counted |
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! limits {
+    ($($(#[doc = $doc:literal])* $name:ident: $ty:ty = $default:expr;)*) => {
+        /// The limits one tenant's requests run under.
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct Limits {
+            $($(#[doc = $doc])* pub $name: $ty,)*
+        }
+
+        impl Default for Limits {
+            fn default() -> Self {
+                Self { $($name: $default,)* }
+            }
+        }
+
+        /// Per-tenant overrides of the default [`Limits`]; unset fields use the default.
+        #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct LimitOverrides {
+            $(#[serde(default, skip_serializing_if = "Option::is_none")]
+            pub $name: Option<$ty>,)*
+        }
+
+        impl Limits {
+            /// These limits with `overrides` applied.
+            pub fn with(&self, overrides: &LimitOverrides) -> Self {
+                Self { $($name: overrides.$name.unwrap_or(self.$name),)* }
+            }
+
+            /// Refuses zero values, naming the first one.
+            pub fn check(&self) -> Result<(), String> {
+                $(if self.$name == 0 {
+                    return Err(format!("limit '{}' must be at least 1", stringify!($name)));
+                })*
+                Ok(())
+            }
+        }
+    };
+}
+
+limits! {
+    /// Linear memory of one instance, in bytes.
+    memory_bytes: u64 = 256 << 20;
+    /// Tables per instance.
+    tables: u32 = 20;
+    /// Elements per table.
+    table_elements: u32 = 100_000;
+    /// Core instances per request (a component instantiates several).
+    instances: u32 = 50;
+    /// Guest CPU time per request, in milliseconds (measured in 10 ms epoch ticks).
+    cpu_ms: u64 = 10_000;
+    /// Wall-clock time per request, in milliseconds.
+    timeout_ms: u64 = 30_000;
+    /// Requests of this tenant running at once.
+    concurrent_requests: u32 = 32;
+    /// Requests of this tenant waiting for a slot; beyond this, `503`.
+    queued_requests: u32 = 64;
+    /// Request body size, in bytes.
+    request_body_bytes: u64 = 16 << 20;
+    /// Response body size, in bytes.
+    response_body_bytes: u64 = 64 << 20;
+    /// Bytes the host copies for the guest in one `wasi:nn` call (tensor data in or out).
+    nn_bytes_per_call: u64 = 64 << 20;
+    /// Bytes the host copies for the guest over one request.
+    nn_bytes_per_request: u64 = 256 << 20;
+    /// `wasi:nn` calls per request.
+    nn_calls_per_request: u32 = 10_000;
+    /// Dimensions of one tensor.
+    tensor_rank: u32 = 8;
+    /// Elements of one tensor.
+    tensor_elements: u64 = 1 << 26;
+    /// Guest stdout + stderr bytes per minute; the excess is dropped and counted.
+    log_bytes_per_minute: u64 = 64 << 10;
+}
+
+/// Which limit stopped a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitHit {
+    Memory,
+    Instances,
+    CpuTime,
+    NnCalls,
+    NnBytes,
+    RequestBody,
+}
+
+impl LimitHit {
+    /// The error code clients see.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Memory => "memory_limit",
+            Self::Instances => "instance_limit",
+            Self::CpuTime => "cpu_time_limit",
+            Self::NnCalls | Self::NnBytes => "nn_limit",
+            Self::RequestBody => "request_too_large",
+        }
+    }
+
+    pub fn describe(self, limits: &Limits) -> String {
+        match self {
+            Self::Memory => format!(
+                "the service exceeded its memory limit of {} bytes (or its table limits)",
+                limits.memory_bytes
+            ),
+            Self::Instances => format!(
+                "the service exceeded its limit of {} instances per request",
+                limits.instances
+            ),
+            Self::CpuTime => format!(
+                "the service exceeded its CPU time limit of {} ms for one request",
+                limits.cpu_ms
+            ),
+            Self::NnCalls => format!(
+                "the service exceeded its limit of {} wasi:nn calls per request",
+                limits.nn_calls_per_request
+            ),
+            Self::NnBytes => format!(
+                "the service exceeded its wasi:nn data limits ({} bytes per call, {} per request)",
+                limits.nn_bytes_per_call, limits.nn_bytes_per_request
+            ),
+            Self::RequestBody => format!(
+                "the request body is larger than this service's limit of {} bytes",
+                limits.request_body_bytes
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_replace_only_what_they_set() {
+        let defaults = Limits::default();
+        let overrides: LimitOverrides =
+            serde_json::from_str(r#"{"cpu_ms": 50, "memory_bytes": 1048576}"#).unwrap();
+        let limits = defaults.with(&overrides);
+        assert_eq!(limits.cpu_ms, 50);
+        assert_eq!(limits.memory_bytes, 1 << 20);
+        assert_eq!(limits.timeout_ms, defaults.timeout_ms);
+        assert_eq!(
+            serde_json::to_value(&overrides).unwrap(),
+            serde_json::json!({"cpu_ms": 50, "memory_bytes": 1048576})
+        );
+    }
+
+    #[test]
+    fn unknown_names_and_zero_values_are_refused() {
+        assert!(serde_json::from_str::<LimitOverrides>(r#"{"cpu": 5}"#).is_err());
+        let zero = Limits::default().with(&LimitOverrides {
+            queued_requests: Some(0),
+            ..LimitOverrides::default()
+        });
+        assert!(zero.check().unwrap_err().contains("queued_requests"));
+    }
+}

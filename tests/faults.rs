@@ -1,0 +1,414 @@
+//! The fault suite: a hostile tenant misbehaves in every way we know of while a healthy tenant
+//! is under steady load on the same real `corral serve` process. Each case is one hostile
+//! request, the status and error code it must get, and what must hold for everyone else: the
+//! server stays up, every healthy request succeeds, and memory returns to its baseline.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::serve::{Corral, DataDir, raw_request};
+use common::*;
+use hyper::StatusCode;
+use serde_json::{Value, json};
+
+/// The hostile tenant's limits: small, so every case trips quickly.
+fn hostile_limits() -> Value {
+    json!({
+        "memory_bytes": 64 << 20,
+        "cpu_ms": 3000,
+        "timeout_ms": 5000,
+        "request_body_bytes": 1 << 20,
+        "response_body_bytes": 1 << 20,
+        "nn_calls_per_request": 2000,
+        "concurrent_requests": 2,
+        "queued_requests": 2,
+        "log_bytes_per_minute": 64 << 10,
+    })
+}
+
+/// One hostile request and what it must get.
+struct Case {
+    path: &'static str,
+    status: StatusCode,
+    /// The error code: the host's `error.code`, or the guest's `wasi:nn` code for 422s.
+    code: &'static str,
+    /// What else must hold of the answer.
+    check: fn(&Value) -> bool,
+}
+
+fn any(_: &Value) -> bool {
+    true
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            path: "/fault/loop",
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "cpu_time_limit",
+            check: any,
+        },
+        Case {
+            path: "/fault/grow-memory",
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "memory_limit",
+            check: any,
+        },
+        // Rust keeps large frames on a stack in linear memory: deep recursion ends in a
+        // stack overflow or an out-of-bounds access below that stack, both traps.
+        Case {
+            path: "/fault/recursion",
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "component_trapped",
+            check: any,
+        },
+        Case {
+            path: "/fault/panic",
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "component_trapped",
+            check: any,
+        },
+        Case {
+            path: "/fault/unreachable",
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "component_trapped",
+            check: |b| {
+                b["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("unreachable")
+            },
+        },
+        Case {
+            path: "/fault/huge-tensor",
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid-argument",
+            check: any,
+        },
+        Case {
+            path: "/fault/overflow-dims",
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid-argument",
+            check: any,
+        },
+        Case {
+            path: "/fault/bad-length",
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid-argument",
+            check: any,
+        },
+        Case {
+            path: "/fault/many-computes",
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "nn_limit",
+            check: any,
+        },
+        Case {
+            path: "/fault/stdout-flood",
+            status: StatusCode::OK,
+            code: "",
+            check: |b| b["written"].as_u64() == Some(100 << 20),
+        },
+        Case {
+            path: "/case/sandbox",
+            status: StatusCode::OK,
+            code: "",
+            check: |b| {
+                b["env"] == json!([])
+                    && b["args"] == json!([])
+                    && b["files"] == json!([])
+                    && b["outgoing_http"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("HttpRequestDenied")
+            },
+        },
+        Case {
+            path: "/fault/never-respond",
+            status: StatusCode::GATEWAY_TIMEOUT,
+            code: "timeout",
+            check: any,
+        },
+        Case {
+            path: "/fault/ort-error",
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "runtime-error",
+            check: |b| {
+                b["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("Reshape")
+            },
+        },
+    ]
+}
+
+#[tokio::test]
+async fn no_hostile_request_hurts_the_server_or_a_healthy_tenant() {
+    let dir = DataDir::new("faults");
+    let corral = Arc::new(Corral::start(&dir, "[engine]\ninstances = 64\n"));
+    let healthy = corral.create_tenant("healthy", "healthy.test").await;
+    let (status, body) = corral
+        .deploy(
+            "healthy",
+            &healthy,
+            &guest("nn-probe"),
+            &[("add", &fixture("add.onnx"))],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = corral
+        .operator(
+            "PUT",
+            "/v1/tenants/hostile",
+            json!({ "hosts": ["hostile.test"], "limits": hostile_limits() }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let hostile = body["token"].as_str().unwrap().to_owned();
+    let (status, body) = corral
+        .deploy(
+            "hostile",
+            &hostile,
+            &guest("nn-probe"),
+            &[
+                ("add", &fixture("add.onnx")),
+                ("reshape", &fixture("reshape.onnx")),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, body) = corral
+        .admin("GET", "/v1/tenants/hostile", Some(&hostile), None)
+        .await;
+    assert_eq!(body["limits"]["cpu_ms"], 3000, "{body}");
+    assert_eq!(
+        body["limits"]["tensor_rank"], 8,
+        "defaults fill what is not overridden"
+    );
+
+    // Warm up both tenants, then take the memory baseline.
+    for _ in 0..20 {
+        assert_eq!(
+            corral
+                .call("healthy.test", "GET", "/case/add", Vec::new())
+                .await
+                .0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            corral
+                .call("hostile.test", "GET", "/case/add", Vec::new())
+                .await
+                .0,
+            StatusCode::OK
+        );
+    }
+    let baseline = corral.rss_bytes();
+
+    // Steady load on the healthy tenant for the whole suite.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..2 {
+        let (corral, stop, ok, failed) = (corral.clone(), stop.clone(), ok.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let (status, body) = corral
+                    .call("healthy.test", "GET", "/case/add", Vec::new())
+                    .await;
+                if status == StatusCode::OK
+                    && json(&body)["detail"]["sum"] == json!([11.0, 22.0, 33.0, 44.0])
+                {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    eprintln!(
+                        "healthy request failed: {status} {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+
+    for case in cases() {
+        let (status, body) = corral
+            .call("hostile.test", "GET", case.path, Vec::new())
+            .await;
+        let body = json(&body);
+        assert_eq!(status, case.status, "{}: {body}", case.path);
+        if !case.code.is_empty() {
+            let code = body["error"]["code"].as_str().or(body["code"].as_str());
+            assert_eq!(code, Some(case.code), "{}: {body}", case.path);
+        }
+        assert!((case.check)(&body), "{}: {body}", case.path);
+        let (status, _) = corral.admin("GET", "/healthz", None, None).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "the server is up after {}",
+            case.path
+        );
+        eprintln!("fault {}: {} {}", case.path, case.status, case.code);
+    }
+
+    // Bodies over the limit: refused before the guest runs.
+    let head =
+        "POST /fault/sleep HTTP/1.1\r\nhost: hostile.test\r\ncontent-length: 2000000\r\n\r\n";
+    let response = raw_request(corral.data, head).await;
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("request_too_large"), "{response}");
+
+    // Responses over the limit are cut off: the client never gets the whole body.
+    let (status, _) = corral
+        .call(
+            "hostile.test",
+            "GET",
+            "/fault/big-response?bytes=1000",
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a response under the limit is whole"
+    );
+    let cut = corral
+        .call_cut("hostile.test", "/fault/big-response?bytes=3000000")
+        .await;
+    assert!(
+        cut < 3_000_000,
+        "the client got {cut} bytes of a 3 MB response"
+    );
+
+    // Concurrency: 2 run, 2 wait, the rest get 503 with Retry-After at once.
+    let mut burst = Vec::new();
+    for _ in 0..8 {
+        let corral = corral.clone();
+        burst.push(tokio::spawn(async move {
+            corral
+                .call_full("hostile.test", "/fault/sleep?ms=700")
+                .await
+        }));
+    }
+    let (mut served, mut refused) = (0, 0);
+    for request in burst {
+        let (status, headers, body) = request.await.unwrap();
+        match status {
+            StatusCode::OK => served += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                refused += 1;
+                assert_eq!(headers["retry-after"], "1");
+                assert_eq!(json(&body)["error"]["code"], "overloaded");
+            }
+            other => panic!(
+                "burst request got {other}: {}",
+                String::from_utf8_lossy(&body)
+            ),
+        }
+    }
+    assert_eq!((served, refused), (4, 4), "2 running + 2 queued are served");
+
+    // Guest output over the budget was dropped and counted.
+    let metrics = corral.metrics_text().await;
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("corral_guest_log_dropped_bytes_total{tenant=\"hostile\"} ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no dropped-bytes metric:\n{metrics}"));
+    assert!(dropped > 90e6, "{dropped} bytes dropped");
+
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("healthy tenant during the suite: {ok} requests succeeded, {failed} failed");
+    assert_eq!(
+        failed, 0,
+        "every healthy request succeeds during the faults"
+    );
+    assert!(ok >= 50, "the healthy load kept running ({ok} requests)");
+
+    // Memory returns to its baseline once the hostile instances are gone.
+    let mut rss = corral.rss_bytes();
+    for _ in 0..50 {
+        if rss <= baseline + (64 << 20) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rss = corral.rss_bytes();
+    }
+    eprintln!(
+        "server RSS: baseline {} MiB, after the suite {} MiB",
+        baseline >> 20,
+        rss >> 20
+    );
+    assert!(
+        rss <= baseline + (64 << 20),
+        "RSS {} MiB vs baseline {} MiB",
+        rss >> 20,
+        baseline >> 20
+    );
+}
+
+#[tokio::test]
+async fn a_pooled_slot_reused_by_another_tenant_holds_nothing_of_the_last_one() {
+    let dir = DataDir::new("leak");
+    // One instance slot: the reader must land in the slot the writer just used.
+    let corral = Corral::start(&dir, "[engine]\ninstances = 1\n");
+    let mut hosts = Vec::new();
+    for tenant in ["writer", "reader"] {
+        let token = corral
+            .create_tenant(tenant, &format!("{tenant}.test"))
+            .await;
+        let (status, body) = corral.deploy(tenant, &token, &guest("nn-probe"), &[]).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        hosts.push(format!("{tenant}.test"));
+    }
+    for round in 0..3 {
+        let secret = format!("s{round}x9f3k");
+        let (status, body) = corral
+            .call(
+                &hosts[0],
+                "GET",
+                &format!("/fault/write-secret?secret={secret}"),
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{}\n{}",
+            String::from_utf8_lossy(&body),
+            corral.log_text()
+        );
+        let written = json(&body);
+        assert!(
+            written["found_here"].as_u64().unwrap() > 100_000,
+            "the scanner sees the writer's own copies: {written}"
+        );
+        let (status, body) = corral
+            .call(
+                &hosts[1],
+                "GET",
+                &format!("/fault/scan-secret?secret={secret}"),
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let scanned = json(&body);
+        assert!(
+            scanned["found"].as_u64().unwrap() <= 4,
+            "round {round}: the reader found the writer's secret: {scanned}"
+        );
+    }
+}

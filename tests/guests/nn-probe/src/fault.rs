@@ -1,0 +1,182 @@
+//! Hostile behaviour for the fault suite: `GET /fault/NAME` misbehaves in one way. Routes that
+//! survive answer `200 {"fault":NAME,"ok":true,...}`; a `wasi:nn` error the host returns comes
+//! back as `422 {"fault":NAME,"code":...,"message":...}`. The rest never answer on their own:
+//! the host stops them and answers for them.
+
+use std::hint::black_box;
+use std::io::Write;
+
+use corral_guest::wasi_nn::tensor::TensorType;
+use corral_guest::{Error, Model, Tensor};
+use serde_json::{Value, json};
+use wstd::http::StatusCode;
+
+/// Runs fault `name`; `None` when there is no such fault.
+pub async fn run(name: &str, query: &str) -> Option<(StatusCode, Value)> {
+    let nn = |result: Result<Value, Error>| match result {
+        Ok(detail) => (
+            StatusCode::OK,
+            json!({ "fault": name, "ok": true, "detail": detail }),
+        ),
+        Err(e) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({ "fault": name, "code": e.code_name(), "message": e.message }),
+        ),
+    };
+    Some(match name {
+        "loop" => {
+            let mut n = 0u64;
+            loop {
+                n = black_box(n.wrapping_add(1));
+            }
+        }
+        "grow-memory" => {
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            loop {
+                held.push(vec![1u8; 1 << 20]);
+                black_box(&held);
+            }
+        }
+        "recursion" => {
+            let depth = recurse(black_box(0));
+            (StatusCode::OK, json!({ "fault": name, "depth": depth }))
+        }
+        "panic" => panic!("the fault suite asked for a panic"),
+        "unreachable" => core::arch::wasm32::unreachable(),
+        "huge-tensor" => nn(add_with(Tensor::from_bytes(
+            &[1_000_000, 1_000_000],
+            TensorType::Fp32,
+            &[0u8; 16],
+        ))),
+        "overflow-dims" => nn(add_with(Tensor::from_bytes(
+            &[u32::MAX, u32::MAX, u32::MAX],
+            TensorType::Fp32,
+            &[0u8; 16],
+        ))),
+        "bad-length" => nn(add_with(Tensor::from_bytes(
+            &[2, 2],
+            TensorType::Fp32,
+            &[0u8; 15],
+        ))),
+        "many-computes" => {
+            let model = Model::load("add").map_err(|e| e.message);
+            let mut done = 0u32;
+            if let Ok(model) = model {
+                for _ in 0..1_000_000 {
+                    let inputs = vec![
+                        ("a", Tensor::f32(&[2, 2], &[1.0; 4])),
+                        ("b", Tensor::f32(&[2, 2], &[1.0; 4])),
+                    ];
+                    if model.run(inputs).is_err() {
+                        break;
+                    }
+                    done += 1;
+                }
+            }
+            (
+                StatusCode::OK,
+                json!({ "fault": name, "ok": true, "computes": done }),
+            )
+        }
+        "stdout-flood" => {
+            let chunk = vec![b'x'; 64 << 10];
+            let mut written = 0usize;
+            let mut stdout = std::io::stdout();
+            while written < 100 << 20 {
+                if stdout.write_all(&chunk).is_err() {
+                    break;
+                }
+                written += chunk.len();
+            }
+            let _ = stdout.write_all(b"\n");
+            (
+                StatusCode::OK,
+                json!({ "fault": name, "ok": true, "written": written }),
+            )
+        }
+        "ort-error" => nn(Model::load("reshape").and_then(|model| {
+            model
+                .run(vec![
+                    ("x", Tensor::f32(&[4], &[1.0; 4])),
+                    ("shape", Tensor::i64(&[2], &[3, 3])),
+                ])
+                .map(|_| json!({}))
+        })),
+        "never-respond" => {
+            wstd::task::sleep(wstd::time::Duration::from_secs(3600)).await;
+            (StatusCode::OK, json!({ "fault": name }))
+        }
+        "sleep" => {
+            let ms = query
+                .strip_prefix("ms=")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100);
+            wstd::task::sleep(wstd::time::Duration::from_millis(ms)).await;
+            (
+                StatusCode::OK,
+                json!({ "fault": name, "ok": true, "slept_ms": ms }),
+            )
+        }
+        "big-response" => {
+            let bytes: usize = query
+                .strip_prefix("bytes=")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1 << 20);
+            return Some((
+                StatusCode::OK,
+                json!({ "fault": name, "padding": "x".repeat(bytes) }),
+            ));
+        }
+        "write-secret" => (StatusCode::OK, write_secret(query)),
+        "scan-secret" => (StatusCode::OK, scan_secret(query)),
+        _ => return None,
+    })
+}
+
+fn add_with(a: Tensor) -> Result<Value, Error> {
+    Model::load("add")?
+        .run(vec![("a", a), ("b", Tensor::f32(&[2, 2], &[0.0; 4]))])
+        .map(|_| json!({}))
+}
+
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let frame = black_box([depth; 64]);
+    recurse(black_box(frame[63] + 1)) + frame[0]
+}
+
+/// The 16-byte pattern a request's `secret=` query names, derived at run time so that no
+/// copy of it sits in the component's data.
+fn pattern(query: &str) -> [u8; 16] {
+    let seed = query.strip_prefix("secret=").unwrap_or("0");
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = seed.as_bytes()[i % seed.len().max(1)] ^ 0xa5 ^ (i as u8);
+    }
+    out
+}
+
+/// Fills 8 MiB of this instance's memory with the pattern and keeps it there until the
+/// instance ends.
+fn write_secret(query: &str) -> Value {
+    let pattern = pattern(query);
+    let buffer: Vec<u8> = pattern.iter().copied().cycle().take(8 << 20).collect();
+    black_box(&buffer);
+    let copies = buffer.len() / pattern.len();
+    std::mem::forget(buffer);
+    // Proves the scanner finds what is there.
+    let found_here = scan_secret(query)["found"].clone();
+    json!({ "fault": "write-secret", "ok": true, "copies": copies, "found_here": found_here })
+}
+
+/// Counts the pattern's occurrences in all of this instance's linear memory. Besides the few
+/// copies this function holds, any occurrence came from another instance.
+fn scan_secret(query: &str) -> Value {
+    let pattern = pattern(query);
+    let bytes = core::arch::wasm32::memory_size(0) * 65536;
+    // SAFETY: in wasm, every address from 1 up to memory.size is readable linear memory.
+    let memory = unsafe { std::slice::from_raw_parts(1 as *const u8, bytes - 1) };
+    let found = memory.windows(16).filter(|w| *w == pattern).count();
+    json!({ "fault": "scan-secret", "ok": true, "memory_bytes": bytes, "found": found })
+}
