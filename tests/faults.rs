@@ -257,6 +257,40 @@ async fn no_hostile_request_hurts_the_server_or_a_healthy_tenant() {
         eprintln!("fault {}: {} {}", case.path, case.status, case.code);
     }
 
+    // Outgoing HTTP goes out only to hosts the operator allowed for the tenant: allowed, the
+    // request to 127.0.0.1:9 is attempted (and refused by the closed port, not by Corral).
+    let (status, body) = corral
+        .operator(
+            "PUT",
+            "/v1/tenants/hostile",
+            json!({ "outgoing_hosts": ["127.0.0.1"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["hosts"], json!(["hostile.test"]), "hosts are kept");
+    let (_, body) = corral
+        .call("hostile.test", "GET", "/case/sandbox", Vec::new())
+        .await;
+    let outgoing = json(&body)["outgoing_http"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        outgoing.contains("ConnectionRefused") && !outgoing.contains("Denied"),
+        "{outgoing}"
+    );
+    let (_, body) = corral
+        .call("healthy.test", "GET", "/case/sandbox", Vec::new())
+        .await;
+    let outgoing = json(&body)["outgoing_http"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        outgoing.contains("HttpRequestDenied"),
+        "other tenants stay denied: {outgoing}"
+    );
+
     // Bodies over the limit: refused before the guest runs.
     let head =
         "POST /fault/sleep HTTP/1.1\r\nhost: hostile.test\r\ncontent-length: 2000000\r\n\r\n";

@@ -84,6 +84,7 @@ impl DevServer {
                 limits: Arc::new(options.limits.clone()),
                 stdout: output.clone(),
                 stderr: output,
+                outgoing_hosts: Arc::from([]),
             },
             gate: None,
         };

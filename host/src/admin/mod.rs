@@ -27,7 +27,7 @@ use crate::http::error::{json_error, json_response, text_response};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::Digest;
 use crate::tenancy::records::{DeploymentRecord, TenantRecord, token_hash};
-use crate::tenancy::{Refusal, Tenancy};
+use crate::tenancy::{Refusal, Tenancy, TenantUpdate};
 
 /// Largest JSON body the admin API reads.
 const MAX_JSON_BODY: usize = 64 * 1024;
@@ -196,17 +196,8 @@ impl Admin {
             }
             (&Method::PUT, [tenant]) => {
                 operator_only(&caller)?;
-                #[derive(serde::Deserialize)]
-                #[serde(deny_unknown_fields)]
-                struct Body {
-                    hosts: Option<Vec<String>>,
-                    limits: Option<crate::limits::LimitOverrides>,
-                }
-                let body: Body = read_json(request).await?;
-                let (record, token) = self
-                    .tenancy
-                    .put_tenant(tenant, body.hosts.as_deref(), body.limits)
-                    .await?;
+                let update: TenantUpdate = read_json(request).await?;
+                let (record, token) = self.tenancy.put_tenant(tenant, update).await?;
                 let mut answer = tenant_json(&record);
                 match token {
                     Some(token) => {
@@ -372,6 +363,7 @@ fn tenant_json(record: &TenantRecord) -> Value {
         "hosts": record.hosts,
         "created": record.created,
         "active": record.active,
+        "outgoing_hosts": record.outgoing_hosts,
     })
 }
 

@@ -102,7 +102,7 @@ pub struct InstanceState {
     pub(super) nn: NnCtx,
     pub(super) nn_budget: NnBudget,
     pub(super) limiter: Limiter,
-    pub(super) hooks: DenyOutgoingHttp,
+    pub(super) hooks: OutgoingHttp,
 }
 
 impl WasiView for InstanceState {
@@ -134,25 +134,48 @@ impl InstanceState {
     }
 }
 
-/// Refuses every outgoing HTTP request: guests get `HTTP-request-denied`.
-pub struct DenyOutgoingHttp;
+/// Outgoing HTTP: only to the hosts the operator allowed for the tenant; every other request
+/// gets `HTTP-request-denied` without a connection being made.
+pub struct OutgoingHttp {
+    /// Normalized host names (any port).
+    pub allowed: Arc<[String]>,
+}
 
-impl WasiHttpHooks for DenyOutgoingHttp {
+impl OutgoingHttp {
+    fn allows(&self, uri: &http::Uri) -> bool {
+        let Some(host) = uri.host() else {
+            return false;
+        };
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.allowed.contains(&host)
+    }
+}
+
+type SendResult = wasmtime_wasi_http::Result<(
+    http::Response<wasmtime_wasi_http::WasiBody>,
+    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+)>;
+
+impl WasiHttpHooks for OutgoingHttp {
     fn send_request(
         &mut self,
         request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = wasmtime_wasi_http::Result<(
-                    http::Response<wasmtime_wasi_http::WasiBody>,
-                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-                )>,
-            > + Send,
-    > {
-        tracing::debug!(uri = %request.uri(), "outgoing HTTP request denied");
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        if !self.allows(request.uri()) {
+            tracing::debug!(uri = %request.uri(), "outgoing HTTP request denied");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        tracing::debug!(uri = %request.uri(), "outgoing HTTP request allowed");
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
     }
 }
 

@@ -4,7 +4,8 @@
 //! An instance gets the `wasi:http/proxy` imports, `wasi:nn` over its deployment's models, and
 //! the rest of WASI 0.2 (so components from Rust's `wasm32-wasip2` target link) with nothing
 //! granted: no preopened directories, no environment variables or arguments, no sockets, no
-//! name lookups, and outgoing HTTP requests are denied. Each request runs under its tenant's
+//! name lookups, and outgoing HTTP requests are denied unless the operator allowed the host
+//! for the tenant. Each request runs under its tenant's
 //! [`Limits`]: CPU time by epoch deadlines (one ticker thread), memory, tables and instances by
 //! a resource limiter, `wasi:nn` traffic by the `wasi:nn` host; guest stdout/stderr become
 //! rate-limited log lines ([`log`]).
@@ -29,8 +30,8 @@ mod instance;
 pub mod log;
 
 pub use cache::{CompileError, ComponentCache, check_component_header};
-use instance::{DenyOutgoingHttp, Limiter};
 pub use instance::{InstanceState, Outcome};
+use instance::{Limiter, OutgoingHttp};
 use log::{GuestOutput, GuestStream};
 
 /// How often the epoch advances; guest CPU time is measured in these ticks.
@@ -120,6 +121,8 @@ pub struct RequestSandbox {
     pub limits: Arc<Limits>,
     pub stdout: GuestOutput,
     pub stderr: GuestOutput,
+    /// Hosts outgoing HTTP requests may go to (normalized names, any port); none by default.
+    pub outgoing_hosts: Arc<[String]>,
 }
 
 /// Why a component cannot be served.
@@ -209,7 +212,9 @@ impl Service {
                 limits: Arc::clone(limits),
                 outcome: Arc::clone(outcome),
             },
-            hooks: DenyOutgoingHttp,
+            hooks: OutgoingHttp {
+                allowed: Arc::clone(&sandbox.outgoing_hosts),
+            },
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limiter);

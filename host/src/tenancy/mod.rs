@@ -155,7 +155,11 @@ impl Tenancy {
             self.hosts.insert(host.clone(), Arc::clone(&name));
         }
         self.tokens.insert(record.token_sha256, record.name.clone());
-        let bounds = self.bounds(&name, &self.platform.default_limits.with(&record.limits));
+        let bounds = self.bounds(
+            &name,
+            &self.platform.default_limits.with(&record.limits),
+            &record.outgoing_hosts,
+        );
         self.tenants.insert(
             record.name.clone(),
             Arc::new(Tenant {
@@ -166,7 +170,7 @@ impl Tenancy {
         );
     }
 
-    fn bounds(&self, tenant: &Arc<str>, limits: &Limits) -> TenantBounds {
+    fn bounds(&self, tenant: &Arc<str>, limits: &Limits, outgoing: &[String]) -> TenantBounds {
         let dropped = self.platform.metrics.log_dropped_counter(tenant);
         let log = Arc::new(LogBudget::new(
             Arc::clone(tenant),
@@ -178,6 +182,7 @@ impl Tenancy {
                 limits: Arc::new(limits.clone()),
                 stdout: GuestOutput::Log(Arc::clone(&log)),
                 stderr: GuestOutput::Log(log),
+                outgoing_hosts: Arc::from(outgoing),
             },
             gate: Arc::new(Gate::new(limits)),
         }
@@ -256,16 +261,24 @@ impl Tenancy {
             .ok_or_else(|| Refusal::NotFound(format!("no tenant named '{name}'")))
     }
 
-    /// Creates a tenant, or updates an existing tenant's host names and limit overrides (each
-    /// kept when `None`). Returns the record and, for a new tenant only, its token (shown
-    /// once; only its hash is kept).
+    /// Creates a tenant, or updates an existing one (each field of `update` is kept when
+    /// `None`). Returns the record and, for a new tenant only, its token (shown once; only its
+    /// hash is kept).
     pub async fn put_tenant(
         &self,
         name: &str,
-        hosts: Option<&[String]>,
-        limits: Option<LimitOverrides>,
+        update: TenantUpdate,
     ) -> Result<(TenantRecord, Option<String>), Refusal> {
+        let TenantUpdate {
+            hosts,
+            limits,
+            outgoing_hosts,
+        } = update;
         records::check_tenant_name(name).map_err(|m| Refusal::invalid("invalid_tenant", m))?;
+        let outgoing_hosts = match outgoing_hosts {
+            Some(list) => Some(normalize_hosts(&list, "invalid_outgoing_host")?),
+            None => None,
+        };
         if let Some(overrides) = &limits {
             self.effective_limits(overrides)?;
         }
@@ -307,6 +320,9 @@ impl Tenancy {
                 if let Some(limits) = limits {
                     record.limits = limits;
                 }
+                if let Some(outgoing) = outgoing_hosts {
+                    record.outgoing_hosts = outgoing;
+                }
                 (record, None)
             }
             None => {
@@ -318,6 +334,7 @@ impl Tenancy {
                     created: records::now(),
                     active: None,
                     limits: limits.unwrap_or_default(),
+                    outgoing_hosts: outgoing_hosts.unwrap_or_default(),
                 };
                 (record, Some(token))
             }
@@ -326,9 +343,8 @@ impl Tenancy {
         match existing {
             Some(tenant) => {
                 let limits = self.effective_limits(&record.limits)?;
-                tenant
-                    .bounds
-                    .store(Arc::new(self.bounds(&Arc::from(name), &limits)));
+                let bounds = self.bounds(&Arc::from(name), &limits, &record.outgoing_hosts);
+                tenant.bounds.store(Arc::new(bounds));
                 let old = tenant.record.swap(Arc::new(record.clone()));
                 for host in old.hosts.iter().filter(|h| !record.hosts.contains(h)) {
                     self.hosts.remove(host);
@@ -532,6 +548,32 @@ impl Tenancy {
             .and_then(|t| t.live.load_full())
             .map(|live| Arc::clone(&live.service))
     }
+}
+
+/// What `PUT /v1/tenants/{tenant}` may change; `None` keeps the current value.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantUpdate {
+    pub hosts: Option<Vec<String>>,
+    pub limits: Option<LimitOverrides>,
+    pub outgoing_hosts: Option<Vec<String>>,
+}
+
+/// Normalized, de-duplicated host names; `code` names the field when one is invalid.
+fn normalize_hosts(hosts: &[String], code: &'static str) -> Result<Vec<String>, Refusal> {
+    let mut normalized = Vec::with_capacity(hosts.len());
+    for host in hosts {
+        let host = records::normalize_host(host).ok_or_else(|| {
+            Refusal::invalid(
+                code,
+                format!("'{}' is not a valid host name", host.escape_debug()),
+            )
+        })?;
+        if !normalized.contains(&host) {
+            normalized.push(host);
+        }
+    }
+    Ok(normalized)
 }
 
 /// The versions stored for a tenant, ascending.

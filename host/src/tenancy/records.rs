@@ -32,6 +32,9 @@ pub struct TenantRecord {
     /// The operator's overrides of the default limits.
     #[serde(default, skip_serializing_if = "is_default")]
     pub limits: LimitOverrides,
+    /// Hosts the tenant's components may send HTTP requests to (normalized; any port).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outgoing_hosts: Vec<String>,
 }
 
 fn is_default(overrides: &LimitOverrides) -> bool {
