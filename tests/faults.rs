@@ -23,6 +23,7 @@ fn hostile_limits() -> Value {
         "request_body_bytes": 1 << 20,
         "response_body_bytes": 1 << 20,
         "nn_calls_per_request": 2000,
+        "tensor_elements": 1000,
         "concurrent_requests": 2,
         "queued_requests": 2,
         "log_bytes_per_minute": 64 << 10,
@@ -45,6 +46,17 @@ fn any(_: &Value) -> bool {
 
 fn cases() -> Vec<Case> {
     vec![
+        Case {
+            path: "/fault/big-tensor",
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid-argument",
+            check: |b| {
+                b["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("limit of 1000 elements")
+            },
+        },
         Case {
             path: "/fault/loop",
             status: StatusCode::INTERNAL_SERVER_ERROR,

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::dev::{DevOptions, DevServer};
 use crate::engine::EngineSettings;
 use crate::limits::Limits;
-use crate::server::{DEFAULT_MAX_UPLOAD_BYTES, ServeOptions, Server, TokenSource};
+use crate::server::{Server, TokenSource};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,8 +22,17 @@ use crate::server::{DEFAULT_MAX_UPLOAD_BYTES, ServeOptions, Server, TokenSource}
     about = "Serve sandboxed WebAssembly components that run shared ML models"
 )]
 pub struct Cli {
+    /// Log lines on stderr: `text` (readable) or `json` (one object per line).
+    #[arg(long, global = true, env = "CORRAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,14 +50,27 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Serve one component and its models over HTTP (single-tenant development mode).
     Run(RunArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file (with CORRAL_* overrides) without starting; prints the
+    /// effective configuration.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// TOML configuration file (every key optional; unknown keys are refused).
+    /// TOML configuration file (every key optional; unknown keys are refused; CORRAL_* variables override it).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Data directory [default: the config's data_dir, else ./corral-data].
+    /// Data directory [default: the configuration's data_dir, ./corral-data].
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// Data-plane HTTP listener [default: the config's listen, else 127.0.0.1:8080].
@@ -169,49 +191,45 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deployments(args) => deployments(args).await,
         Command::Rollback(args) => rollback(args).await,
         Command::Run(args) => run_dev(args).await,
+        Command::Config(ConfigCommand::Check { file }) => {
+            let config = Config::load(Some(&file))?;
+            println!("# {}: valid; the effective configuration:", file.display());
+            print!("{}", config.to_toml());
+            Ok(())
+        }
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    let mut options = ServeOptions::new(
-        args.data
-            .or(config.data_dir)
-            .unwrap_or_else(|| PathBuf::from("corral-data")),
-    );
-    if let Some(listen) = args.listen.or(config.listen) {
+    let mut options = Config::load(args.config.as_deref())?;
+    if let Some(data) = args.data {
+        options.data_dir = data;
+    }
+    if let Some(listen) = args.listen {
         options.listen = listen;
     }
-    if let Some(admin) = args.admin_listen.or(config.admin_listen) {
+    if let Some(admin) = args.admin_listen {
         options.admin_listen = admin;
     }
-    options.admin_token = std::env::var("CORRAL_ADMIN_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty())
-        .or(config.admin_token);
-    options.max_upload_bytes = config.max_upload_bytes.unwrap_or(DEFAULT_MAX_UPLOAD_BYTES);
-    options.max_parallel_inference = config.max_parallel_inference;
-    if let Some(secs) = config.deploy_timeout_secs {
-        options.deploy_timeout = Duration::from_secs(secs);
-    }
-    options.engine = config.engine;
-    options.limits = config.limits;
     let data_dir = options.data_dir.clone();
     let server = Server::start(options).await?;
-    println!("corral: data directory {}", data_dir.display());
-    println!("corral: serving tenants on http://{}", server.data_addr());
-    println!("corral: admin API on http://{}", server.admin_addr());
+    say(&format!("corral: data directory {}", data_dir.display()));
+    say(&format!(
+        "corral: serving tenants on http://{}",
+        server.data_addr()
+    ));
+    say(&format!(
+        "corral: admin API on http://{}",
+        server.admin_addr()
+    ));
     match server.token_source() {
-        TokenSource::File(path) => println!("corral: operator token in {}", path.display()),
+        TokenSource::File(path) => say(&format!("corral: operator token in {}", path.display())),
         TokenSource::Given => {
-            println!("corral: operator token from CORRAL_ADMIN_TOKEN or the configuration")
+            say("corral: operator token from CORRAL_ADMIN_TOKEN or the configuration")
         }
     }
     shutdown_signal().await;
-    println!("corral: shutting down");
+    say("corral: shutting down");
     server.stop().await;
     Ok(())
 }
@@ -358,6 +376,14 @@ async fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A status line on stdout; a closed stdout (e.g. a supervisor that stopped reading) must not
+/// take the server down.
+fn say(line: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+}
+
 fn print_json(value: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -422,16 +448,16 @@ async fn run_dev(args: RunArgs) -> anyhow::Result<()> {
         max_parallel_inference: args.max_parallel_inference.map(|n| n as usize),
     };
     let server = DevServer::start(options).await?;
-    println!(
+    say(&format!(
         "corral: serving {} on http://{}",
         args.component.display(),
         server.addr()
-    );
+    ));
     for (name, digest) in server.models() {
-        println!("corral:   model '{name}' ({digest})");
+        say(&format!("corral:   model '{name}' ({digest})"));
     }
     shutdown_signal().await;
-    println!("corral: shutting down");
+    say("corral: shutting down");
     server.stop().await;
     Ok(())
 }

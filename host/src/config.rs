@@ -1,94 +1,304 @@
-//! `corral serve`'s configuration file (TOML). Every key is optional: no file at all gives a
-//! working server on loopback. Unknown keys are refused, naming the file, line and key.
+//! `corral serve`'s configuration: one TOML file, every key optional, every key overridable
+//! by an environment variable, embedded defaults that give a working server on loopback.
+//!
+//! Precedence, lowest first: defaults, the file, `CORRAL_<KEY>` / `CORRAL_<SECTION>_<KEY>`
+//! environment variables (e.g. `CORRAL_LISTEN`, `CORRAL_LIMITS_CPU_MS`), then command-line
+//! flags. Unknown keys and bad values are refused, naming the file, line and key (or the
+//! environment variable). `docs/config.md` lists every key with its default.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineSettings;
 use crate::limits::Limits;
 
-/// The configuration file, as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Data directory (tenants, deployments, blobs, compiled-component cache).
-    pub data_dir: Option<PathBuf>,
+    /// Data directory (tenants, deployments, blobs, compiled-component cache, admin token).
+    pub data_dir: PathBuf,
     /// Data-plane HTTP listener.
-    pub listen: Option<SocketAddr>,
+    pub listen: SocketAddr,
     /// Admin API listener (keep it private: it serves /metrics without a token).
-    pub admin_listen: Option<SocketAddr>,
-    /// Operator token (`CORRAL_ADMIN_TOKEN` overrides it).
+    pub admin_listen: SocketAddr,
+    /// Operator token; when unset, one is generated into `<data_dir>/admin-token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<String>,
     /// Largest deployment upload, in bytes.
-    pub max_upload_bytes: Option<u64>,
-    /// Model runs that may execute at once, across all tenants and models.
-    pub max_parallel_inference: Option<usize>,
+    pub max_upload_bytes: u64,
+    /// Model runs that may execute at once, across all tenants and models (0: 2 × CPUs).
+    pub max_parallel_inference: usize,
     /// Seconds validating an upload (compiling, loading models) may take.
-    pub deploy_timeout_secs: Option<u64>,
+    pub deploy_timeout_secs: u64,
+    /// Seconds requests in flight may take to finish after SIGTERM/SIGINT.
+    pub drain_timeout_secs: u64,
+    /// ONNX Runtime (`[onnx]`).
+    pub onnx: OnnxSettings,
     /// The engine's instance pool (`[engine]`).
-    #[serde(default)]
     pub engine: EngineSettings,
     /// Default per-tenant limits (`[limits]`); tenants may be given their own.
-    #[serde(default)]
     pub limits: Limits,
 }
 
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("corral-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
+            admin_token: None,
+            max_upload_bytes: 2 << 30,
+            max_parallel_inference: 0,
+            deploy_timeout_secs: 300,
+            drain_timeout_secs: 30,
+            onnx: OnnxSettings::default(),
+            engine: EngineSettings::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// How ONNX Runtime sessions are built.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnnxSettings {
+    /// Threads one run may use inside an operator (0: ONNX Runtime's default, one per core).
+    pub intra_op_threads: usize,
+    /// Threads one run may use across independent operators (0: ONNX Runtime's default).
+    pub inter_op_threads: usize,
+    /// Whether idle intra-op threads spin waiting for work (faster, burns CPU).
+    pub intra_op_spinning: bool,
+    /// Execution providers in order of preference. This build has `cpu`.
+    pub execution_providers: Vec<String>,
+}
+
+impl Default for OnnxSettings {
+    fn default() -> Self {
+        Self {
+            intra_op_threads: 0,
+            inter_op_threads: 0,
+            intra_op_spinning: true,
+            execution_providers: vec!["cpu".into()],
+        }
+    }
+}
+
+/// Top-level keys that are not sections (sections' keys come from their defaults).
+const TOP_LEVEL: &[&str] = &[
+    "data_dir",
+    "listen",
+    "admin_listen",
+    "admin_token",
+    "max_upload_bytes",
+    "max_parallel_inference",
+    "deploy_timeout_secs",
+    "drain_timeout_secs",
+];
+
 impl Config {
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("{}", path.display()))
+    /// The configuration from `file` (if any) and the process environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let text = match file {
+            Some(path) => std::fs::read_to_string(path).with_context(|| {
+                format!("cannot read the configuration file {}", path.display())
+            })?,
+            None => String::new(),
+        };
+        let origin = file.map_or_else(|| "the configuration".into(), |p| p.display().to_string());
+        Self::parse(&text, std::env::vars()).with_context(|| origin)
     }
 
-    pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let config: Self = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        if config.max_upload_bytes == Some(0) {
-            anyhow::bail!("max_upload_bytes must be at least 1");
+    /// Parses `text` (TOML) with overrides from `env` (`CORRAL_...` variables).
+    pub fn parse(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
+        // The file alone first: its errors carry the line and key.
+        let from_file: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut overridden = Vec::new();
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("CORRAL_"))
+            .collect();
+        for (path, variable) in env_keys() {
+            let Some((_, raw)) = env.iter().find(|(k, _)| *k == variable) else {
+                continue;
+            };
+            let value = parse_env_value(raw);
+            match path.split_once('.') {
+                Some((section, key)) => {
+                    let entry = table
+                        .entry(section.to_owned())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    let toml::Value::Table(section_table) = entry else {
+                        anyhow::bail!("'{section}' must be a table ([{section}])");
+                    };
+                    section_table.insert(key.to_owned(), value);
+                }
+                None => {
+                    table.insert(path.clone(), value);
+                }
+            }
+            overridden.push(variable);
         }
-        if config.deploy_timeout_secs == Some(0) {
-            anyhow::bail!("deploy_timeout_secs must be at least 1");
-        }
-        if config.max_parallel_inference == Some(0) {
-            anyhow::bail!("max_parallel_inference must be at least 1");
-        }
-        config.engine.check().map_err(anyhow::Error::msg)?;
-        config
-            .limits
-            .check()
-            .map_err(|m| anyhow::anyhow!("[limits]: {m}"))?;
+        let config = if overridden.is_empty() {
+            from_file
+        } else {
+            Config::deserialize(toml::Value::Table(table)).map_err(|e| {
+                anyhow::anyhow!("{e} (environment overrides: {})", overridden.join(", "))
+            })?
+        };
+        config.check()?;
         Ok(config)
     }
+
+    /// Every key's value, as TOML (what `corral config check` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let positive = [
+            ("max_upload_bytes", self.max_upload_bytes),
+            ("deploy_timeout_secs", self.deploy_timeout_secs),
+            ("drain_timeout_secs", self.drain_timeout_secs),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                anyhow::bail!("{key} must be at least 1");
+            }
+        }
+        self.engine.check().map_err(anyhow::Error::msg)?;
+        self.limits
+            .check()
+            .map_err(|m| anyhow::anyhow!("[limits]: {m}"))?;
+        if self.limits.memory_bytes > self.engine.max_memory_bytes {
+            anyhow::bail!(
+                "[limits] memory_bytes ({}) is more than [engine] max_memory_bytes ({})",
+                self.limits.memory_bytes,
+                self.engine.max_memory_bytes
+            );
+        }
+        for provider in &self.onnx.execution_providers {
+            if provider != "cpu" {
+                anyhow::bail!(
+                    "[onnx] execution_providers: '{provider}' is not available in this build \
+                     (it has: cpu)"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `(key path, environment variable)` for every key: `listen` → `CORRAL_LISTEN`,
+/// `limits.cpu_ms` → `CORRAL_LIMITS_CPU_MS`.
+pub fn env_keys() -> Vec<(String, String)> {
+    let mut keys: Vec<String> = TOP_LEVEL.iter().map(|k| (*k).to_owned()).collect();
+    if let Ok(toml::Value::Table(defaults)) = toml::Value::try_from(Config::default()) {
+        for (section, value) in defaults {
+            if let toml::Value::Table(fields) = value {
+                keys.extend(fields.keys().map(|k| format!("{section}.{k}")));
+            }
+        }
+    }
+    keys.into_iter()
+        .map(|path| {
+            let variable = format!("CORRAL_{}", path.replace('.', "_").to_ascii_uppercase());
+            (path, variable)
+        })
+        .collect()
+}
+
+/// An environment value as TOML (`500`, `true`, `["cpu"]`), else as a string.
+fn parse_env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
     #[test]
-    fn an_empty_file_is_a_valid_configuration() {
-        let config = Config::parse("").unwrap();
-        assert!(config.listen.is_none() && config.data_dir.is_none());
+    fn no_file_at_all_is_the_default_configuration() {
+        assert_eq!(Config::parse("", env(&[])).unwrap(), Config::default());
     }
 
     #[test]
     fn unknown_keys_and_bad_values_are_refused_with_their_line() {
-        let err = Config::parse("listen = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
+        let err =
+            Config::parse("listen = \"127.0.0.1:1\"\nlisten_port = 3\n", env(&[])).unwrap_err();
         let text = format!("{err:#}");
         assert!(
             text.contains("listen_port") && text.contains("line 2"),
             "{text}"
         );
-        let err = Config::parse("admin_listen = \"nowhere\"\n").unwrap_err();
+        let err = Config::parse("admin_listen = \"nowhere\"\n", env(&[])).unwrap_err();
         assert!(format!("{err:#}").contains("admin_listen"), "{err:#}");
-        assert!(Config::parse("max_upload_bytes = 0").is_err());
-        let err = Config::parse("[limits]\ncpu_ms = 0\n").unwrap_err();
+        assert!(Config::parse("max_upload_bytes = 0", env(&[])).is_err());
+        let err = Config::parse("[limits]\ncpu_ms = 0\n", env(&[])).unwrap_err();
         assert!(format!("{err:#}").contains("cpu_ms"), "{err:#}");
-        let err = Config::parse("[limits]\ncpu_msec = 5\n").unwrap_err();
+        let err = Config::parse("[limits]\ncpu_msec = 5\n", env(&[])).unwrap_err();
         assert!(format!("{err:#}").contains("cpu_msec"), "{err:#}");
-        let config = Config::parse("[engine]\ninstances = 8\n[limits]\ncpu_ms = 50\n").unwrap();
-        assert_eq!((config.engine.instances, config.limits.cpu_ms), (8, 50));
+        let err = Config::parse("[onnx]\nexecution_providers = [\"tpu\"]\n", env(&[])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("'tpu' is not available"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn environment_variables_override_the_file() {
+        let file = "listen = \"127.0.0.1:1000\"\n[limits]\ncpu_ms = 50\n";
+        let config = Config::parse(
+            file,
+            env(&[
+                ("CORRAL_LISTEN", "0.0.0.0:8000"),
+                ("CORRAL_LIMITS_TIMEOUT_MS", "900"),
+                ("CORRAL_ENGINE_INSTANCES", "8"),
+                ("CORRAL_ONNX_INTRA_OP_SPINNING", "false"),
+                ("CORRAL_TOKEN", "not a configuration key"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.listen.to_string(), "0.0.0.0:8000");
+        assert_eq!((config.limits.cpu_ms, config.limits.timeout_ms), (50, 900));
+        assert_eq!(config.engine.instances, 8);
+        assert!(!config.onnx.intra_op_spinning);
+        let err = Config::parse("", env(&[("CORRAL_LIMITS_CPU_MS", "lots")])).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("cpu_ms") && text.contains("CORRAL_LIMITS_CPU_MS"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_key_has_an_environment_variable() {
+        let keys = env_keys();
+        for expected in [
+            "CORRAL_DATA_DIR",
+            "CORRAL_ADMIN_TOKEN",
+            "CORRAL_ENGINE_STACK_BYTES",
+            "CORRAL_LIMITS_LOG_BYTES_PER_MINUTE",
+            "CORRAL_ONNX_EXECUTION_PROVIDERS",
+        ] {
+            assert!(keys.iter().any(|(_, v)| v == expected), "{expected}");
+        }
     }
 }

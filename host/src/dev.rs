@@ -85,6 +85,7 @@ impl DevServer {
                 stdout: output.clone(),
                 stderr: output,
                 outgoing_hosts: Arc::from([]),
+                counters: Arc::default(),
             },
             gate: None,
         };
@@ -94,9 +95,14 @@ impl DevServer {
         let addr = listener.local_addr()?;
         let (shutdown, stopped) = oneshot::channel::<()>();
         let router = Arc::new(crate::http::SingleService(target));
-        let task = tokio::spawn(crate::http::serve(listener, router, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(crate::http::serve(
+            listener,
+            router,
+            async {
+                let _ = stopped.await;
+            },
+            std::time::Duration::from_secs(10),
+        ));
         Ok(Self {
             addr,
             models: loaded,

@@ -1,29 +1,99 @@
-//! Counters the admin listener exposes in the Prometheus text format.
+//! What the admin listener's `/metrics` exposes, in the Prometheus text format.
 //!
-//! Labels are bounded by what the operator creates (tenants) and HTTP status codes, never by
-//! anything a client sends: requests to unknown hosts count under `tenant=""`.
+//! Labels are bounded by what the operator creates (tenants), the models deployed (digests),
+//! HTTP status codes and a fixed set of error codes, never by anything a client sends:
+//! requests to unknown hosts count under `tenant=""`. `docs/metrics.md` lists every metric.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use dashmap::DashMap;
+
+/// Upper bounds of the latency histograms' buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// A latency histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|le| seconds <= *le) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (le, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        let count = self.count();
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// One tenant's counters, shared with the parts of the server that count them.
+#[derive(Debug, Default)]
+pub struct TenantCounters {
+    /// Epoch ticks (10 ms each) in which the tenant's guest code was running.
+    pub cpu_ticks: AtomicU64,
+    /// Guest stdout/stderr bytes dropped over the tenant's log budget.
+    pub log_dropped: AtomicU64,
+    /// Requests turned away because the tenant's slots and queue were full.
+    pub rejected: AtomicU64,
+    /// Time to the response head.
+    pub latency: Histogram,
+}
 
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Tenant → status → requests.
     requests: DashMap<String, DashMap<u16, AtomicU64>>,
-    /// Tenant → guest stdout/stderr bytes dropped over the tenant's log budget.
-    log_dropped: DashMap<String, Arc<AtomicU64>>,
+    tenants: DashMap<String, Arc<TenantCounters>>,
+    /// (tenant, result) → deployment uploads; result is `ok` or the error code.
+    deployments: DashMap<(String, &'static str), AtomicU64>,
+}
+
+/// Values read from the live system when metrics are scraped.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    pub model_sessions: usize,
+    /// Bytes of the model files behind the live sessions.
+    pub model_session_bytes: u64,
+    pub tenants: usize,
+    /// Tenant → requests waiting for a slot.
+    pub queue_depth: Vec<(String, u32)>,
+    pub instances_in_use: usize,
+    pub instance_slots: u32,
+    /// Model digest → compute-time histogram.
+    pub compute_times: Vec<(String, Arc<Histogram>)>,
 }
 
 impl Metrics {
-    pub fn record_request(&self, tenant: &str, status: u16) {
+    pub fn record_request(&self, tenant: &str, status: u16, elapsed: Duration) {
+        self.tenant(tenant).latency.observe(elapsed);
         if let Some(by_status) = self.requests.get(tenant) {
-            if let Some(count) = by_status.get(&status) {
-                count.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
             by_status
                 .entry(status)
                 .or_default()
@@ -38,16 +108,31 @@ impl Metrics {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The counter of a tenant's dropped guest-output bytes.
-    pub fn log_dropped_counter(&self, tenant: &str) -> Arc<AtomicU64> {
-        Arc::clone(&self.log_dropped.entry(tenant.to_owned()).or_default())
+    /// The counters of `tenant`, created on first use.
+    pub fn tenant(&self, tenant: &str) -> Arc<TenantCounters> {
+        if let Some(counters) = self.tenants.get(tenant) {
+            return Arc::clone(&counters);
+        }
+        Arc::clone(&self.tenants.entry(tenant.to_owned()).or_default())
+    }
+
+    /// Counts one deployment upload: `result` is `ok` or the error code it was refused with.
+    pub fn record_deployment(&self, tenant: &str, result: &'static str) {
+        self.deployments
+            .entry((tenant.to_owned(), result))
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition, with gauges read at call time.
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
-        out.push_str("# HELP corral_requests_total Data-plane requests answered, by tenant and HTTP status.\n");
-        out.push_str("# TYPE corral_requests_total counter\n");
+        header(
+            &mut out,
+            "corral_requests_total",
+            "counter",
+            "Data-plane requests answered, by tenant and HTTP status.",
+        );
         let mut rows: Vec<(String, u16, u64)> = Vec::new();
         for tenant in &self.requests {
             for status in tenant.value() {
@@ -66,40 +151,149 @@ impl Metrics {
                 escape(&tenant)
             );
         }
-        out.push_str("# HELP corral_guest_log_dropped_bytes_total Guest stdout/stderr bytes dropped over the tenant's log budget.\n");
-        out.push_str("# TYPE corral_guest_log_dropped_bytes_total counter\n");
-        let mut dropped: Vec<(String, u64)> = self
-            .log_dropped
+
+        let mut tenants: Vec<(String, Arc<TenantCounters>)> = self
+            .tenants
             .iter()
-            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+            .map(|e| (e.key().clone(), Arc::clone(e.value())))
             .collect();
-        dropped.sort_unstable();
-        for (tenant, bytes) in dropped {
+        tenants.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        header(
+            &mut out,
+            "corral_request_duration_seconds",
+            "histogram",
+            "Time from a request's arrival to its response head, by tenant.",
+        );
+        for (tenant, counters) in &tenants {
+            counters.latency.render(
+                &mut out,
+                "corral_request_duration_seconds",
+                &format!("tenant=\"{}\"", escape(tenant)),
+            );
+        }
+        let per_tenant: [(&str, &str, CounterOf); 3] = [
+            (
+                "corral_guest_cpu_seconds_total",
+                "Guest CPU time, counted in 10 ms epoch ticks, by tenant.",
+                |c| c.cpu_ticks.load(Ordering::Relaxed) as f64 * 0.01,
+            ),
+            (
+                "corral_guest_log_dropped_bytes_total",
+                "Guest stdout/stderr bytes dropped over the tenant's log budget.",
+                |c| c.log_dropped.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "corral_requests_rejected_total",
+                "Requests turned away (503) because the tenant's slots and queue were full.",
+                |c| c.rejected.load(Ordering::Relaxed) as f64,
+            ),
+        ];
+        for (name, help, value) in per_tenant {
+            header(&mut out, name, "counter", help);
+            for (tenant, counters) in &tenants {
+                let _ = writeln!(
+                    out,
+                    "{name}{{tenant=\"{}\"}} {}",
+                    escape(tenant),
+                    value(counters)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "corral_queue_depth",
+            "gauge",
+            "Requests waiting for one of their tenant's slots.",
+        );
+        for (tenant, waiting) in &gauges.queue_depth {
             let _ = writeln!(
                 out,
-                "corral_guest_log_dropped_bytes_total{{tenant=\"{}\"}} {bytes}",
+                "corral_queue_depth{{tenant=\"{}\"}} {waiting}",
+                escape(tenant)
+            );
+        }
+
+        header(
+            &mut out,
+            "corral_deployments_total",
+            "counter",
+            "Deployment uploads, by tenant and result (ok or the error code).",
+        );
+        let mut deployments: Vec<(String, &str, u64)> = self
+            .deployments
+            .iter()
+            .map(|e| {
+                (
+                    e.key().0.clone(),
+                    e.key().1,
+                    e.value().load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        deployments.sort_unstable();
+        for (tenant, result, count) in deployments {
+            let _ = writeln!(
+                out,
+                "corral_deployments_total{{tenant=\"{}\",result=\"{result}\"}} {count}",
                 escape(&tenant)
             );
         }
-        let _ = write!(
-            out,
-            "# HELP corral_model_sessions Live inference sessions (one per distinct model in use).\n\
-             # TYPE corral_model_sessions gauge\n\
-             corral_model_sessions {}\n\
-             # HELP corral_tenants Tenants registered.\n\
-             # TYPE corral_tenants gauge\n\
-             corral_tenants {}\n",
-            gauges.model_sessions, gauges.tenants
+
+        header(
+            &mut out,
+            "corral_nn_compute_seconds",
+            "histogram",
+            "Time of wasi:nn compute calls on the backend, by model digest.",
         );
+        for (model, histogram) in &gauges.compute_times {
+            histogram.render(
+                &mut out,
+                "corral_nn_compute_seconds",
+                &format!("model=\"{model}\""),
+            );
+        }
+
+        let gauges_rows = [
+            (
+                "corral_model_sessions",
+                "Live inference sessions (one per distinct model in use).",
+                gauges.model_sessions as u64,
+            ),
+            (
+                "corral_model_session_bytes",
+                "Bytes of the model files behind the live sessions.",
+                gauges.model_session_bytes,
+            ),
+            (
+                "corral_tenants",
+                "Tenants registered.",
+                gauges.tenants as u64,
+            ),
+            (
+                "corral_instances_in_use",
+                "WebAssembly instances alive now (one per request in flight).",
+                gauges.instances_in_use as u64,
+            ),
+            (
+                "corral_instance_slots",
+                "Instance slots of the pooling allocator (engine.instances).",
+                u64::from(gauges.instance_slots),
+            ),
+        ];
+        for (name, help, value) in gauges_rows {
+            header(&mut out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
         out
     }
 }
 
-/// Values read from the live system when metrics are scraped.
-#[derive(Debug)]
-pub struct Gauges {
-    pub model_sessions: usize,
-    pub tenants: usize,
+/// Reads one per-tenant counter, in its exposed unit.
+type CounterOf = fn(&TenantCounters) -> f64;
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 fn escape(value: &str) -> String {
@@ -114,15 +308,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_are_counted_by_tenant_and_status() {
+    fn requests_are_counted_by_tenant_and_status_with_latency() {
         let metrics = Metrics::default();
-        metrics.record_request("acme", 200);
-        metrics.record_request("acme", 200);
-        metrics.record_request("acme", 500);
-        metrics.record_request("", 404);
+        metrics.record_request("acme", 200, Duration::from_millis(3));
+        metrics.record_request("acme", 200, Duration::from_millis(30));
+        metrics.record_request("acme", 500, Duration::from_millis(3));
+        metrics.record_request("", 404, Duration::from_micros(100));
         let text = metrics.render(&Gauges {
             model_sessions: 3,
-            tenants: 1,
+            ..Gauges::default()
         });
         assert!(
             text.contains("corral_requests_total{tenant=\"acme\",status=\"200\"} 2\n"),
@@ -130,6 +324,18 @@ mod tests {
         );
         assert!(text.contains("corral_requests_total{tenant=\"acme\",status=\"500\"} 1\n"));
         assert!(text.contains("corral_requests_total{tenant=\"\",status=\"404\"} 1\n"));
+        assert!(
+            text.contains(
+                "corral_request_duration_seconds_bucket{tenant=\"acme\",le=\"0.005\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "corral_request_duration_seconds_bucket{tenant=\"acme\",le=\"+Inf\"} 3\n"
+            )
+        );
+        assert!(text.contains("corral_request_duration_seconds_count{tenant=\"acme\"} 3\n"));
         assert!(text.contains("corral_model_sessions 3\n"));
     }
 }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -14,53 +15,18 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, Admin};
 use crate::backends::models::{InferencePool, SessionPool};
-use crate::engine::{self, ComponentCache, EngineSettings};
+use crate::backends::onnx::OnnxRuntime;
+use crate::config::Config;
+use crate::engine::{self, ComponentCache};
 use crate::http::error::HostError;
 use crate::http::{self, Router, Target};
-use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::tenancy::records::{new_token, normalize_host, token_hash};
 use crate::tenancy::{Platform, Route, Tenancy};
 
-/// Default largest deployment upload: 2 GiB.
-pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 2 << 30;
-
 /// Where the operator token file lives in the data directory.
 const TOKEN_FILE: &str = "admin-token";
-
-/// Everything `corral serve` needs, resolved from flags, environment and configuration.
-#[derive(Clone, Debug)]
-pub struct ServeOptions {
-    pub data_dir: PathBuf,
-    pub listen: SocketAddr,
-    pub admin_listen: SocketAddr,
-    /// The operator token; `None`: read or create `<data>/admin-token`.
-    pub admin_token: Option<String>,
-    pub engine: EngineSettings,
-    /// Limits of tenants that do not override them.
-    pub limits: Limits,
-    pub max_upload_bytes: u64,
-    pub max_parallel_inference: Option<usize>,
-    /// How long validating an upload may take.
-    pub deploy_timeout: std::time::Duration,
-}
-
-impl ServeOptions {
-    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            data_dir: data_dir.into(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
-            admin_token: None,
-            engine: EngineSettings::default(),
-            limits: Limits::default(),
-            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
-            max_parallel_inference: None,
-            deploy_timeout: std::time::Duration::from_secs(300),
-        }
-    }
-}
 
 /// Where the operator token came from, for the start-up banner.
 #[derive(Clone, Debug, PartialEq)]
@@ -85,7 +51,7 @@ pub struct Server {
 impl Server {
     /// Opens the data directory, restores every tenant, binds both listeners and starts
     /// serving. Failures name the directory, file or address at fault.
-    pub async fn start(options: ServeOptions) -> anyhow::Result<Self> {
+    pub async fn start(options: Config) -> anyhow::Result<Self> {
         let data_dir = options.data_dir.clone();
         let given_token = options.admin_token.clone();
         let (store, operator_token, token_source) = tokio::task::spawn_blocking(move || {
@@ -105,17 +71,7 @@ impl Server {
         if operator_token.trim().len() < 16 {
             anyhow::bail!("the operator token must be at least 16 characters long");
         }
-        options
-            .limits
-            .check()
-            .map_err(|m| anyhow::anyhow!("default limits: {m}"))?;
-        if options.limits.memory_bytes > options.engine.max_memory_bytes {
-            anyhow::bail!(
-                "default limits: memory_bytes ({}) is more than engine.max_memory_bytes ({})",
-                options.limits.memory_bytes,
-                options.engine.max_memory_bytes
-            );
-        }
+        OnnxRuntime::configure(options.onnx.clone());
         let engine = engine::new_engine(&options.engine)?;
         let metrics = Arc::new(Metrics::default());
         let platform = Arc::new(Platform {
@@ -123,15 +79,14 @@ impl Server {
             engine,
             store,
             sessions: SessionPool::default(),
-            inference: Arc::new(InferencePool::new(
-                options
-                    .max_parallel_inference
-                    .unwrap_or_else(InferencePool::default_limit),
-            )),
+            inference: Arc::new(InferencePool::new(match options.max_parallel_inference {
+                0 => InferencePool::default_limit(),
+                n => n,
+            })),
             engine_settings: options.engine.clone(),
             default_limits: options.limits.clone(),
             metrics: Arc::clone(&metrics),
-            deploy_timeout: options.deploy_timeout,
+            deploy_timeout: Duration::from_secs(options.deploy_timeout_secs),
         });
         let tenancy = tokio::task::spawn_blocking(move || Tenancy::open(platform)).await??;
         let tenancy = Arc::new(tenancy);
@@ -159,9 +114,20 @@ impl Server {
             operator_token_sha256: token_hash(operator_token.trim()),
             max_upload_bytes: options.max_upload_bytes,
         });
+        let drain = Duration::from_secs(options.drain_timeout_secs);
         let tasks = vec![
-            tokio::spawn(http::serve(data, router, until_stopped(stopped.clone()))),
-            tokio::spawn(admin::serve(admin_listener, admin, until_stopped(stopped))),
+            tokio::spawn(http::serve(
+                data,
+                router,
+                until_stopped(stopped.clone()),
+                drain,
+            )),
+            tokio::spawn(admin::serve(
+                admin_listener,
+                admin,
+                until_stopped(stopped),
+                drain,
+            )),
         ];
         Ok(Self {
             data_addr,
@@ -189,7 +155,9 @@ impl Server {
         &self.tenancy
     }
 
-    /// Stops accepting connections and waits for both accept loops to end.
+    /// Stops accepting connections, lets requests in flight finish (up to the drain timeout)
+    /// and returns when both listeners are done. Every store write is already durable, so
+    /// nothing else needs flushing.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
@@ -231,8 +199,8 @@ impl Router for TenantRouter {
         }
     }
 
-    fn record(&self, label: &str, status: u16) {
-        self.metrics.record_request(label, status);
+    fn record(&self, label: &str, status: u16, elapsed: std::time::Duration) {
+        self.metrics.record_request(label, status, elapsed);
     }
 }
 

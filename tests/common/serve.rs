@@ -46,6 +46,11 @@ impl Corral {
     /// Starts `corral serve` on `dir` with `config` (TOML) and waits until both listeners are
     /// bound. The server's log goes to `dir/serve-N.log`.
     pub fn start(dir: &DataDir, config: &str) -> Self {
+        Self::start_with(dir, config, &[])
+    }
+
+    /// [`Corral::start`] with extra command-line arguments.
+    pub fn start_with(dir: &DataDir, config: &str, args: &[&str]) -> Self {
         let config_path = dir.0.join("corral.toml");
         std::fs::write(&config_path, config).unwrap();
         let n = std::fs::read_dir(&dir.0).unwrap().count();
@@ -57,6 +62,7 @@ impl Corral {
             .arg("--data")
             .arg(dir.data())
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(args)
             .env_remove("CORRAL_ADMIN_TOKEN")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -93,6 +99,31 @@ impl Corral {
             admin,
             token,
             log,
+        }
+    }
+
+    /// SIGTERM, as an orchestrator stops a server; returns the child so the caller can wait.
+    pub fn terminate(&mut self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit (after [`Corral::terminate`]), at most `limit`.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "corral did not exit within {limit:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 
@@ -400,4 +431,37 @@ pub async fn raw_request(addr: SocketAddr, head: &str) -> String {
         }
         bytes.extend_from_slice(&buf[..n]);
     }
+}
+
+/// A GET on a fresh connection; `None` when the connection or request fails.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Option<(StatusCode, Bytes)> {
+    get_with(addr, host, path, &[])
+        .await
+        .map(|(status, _, body)| (status, body))
+}
+
+/// A GET with extra headers on a fresh connection; `None` when it fails.
+pub async fn get_with(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<(StatusCode, hyper::HeaderMap, Bytes)> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(connection);
+    let mut request = Request::get(path).header("host", host);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = sender
+        .send_request(request.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .ok()?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    Some((status, headers, body))
 }

@@ -11,14 +11,11 @@
 mod upload;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -99,36 +96,19 @@ enum Caller {
     Tenant(String),
 }
 
-/// Serves the admin API on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
+/// Serves the admin API on `listener` until `shutdown` resolves, then drains for at most
+/// `drain`.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    shutdown: impl Future<Output = ()>,
+    drain: std::time::Duration,
+) {
+    let handler = move |request| {
         let admin = Arc::clone(&admin);
-        tokio::spawn(serve_connection(stream, peer, admin));
-    }
-}
-
-async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, admin: Arc<Admin>) {
-    let handler = hyper::service::service_fn(move |request| {
-        let admin = Arc::clone(&admin);
-        async move { Ok::<_, std::convert::Infallible>(admin.handle(request).await) }
-    });
-    if let Err(e) = auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(stream), handler)
-        .await
-    {
-        tracing::debug!(%peer, error = %e, "admin connection ended with an error");
-    }
+        async move { admin.handle(request).await }
+    };
+    crate::http::listener::serve("admin", listener, handler, shutdown, drain).await;
 }
 
 impl Admin {
@@ -158,14 +138,23 @@ impl Admin {
                 StatusCode::OK,
                 &json!({"status": "ready", "tenants": self.tenancy.tenant_count()}),
             )),
-            (&Method::GET, ["metrics"]) => Ok(text_response(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.metrics.render(&Gauges {
-                    model_sessions: self.tenancy.platform().sessions.live_sessions(),
+            (&Method::GET, ["metrics"]) => {
+                let platform = self.tenancy.platform();
+                let gauges = Gauges {
+                    model_sessions: platform.sessions.live_sessions(),
+                    model_session_bytes: platform.sessions.live_session_bytes(),
                     tenants: self.tenancy.tenant_count(),
-                }),
-            )),
+                    queue_depth: self.tenancy.queue_depths(),
+                    instances_in_use: crate::engine::live_instances(),
+                    instance_slots: platform.engine_settings.instances,
+                    compute_times: platform.inference.compute_times(),
+                };
+                Ok(text_response(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    self.metrics.render(&gauges),
+                ))
+            }
             (_, ["v1", "tenants", rest @ ..]) => {
                 let caller = self.caller(&request)?;
                 self.tenants(caller, method, rest, request).await
@@ -260,11 +249,18 @@ impl Admin {
                 // Refuse before reading a byte of the upload when the tenant does not exist.
                 self.tenancy.get(tenant)?;
                 let platform = Arc::clone(self.tenancy.platform());
-                let upload = upload::receive(&platform, request, self.max_upload_bytes).await?;
-                let record = self
-                    .tenancy
-                    .deploy(tenant, upload.component, upload.models)
-                    .await?;
+                let deployed = async {
+                    let upload = upload::receive(&platform, request, self.max_upload_bytes).await?;
+                    let record = self
+                        .tenancy
+                        .deploy(tenant, upload.component, upload.models)
+                        .await?;
+                    Ok::<_, ApiError>(record)
+                }
+                .await;
+                let result = deployed.as_ref().map_or_else(|e| e.code, |_| "ok");
+                self.metrics.record_deployment(tenant, result);
+                let record = deployed?;
                 let mut answer = deployment_json(&record);
                 answer["active"] = Value::Bool(true);
                 Ok(json_response(StatusCode::CREATED, &answer))

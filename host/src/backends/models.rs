@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use super::InferenceError;
 use super::onnx::{OnnxRuntime, OnnxSession};
 use super::tensor::Tensor;
+use crate::metrics::Histogram;
 
 /// The sha256 of a model file's bytes: a model's identity everywhere in Corral.
 pub type ModelDigest = crate::store::Digest;
@@ -51,7 +52,8 @@ impl ModelFormat {
 /// Loaded sessions by model digest. Sessions live while some deployment holds them.
 #[derive(Debug, Default)]
 pub struct SessionPool {
-    sessions: DashMap<(ModelDigest, ModelFormat), Weak<OnnxSession>>,
+    /// The session and the size of its model file.
+    sessions: DashMap<(ModelDigest, ModelFormat), (Weak<OnnxSession>, u64)>,
     /// Serializes loading, so two deployments of the same new bytes load it once. Held only
     /// on the blocking pool, never across an await; lookups of live sessions do not take it.
     loading: std::sync::Mutex<()>,
@@ -81,8 +83,9 @@ impl SessionPool {
         let runtime =
             OnnxRuntime::global().map_err(|e| InferenceError::runtime(format!("{e:#}")))?;
         let session = Arc::new(OnnxSession::load(runtime, bytes)?);
-        self.sessions.insert(key, Arc::downgrade(&session));
-        self.sessions.retain(|_, weak| weak.strong_count() > 0);
+        self.sessions
+            .insert(key, (Arc::downgrade(&session), bytes.len() as u64));
+        self.sessions.retain(|_, (weak, _)| weak.strong_count() > 0);
         Ok((digest, session))
     }
 
@@ -90,15 +93,24 @@ impl SessionPool {
     pub fn get(&self, digest: ModelDigest, format: ModelFormat) -> Option<Arc<OnnxSession>> {
         self.sessions
             .get(&(digest, format))
-            .and_then(|weak| weak.upgrade())
+            .and_then(|entry| entry.0.upgrade())
     }
 
     /// Number of sessions alive now.
     pub fn live_sessions(&self) -> usize {
         self.sessions
             .iter()
-            .filter(|entry| entry.value().strong_count() > 0)
+            .filter(|entry| entry.value().0.strong_count() > 0)
             .count()
+    }
+
+    /// Bytes of the model files behind the live sessions.
+    pub fn live_session_bytes(&self) -> u64 {
+        self.sessions
+            .iter()
+            .filter(|entry| entry.value().0.strong_count() > 0)
+            .map(|entry| entry.value().1)
+            .sum()
     }
 }
 
@@ -182,6 +194,8 @@ impl ModelSet {
 pub struct InferencePool {
     permits: Arc<Semaphore>,
     runs: Arc<RunCounters>,
+    /// Run times by model digest.
+    compute_times: DashMap<ModelDigest, Arc<Histogram>>,
 }
 
 #[derive(Debug, Default)]
@@ -218,7 +232,19 @@ impl InferencePool {
         Self {
             permits: Arc::new(Semaphore::new(limit.max(1))),
             runs: Arc::default(),
+            compute_times: DashMap::new(),
         }
+    }
+
+    /// Run-time histograms by model digest.
+    pub fn compute_times(&self) -> Vec<(String, Arc<Histogram>)> {
+        let mut all: Vec<(String, Arc<Histogram>)> = self
+            .compute_times
+            .iter()
+            .map(|e| (e.key().to_string(), Arc::clone(e.value())))
+            .collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     /// The most runs that have been executing at the same moment since start.
@@ -237,12 +263,15 @@ impl InferencePool {
             .await
             .map_err(|_| InferenceError::runtime("the inference pool is shutting down"))?;
         let runs = Arc::clone(&self.runs);
+        let times = Arc::clone(&self.compute_times.entry(model.digest).or_default());
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let _running = Running::start(&runs);
             let started = std::time::Instant::now();
             let result = model.session.run(inputs);
-            tracing::debug!(model = %model.name, run_us = started.elapsed().as_micros() as u64, "inference run");
+            let elapsed = started.elapsed();
+            times.observe(elapsed);
+            tracing::debug!(model = %model.name, run_us = elapsed.as_micros() as u64, "inference run");
             result
         })
         .await

@@ -4,7 +4,7 @@
 //! before trapping, so the client gets an error naming the limit rather than a bare 500.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
@@ -49,22 +49,32 @@ impl Outcome {
     }
 }
 
-/// Bounds an instance's memories, tables and instances.
+/// Bounds an instance's memories (all of them together), tables and instances.
 pub struct Limiter {
     pub limits: Arc<Limits>,
     pub outcome: Arc<Outcome>,
+    /// Linear memory bytes of all the instance's memories so far.
+    pub memory_used: u64,
 }
+
+/// Memories one instance may have: a component's modules usually share one.
+const MAX_MEMORIES: usize = 4;
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired as u64 > self.limits.memory_bytes {
+        // Called for each memory's creation (from 0) and every growth: the sum of the deltas
+        // is the instance's total.
+        let growth = desired.saturating_sub(current) as u64;
+        let total = self.memory_used.saturating_add(growth);
+        if total > self.limits.memory_bytes {
             return Err(self.outcome.trap(LimitHit::Memory, &self.limits));
         }
+        self.memory_used = total;
         Ok(true)
     }
 
@@ -89,8 +99,7 @@ impl ResourceLimiter for Limiter {
     }
 
     fn memories(&self) -> usize {
-        // A component has a handful of memories; tables and instances bound the rest.
-        self.limits.tables as usize
+        MAX_MEMORIES
     }
 }
 
@@ -103,6 +112,30 @@ pub struct InstanceState {
     pub(super) nn_budget: NnBudget,
     pub(super) limiter: Limiter,
     pub(super) hooks: OutgoingHttp,
+    pub(super) _live: LiveInstance,
+}
+
+static LIVE_INSTANCES: AtomicUsize = AtomicUsize::new(0);
+
+/// Instances alive in this process now (stores not yet dropped).
+pub fn live_instances() -> usize {
+    LIVE_INSTANCES.load(Ordering::Relaxed)
+}
+
+/// Counts one instance for as long as its store lives.
+pub struct LiveInstance(());
+
+impl LiveInstance {
+    pub fn new() -> Self {
+        LIVE_INSTANCES.fetch_add(1, Ordering::Relaxed);
+        Self(())
+    }
+}
+
+impl Drop for LiveInstance {
+    fn drop(&mut self) {
+        LIVE_INSTANCES.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl WasiView for InstanceState {

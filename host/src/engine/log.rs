@@ -8,13 +8,15 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+
+use crate::metrics::TenantCounters;
 
 /// Longest log line taken from a guest; longer lines are split.
 const MAX_LINE: usize = 1024;
@@ -25,7 +27,7 @@ pub struct LogBudget {
     tenant: Arc<str>,
     bytes_per_minute: u64,
     bucket: Mutex<Bucket>,
-    dropped: Arc<AtomicU64>,
+    counters: Arc<TenantCounters>,
 }
 
 #[derive(Debug)]
@@ -35,8 +37,8 @@ struct Bucket {
 }
 
 impl LogBudget {
-    /// `dropped` counts the bytes refused (it is the tenant's metric).
-    pub fn new(tenant: Arc<str>, bytes_per_minute: u64, dropped: Arc<AtomicU64>) -> Self {
+    /// Bytes refused are counted in `counters.log_dropped`.
+    pub fn new(tenant: Arc<str>, bytes_per_minute: u64, counters: Arc<TenantCounters>) -> Self {
         Self {
             tenant,
             bytes_per_minute,
@@ -44,7 +46,7 @@ impl LogBudget {
                 tokens: bytes_per_minute as f64,
                 refilled: Instant::now(),
             }),
-            dropped,
+            counters,
         }
     }
 
@@ -60,7 +62,8 @@ impl LogBudget {
         bucket.tokens -= granted as f64;
         drop(bucket);
         if granted < wanted {
-            self.dropped
+            self.counters
+                .log_dropped
                 .fetch_add((wanted - granted) as u64, Ordering::Relaxed);
         }
         granted
@@ -82,6 +85,9 @@ pub enum GuestOutput {
 pub struct GuestStream {
     pub budget: Arc<LogBudget>,
     pub stream: &'static str,
+    /// The request whose instance writes (wasmtime writes from its own task, outside the
+    /// request's span, so the id is carried here).
+    pub request_id: Arc<str>,
 }
 
 impl IsTerminal for GuestStream {
@@ -95,6 +101,7 @@ impl StdoutStream for GuestStream {
         Box::new(LineWriter {
             budget: Arc::clone(&self.budget),
             stream: self.stream,
+            request_id: Arc::clone(&self.request_id),
             line: Vec::new(),
         })
     }
@@ -103,6 +110,7 @@ impl StdoutStream for GuestStream {
 struct LineWriter {
     budget: Arc<LogBudget>,
     stream: &'static str,
+    request_id: Arc<str>,
     line: Vec<u8>,
 }
 
@@ -112,7 +120,14 @@ impl LineWriter {
             return;
         }
         let text = String::from_utf8_lossy(&self.line);
-        tracing::info!(target: "corral::guest", tenant = %self.budget.tenant, stream = self.stream, "{}", text.trim_end());
+        tracing::info!(
+            target: "corral::guest",
+            tenant = %self.budget.tenant,
+            request = %self.request_id,
+            stream = self.stream,
+            "{}",
+            text.trim_end()
+        );
         self.line.clear();
     }
 
@@ -166,12 +181,12 @@ mod tests {
 
     #[test]
     fn output_beyond_the_budget_is_dropped_and_counted() {
-        let dropped = Arc::new(AtomicU64::new(0));
-        let budget = LogBudget::new(Arc::from("acme"), 100, Arc::clone(&dropped));
+        let counters = Arc::new(TenantCounters::default());
+        let budget = LogBudget::new(Arc::from("acme"), 100, Arc::clone(&counters));
         assert_eq!(budget.take(60), 60);
         assert_eq!(budget.take(60), 40);
         assert_eq!(budget.take(1_000_000), 0);
-        assert_eq!(dropped.load(Ordering::Relaxed), 20 + 1_000_000);
+        assert_eq!(counters.log_dropped.load(Ordering::Relaxed), 20 + 1_000_000);
     }
 
     #[test]
@@ -180,6 +195,7 @@ mod tests {
         let mut writer = LineWriter {
             budget,
             stream: "stdout",
+            request_id: Arc::from("r1"),
             line: Vec::new(),
         };
         writer.push(b"one\ntw");

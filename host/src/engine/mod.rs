@@ -23,6 +23,7 @@ use wasmtime_wasi_http::WasiHttpCtx;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::limits::{LimitHit, Limits};
+use crate::metrics::TenantCounters;
 use crate::nn::{self, NnBudget, NnCtx};
 
 mod cache;
@@ -30,7 +31,7 @@ mod instance;
 pub mod log;
 
 pub use cache::{CompileError, ComponentCache, check_component_header};
-pub use instance::{InstanceState, Outcome};
+pub use instance::{InstanceState, Outcome, live_instances};
 use instance::{Limiter, OutgoingHttp};
 use log::{GuestOutput, GuestStream};
 
@@ -123,6 +124,8 @@ pub struct RequestSandbox {
     pub stderr: GuestOutput,
     /// Hosts outgoing HTTP requests may go to (normalized names, any port); none by default.
     pub outgoing_hosts: Arc<[String]>,
+    /// Where the tenant's CPU time (and other per-tenant counts) accumulate.
+    pub counters: Arc<TenantCounters>,
 }
 
 /// Why a component cannot be served.
@@ -172,11 +175,12 @@ impl Service {
     }
 
     /// A fresh store for one request, with its memory, CPU and `wasi:nn` bounds set. Limits
-    /// hit are recorded in `outcome`.
+    /// hit are recorded in `outcome`; guest output is tagged with `request_id`.
     pub fn new_store(
         &self,
         sandbox: &RequestSandbox,
         outcome: &Arc<Outcome>,
+        request_id: &str,
     ) -> Store<InstanceState> {
         let limits = &sandbox.limits;
         let mut wasi = WasiCtx::builder();
@@ -192,6 +196,7 @@ impl Service {
                     let stream = GuestStream {
                         budget: Arc::clone(budget),
                         stream: name,
+                        request_id: Arc::from(request_id),
                     };
                     if name == "stdout" {
                         wasi.stdout(stream);
@@ -211,10 +216,12 @@ impl Service {
             limiter: Limiter {
                 limits: Arc::clone(limits),
                 outcome: Arc::clone(outcome),
+                memory_used: 0,
             },
             hooks: OutgoingHttp {
                 allowed: Arc::clone(&sandbox.outgoing_hosts),
             },
+            _live: instance::LiveInstance::new(),
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limiter);
@@ -223,10 +230,14 @@ impl Service {
         let cpu_ticks = limits.cpu_ms.div_ceil(EPOCH_TICK.as_millis() as u64);
         let mut ticks = 0u64;
         let (limits, outcome) = (Arc::clone(limits), Arc::clone(outcome));
+        let counters = Arc::clone(&sandbox.counters);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             // Called once per tick in which guest code was running: a count of CPU time.
             ticks += 1;
+            counters
+                .cpu_ticks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if ticks > cpu_ticks {
                 return Err(outcome.trap(LimitHit::CpuTime, &limits));
             }

@@ -14,6 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::error::HostError;
 use crate::engine::Outcome;
 use crate::limits::{LimitHit, Limits};
+use crate::metrics::TenantCounters;
 
 /// A tenant's admission gate: `concurrent_requests` run, `queued_requests` wait, the rest are
 /// turned away at once.
@@ -22,6 +23,7 @@ pub struct Gate {
     running: Arc<Semaphore>,
     waiting: AtomicU32,
     max_waiting: u32,
+    counters: Arc<TenantCounters>,
 }
 
 /// Counts one waiting request for as long as it waits.
@@ -34,12 +36,19 @@ impl Drop for Waiting<'_> {
 }
 
 impl Gate {
-    pub fn new(limits: &Limits) -> Self {
+    /// Rejections are counted in `counters.rejected`.
+    pub fn new(limits: &Limits, counters: Arc<TenantCounters>) -> Self {
         Self {
             running: Arc::new(Semaphore::new(limits.concurrent_requests as usize)),
             waiting: AtomicU32::new(0),
             max_waiting: limits.queued_requests,
+            counters,
         }
+    }
+
+    fn reject(&self) -> HostError {
+        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        HostError::Overloaded
     }
 
     /// A slot to run in, waiting at most `wait` for one; `503` when the queue is full or the
@@ -50,12 +59,12 @@ impl Gate {
         }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(HostError::Overloaded);
+            return Err(self.reject());
         }
         let _waiting = Waiting(&self.waiting);
         match tokio::time::timeout(wait, Arc::clone(&self.running).acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
-            _ => Err(HostError::Overloaded),
+            _ => Err(self.reject()),
         }
     }
 
@@ -175,7 +184,8 @@ mod tests {
             queued_requests: 1,
             ..Limits::default()
         };
-        let gate = Arc::new(Gate::new(&limits));
+        let counters = Arc::new(TenantCounters::default());
+        let gate = Arc::new(Gate::new(&limits, Arc::clone(&counters)));
         let first = gate.enter(Duration::from_secs(5)).await.unwrap();
         let queued = tokio::spawn({
             let gate = Arc::clone(&gate);
@@ -190,5 +200,6 @@ mod tests {
         ));
         drop(first);
         assert!(queued.await.unwrap().is_ok(), "the queued request runs");
+        assert_eq!(counters.rejected.load(Ordering::Relaxed), 1);
     }
 }

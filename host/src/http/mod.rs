@@ -4,16 +4,16 @@
 
 pub mod bounds;
 pub mod error;
+pub mod listener;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -42,8 +42,9 @@ pub trait Router: Send + Sync + 'static {
     /// answered by the host.
     fn route(&self, host: Option<&str>) -> (Arc<str>, Result<Target, HostError>);
 
-    /// Called once per request with the label from [`Router::route`] and the final status.
-    fn record(&self, _label: &str, _status: u16) {}
+    /// Called once per request with the label from [`Router::route`], the final status and
+    /// the time to the response head.
+    fn record(&self, _label: &str, _status: u16, _elapsed: Duration) {}
 }
 
 /// Development mode: every request goes to the one service.
@@ -64,46 +65,46 @@ pub fn request_host<B>(request: &Request<B>) -> Option<&str> {
         .or_else(|| request.headers().get(hyper::header::HOST)?.to_str().ok())
 }
 
-/// Serves requests on `listener`, routed by `router`, until `shutdown` resolves. Connections
-/// already accepted keep being served by their own tasks.
+/// Serves requests on `listener`, routed by `router`, until `shutdown` resolves; then lets
+/// requests in flight finish for at most `drain`.
 pub async fn serve(
     listener: TcpListener,
     router: Arc<dyn Router>,
     shutdown: impl Future<Output = ()>,
+    drain: Duration,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        tokio::spawn(serve_connection(stream, peer, Arc::clone(&router)));
+    let handler = move |request| {
+        let router = Arc::clone(&router);
+        async move { handle(&*router, request).await }
+    };
+    listener::serve("data", listener, handler, shutdown, drain).await;
+}
+
+/// The request's id: the client's `x-request-id` when it is a short plain token, else a new
+/// one. It is on every log line of the request and sent back in `x-request-id`.
+fn request_id<B>(request: &Request<B>) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let given = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        });
+    match given {
+        Some(id) => id.to_owned(),
+        None => {
+            let prefix = PREFIX.get_or_init(|| getrandom::u32().unwrap_or(0));
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            format!("{prefix:08x}{n:08x}")
+        }
     }
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    router: Arc<dyn Router>,
-) {
-    let _ = stream.set_nodelay(true);
-    let handler = hyper::service::service_fn(move |request| {
-        let router = Arc::clone(&router);
-        async move { Ok::<_, std::convert::Infallible>(handle(&*router, request).await) }
-    });
-    if let Err(e) = auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(stream), handler)
-        .await
-    {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
-    }
-}
+const REQUEST_ID: &str = "x-request-id";
 
 /// Routes one request and runs it through a fresh instance. Every failure becomes a JSON
 /// error response.
@@ -112,17 +113,29 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Response<HyperOutgoingBody> {
     let started = std::time::Instant::now();
+    let id = request_id(&request);
+    let (label, target) = router.route(request_host(&request));
+    let span = tracing::info_span!("request", id = %id, tenant = %label);
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let (label, target) = router.route(request_host(&request));
-    let response = match target {
-        Ok(target) => serve_target(target, request).await,
-        Err(error) => Err(error),
+    let mut response = async {
+        match target {
+            Ok(target) => serve_target(target, request, &id).await,
+            Err(error) => Err(error),
+        }
+        .unwrap_or_else(HostError::into_response)
     }
-    .unwrap_or_else(HostError::into_response);
+    .instrument(span.clone())
+    .await;
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
     let status = response.status().as_u16();
-    router.record(&label, status);
-    tracing::info!(tenant = %label, %method, %path, status, elapsed_us = started.elapsed().as_micros() as u64, "request");
+    let elapsed = started.elapsed();
+    router.record(&label, status, elapsed);
+    span.in_scope(|| {
+        tracing::info!(%method, %path, status, elapsed_us = elapsed.as_micros() as u64, "request");
+    });
     response
 }
 
@@ -130,6 +143,7 @@ pub async fn handle(
 async fn serve_target(
     target: Target,
     request: Request<Incoming>,
+    id: &str,
 ) -> Result<Response<HyperOutgoingBody>, HostError> {
     let limits = Arc::clone(&target.sandbox.limits);
     let declared = request
@@ -147,7 +161,7 @@ async fn serve_target(
         Some(gate) => Some(gate.enter(timeout).await?),
         None => None,
     };
-    let response = run_guest(&target.service, &target.sandbox, permit, request).await?;
+    let response = run_guest(&target.service, &target.sandbox, permit, request, id).await?;
     Ok(response.map(|body| Bounded::response(body, limits.response_body_bytes).boxed_unsync()))
 }
 
@@ -156,10 +170,11 @@ async fn run_guest(
     sandbox: &RequestSandbox,
     permit: Option<OwnedSemaphorePermit>,
     request: Request<Incoming>,
+    id: &str,
 ) -> Result<Response<HyperOutgoingBody>, HostError> {
     let limits = Arc::clone(&sandbox.limits);
     let outcome = Arc::new(Outcome::default());
-    let mut store = service.new_store(sandbox, &outcome);
+    let mut store = service.new_store(sandbox, &outcome, id);
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let request =
         request.map(|body| Bounded::request(body, limits.request_body_bytes, Arc::clone(&outcome)));
@@ -179,25 +194,39 @@ async fn run_guest(
     let pre = service.pre().clone();
     // The guest runs in its own task so it can keep streaming the body after the head is sent;
     // the tenant's slot is held until it ends.
-    let task = tokio::spawn(async move {
-        let _permit = permit;
-        let proxy = pre.instantiate_async(&mut store).await?;
-        proxy
-            .wasi_http_incoming_handler()
-            .call_handle(&mut store, request, outparam)
-            .await
-    });
-    let limit = |hit: LimitHit| HostError::Limit(hit, hit.describe(&limits));
+    // The whole task, body streaming included, ends at the request's deadline.
     let timeout = Duration::from_millis(limits.timeout_ms);
-    match tokio::time::timeout(timeout, receiver).await {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let task = tokio::spawn(
+        async move {
+            let _permit = permit;
+            let run = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, request, outparam)
+                    .await
+            };
+            match tokio::time::timeout_at(deadline, run).await {
+                Ok(result) => result,
+                Err(_) => Err(wasmtime::format_err!(
+                    "the request ran past its timeout of {timeout:?}"
+                )),
+            }
+        }
+        .in_current_span(),
+    );
+    // Dropping this handler (the client went away) stops the guest too.
+    let task = AbortOnDrop(Some(task));
+    let limit = |hit: LimitHit| HostError::Limit(hit, hit.describe(&limits));
+    match tokio::time::timeout_at(deadline, receiver).await {
         Ok(Ok(_)) if outcome.hit() == Some(LimitHit::RequestBody) => {
             Err(limit(LimitHit::RequestBody))
         }
-        Ok(Ok(Ok(response))) => Ok(response),
         Ok(Ok(Err(code))) => Err(HostError::ComponentError(format!("{code:?}"))),
         Ok(Err(_)) => {
             // The guest dropped the outparam without answering: report how it ended.
-            let trap = match task.await {
+            let trap = match task.finish().await {
                 Ok(Ok(())) => {
                     tracing::warn!("component returned without setting a response");
                     None
@@ -214,6 +243,10 @@ async fn run_guest(
             if let Some(hit) = outcome.hit() {
                 return Err(limit(hit));
             }
+            if tokio::time::Instant::now() >= deadline {
+                // The task's own deadline ended it (the same moment as ours).
+                return Err(HostError::Timeout(timeout));
+            }
             if trap
                 .as_ref()
                 .is_some_and(|t| t.is::<wasmtime::PoolConcurrencyLimitError>())
@@ -229,9 +262,39 @@ async fn run_guest(
             Err(HostError::ComponentFailed(kind))
         }
         Err(_) => {
-            task.abort();
+            drop(task);
             tracing::warn!(?timeout, "component did not answer in time");
             Err(HostError::Timeout(timeout))
+        }
+        Ok(Ok(Ok(response))) => {
+            // The guest keeps streaming the body on its task; it is bounded by the deadline.
+            task.detach();
+            Ok(response)
+        }
+    }
+}
+
+/// A guest task that is aborted if its handle is dropped before it is detached.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<wasmtime::Result<()>>>);
+
+impl AbortOnDrop {
+    fn detach(mut self) {
+        self.0 = None;
+    }
+
+    /// Waits for the task (it ends by its own deadline).
+    async fn finish(mut self) -> Result<wasmtime::Result<()>, tokio::task::JoinError> {
+        match self.0.take() {
+            Some(task) => task.await,
+            None => Ok(Ok(())),
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
         }
     }
 }

@@ -102,6 +102,12 @@ impl NnBudget {
         Ok(())
     }
 
+    /// Counts `len` bytes the host holds for the guest (backend outputs); traps past the
+    /// per-call or per-request limit.
+    fn hold(&mut self, len: usize) -> wasmtime::Result<()> {
+        self.copy(len)
+    }
+
     /// Refuses a tensor over the tenant's rank or element limits.
     fn check_tensor(&self, name: &str, tensor: &Tensor) -> Result<(), InferenceError> {
         let rank = tensor.shape.len();
@@ -276,6 +282,10 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         }
         match self.ctx.pool.run(model, tensors).await {
             Ok(outputs) => {
+                // Outputs live in the host until the request ends: they count against the
+                // request's bytes whether or not the guest reads them.
+                let produced: usize = outputs.iter().map(|(_, t)| t.bytes.as_slice().len()).sum();
+                self.budget.hold(produced)?;
                 let mut handles = Vec::with_capacity(outputs.len());
                 for (name, tensor) in outputs {
                     handles.push((name, self.table.push(tensor)?));

@@ -158,10 +158,26 @@ impl Store {
             return Err(e);
         }
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
+            self.create_dirs(parent)?;
         }
         self.commit(&temp, &path)
+    }
+
+    /// Creates `dir` and its missing ancestors durably: each new directory's entry is synced
+    /// in its parent, so a record acknowledged after a crash is still reachable.
+    fn create_dirs(&self, dir: &Path) -> anyhow::Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        if let Some(parent) = dir.parent() {
+            self.create_dirs(parent)?;
+        }
+        match fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+        }
+        sync_dir(dir.parent().unwrap_or(&self.root))
     }
 
     /// The file names in the record directory `relative` (empty if it does not exist).

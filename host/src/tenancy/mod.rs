@@ -122,8 +122,15 @@ impl Tenancy {
         };
         let store = &tenancy.platform.store;
         for name in store.list("tenants".as_ref())? {
-            let Some(record) = store.read_record::<TenantRecord>(&records::tenant_path(&name))?
-            else {
+            let record = match store.read_record::<TenantRecord>(&records::tenant_path(&name)) {
+                Ok(record) => record,
+                Err(e) => {
+                    // One unreadable record must not keep every other tenant down.
+                    tracing::error!(tenant = %name, error = ?e, "cannot read the tenant record; the tenant is not served");
+                    continue;
+                }
+            };
+            let Some(record) = record else {
                 // A tenant whose creation or deletion was interrupted: nothing refers to it.
                 tracing::info!(tenant = %name, "removing an incomplete tenant directory");
                 store.remove_dir(&records::tenant_dir(&name))?;
@@ -171,11 +178,11 @@ impl Tenancy {
     }
 
     fn bounds(&self, tenant: &Arc<str>, limits: &Limits, outgoing: &[String]) -> TenantBounds {
-        let dropped = self.platform.metrics.log_dropped_counter(tenant);
+        let counters = self.platform.metrics.tenant(tenant);
         let log = Arc::new(LogBudget::new(
             Arc::clone(tenant),
             limits.log_bytes_per_minute,
-            dropped,
+            Arc::clone(&counters),
         ));
         TenantBounds {
             sandbox: RequestSandbox {
@@ -183,8 +190,9 @@ impl Tenancy {
                 stdout: GuestOutput::Log(Arc::clone(&log)),
                 stderr: GuestOutput::Log(log),
                 outgoing_hosts: Arc::from(outgoing),
+                counters: Arc::clone(&counters),
             },
-            gate: Arc::new(Gate::new(limits)),
+            gate: Arc::new(Gate::new(limits, counters)),
         }
     }
 
@@ -240,6 +248,17 @@ impl Tenancy {
         self.tenants.len()
     }
 
+    /// Requests waiting for a slot, by tenant.
+    pub fn queue_depths(&self) -> Vec<(String, u32)> {
+        let mut depths: Vec<(String, u32)> = self
+            .tenants
+            .iter()
+            .map(|t| (t.key().clone(), t.bounds.load().gate.waiting()))
+            .collect();
+        depths.sort_unstable();
+        depths
+    }
+
     pub fn list(&self) -> Vec<TenantRecord> {
         let mut all: Vec<TenantRecord> = self
             .tenants
@@ -252,6 +271,18 @@ impl Tenancy {
 
     pub fn get(&self, name: &str) -> Result<TenantRecord, Refusal> {
         Ok((*self.tenant(name)?.record.load_full()).clone())
+    }
+
+    /// The tenant `name` if it is still `before` (not deleted, or deleted and recreated, while
+    /// a change was being validated).
+    fn same_tenant(&self, name: &str, before: &Arc<Tenant>) -> Result<Arc<Tenant>, Refusal> {
+        let now = self.tenant(name)?;
+        if !Arc::ptr_eq(&now, before) {
+            return Err(Refusal::Conflict(format!(
+                "tenant '{name}' was deleted while the change was being validated"
+            )));
+        }
+        Ok(now)
     }
 
     fn tenant(&self, name: &str) -> Result<Arc<Tenant>, Refusal> {
@@ -282,27 +313,17 @@ impl Tenancy {
         if let Some(overrides) = &limits {
             self.effective_limits(overrides)?;
         }
-        let existing_hosts = self
-            .tenants
-            .get(name)
-            .map(|t| t.record.load().hosts.clone());
-        let hosts: Vec<String> = match hosts {
-            Some(hosts) => hosts.to_vec(),
-            None => existing_hosts.unwrap_or_default(),
+        let hosts = match hosts {
+            Some(hosts) => Some(normalize_hosts(&hosts, "invalid_host")?),
+            None => None,
         };
-        let mut normalized = Vec::with_capacity(hosts.len());
-        for host in &hosts {
-            let host = records::normalize_host(host).ok_or_else(|| {
-                Refusal::invalid(
-                    "invalid_host",
-                    format!("'{}' is not a valid host name", host.escape_debug()),
-                )
-            })?;
-            if !normalized.contains(&host) {
-                normalized.push(host);
-            }
-        }
         let _changing = self.changes.lock().await;
+        let existing = self.tenants.get(name).map(|t| Arc::clone(t.value()));
+        let normalized = match (hosts, &existing) {
+            (Some(hosts), _) => hosts,
+            (None, Some(tenant)) => tenant.record.load().hosts.clone(),
+            (None, None) => Vec::new(),
+        };
         for host in &normalized {
             if let Some(owner) = self.hosts.get(host)
                 && **owner != *name
@@ -312,7 +333,6 @@ impl Tenancy {
                 )));
             }
         }
-        let existing = self.tenants.get(name).map(|t| Arc::clone(t.value()));
         let (record, token) = match &existing {
             Some(tenant) => {
                 let mut record = (**tenant.record.load()).clone();
@@ -339,13 +359,19 @@ impl Tenancy {
                 (record, Some(token))
             }
         };
+        // Validate everything before writing, so a refusal changes nothing.
+        let limits = self.effective_limits(&record.limits)?;
         self.write_tenant(&record).await?;
         match existing {
             Some(tenant) => {
-                let limits = self.effective_limits(&record.limits)?;
-                let bounds = self.bounds(&Arc::from(name), &limits, &record.outgoing_hosts);
-                tenant.bounds.store(Arc::new(bounds));
-                let old = tenant.record.swap(Arc::new(record.clone()));
+                let old = tenant.record.load_full();
+                // Requests in flight keep the gate they entered; replace it only when the
+                // limits or outgoing hosts actually changed.
+                if old.limits != record.limits || old.outgoing_hosts != record.outgoing_hosts {
+                    let bounds = self.bounds(&Arc::from(name), &limits, &record.outgoing_hosts);
+                    tenant.bounds.store(Arc::new(bounds));
+                }
+                tenant.record.store(Arc::new(record.clone()));
                 for host in old.hosts.iter().filter(|h| !record.hosts.contains(h)) {
                     self.hosts.remove(host);
                 }
@@ -417,7 +443,7 @@ impl Tenancy {
         component: Digest,
         models: BTreeMap<String, ModelRef>,
     ) -> Result<DeploymentRecord, Refusal> {
-        self.tenant(name)?;
+        let before = self.tenant(name)?;
         let mut record = DeploymentRecord {
             version: 0,
             component,
@@ -432,7 +458,7 @@ impl Tenancy {
             .within_deploy_timeout(blocking(move || platform.build(&candidate)))
             .await?;
         let _changing = self.changes.lock().await;
-        let tenant = self.tenant(name)?;
+        let tenant = self.same_tenant(name, &before)?;
         let platform = Arc::clone(&self.platform);
         let store_name = name.to_owned();
         record.version = blocking(move || {
@@ -465,7 +491,7 @@ impl Tenancy {
 
     /// Makes an existing version the active one (roll back or forward).
     pub async fn activate(&self, name: &str, version: u32) -> Result<DeploymentRecord, Refusal> {
-        self.tenant(name)?;
+        let before = self.tenant(name)?;
         let platform = Arc::clone(&self.platform);
         let store_name = name.to_owned();
         let (record, live) = self
@@ -484,7 +510,7 @@ impl Tenancy {
             }))
             .await?;
         let _changing = self.changes.lock().await;
-        let tenant = self.tenant(name)?;
+        let tenant = self.same_tenant(name, &before)?;
         self.activate_live(&tenant, live).await?;
         tracing::info!(tenant = %name, version, "deployment activated");
         Ok(record)

@@ -12,6 +12,8 @@ use ort::environment::Environment;
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
 
+use crate::config::OnnxSettings;
+
 /// The file `cargo xtask setup` installs, relative to the repository root.
 pub const PROJECT_LIBRARY: &str = ".corral/onnxruntime/libonnxruntime.so";
 
@@ -24,8 +26,17 @@ pub struct OnnxRuntime {
 }
 
 static RUNTIME: OnceLock<Result<OnnxRuntime, String>> = OnceLock::new();
+static SETTINGS: OnceLock<OnnxSettings> = OnceLock::new();
 
 impl OnnxRuntime {
+    /// Sets how sessions are built (threads, spinning). Call once, before the first session;
+    /// later calls are ignored (the process keeps the settings it started with).
+    pub fn configure(settings: OnnxSettings) {
+        if SETTINGS.set(settings).is_err() {
+            tracing::debug!("ONNX Runtime settings were already set");
+        }
+    }
+
     /// Loads the library and creates the environment on first use; later calls return the same
     /// runtime (ONNX Runtime can be loaded only once per process).
     pub fn global() -> anyhow::Result<&'static OnnxRuntime> {
@@ -64,7 +75,16 @@ impl OnnxRuntime {
     }
 
     pub(super) fn session_from_memory(&self, bytes: &[u8]) -> ort::Result<Session> {
-        Session::builder(&self.environment)?.commit_from_memory(bytes)
+        let settings = SETTINGS.get_or_init(OnnxSettings::default);
+        let mut builder = Session::builder(&self.environment)?
+            .with_intra_op_spinning(settings.intra_op_spinning)?;
+        if settings.intra_op_threads > 0 {
+            builder = builder.with_intra_threads(settings.intra_op_threads)?;
+        }
+        if settings.inter_op_threads > 0 {
+            builder = builder.with_inter_threads(settings.inter_op_threads)?;
+        }
+        builder.commit_from_memory(bytes)
     }
 }
 

@@ -53,6 +53,7 @@ pub async fn run(name: &str, query: &str) -> Option<(StatusCode, Value)> {
             TensorType::Fp32,
             &[0u8; 16],
         ))),
+        "big-tensor" => nn(add_with(Tensor::f32(&[2, 1000], &[0.0; 2000]))),
         "bad-length" => nn(add_with(Tensor::from_bytes(
             &[2, 2],
             TensorType::Fp32,
@@ -126,6 +127,12 @@ pub async fn run(name: &str, query: &str) -> Option<(StatusCode, Value)> {
                 StatusCode::OK,
                 json!({ "fault": name, "padding": "x".repeat(bytes) }),
             ));
+        }
+        "print" => {
+            let text = query.strip_prefix("text=").unwrap_or("hello");
+            println!("stdout says {text}");
+            eprintln!("stderr says {text}");
+            (StatusCode::OK, json!({ "fault": name, "ok": true }))
         }
         "write-secret" => (StatusCode::OK, write_secret(query)),
         "scan-secret" => (StatusCode::OK, scan_secret(query)),
