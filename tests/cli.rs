@@ -139,6 +139,8 @@ async fn the_cli_creates_tenants_deploys_lists_and_rolls_back() {
             "{out}"
         );
         assert!(out.contains("model add sha256:"), "{out}");
+        let url = format!("call it: curl http://acme.test:{}/", server.data.port());
+        assert!(out.contains(&url), "{out}");
     }
     let (ok, out, err) = cli(&["rollback", "acme", "1"], &tenant_token);
     assert!(ok, "{err}");

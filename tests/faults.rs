@@ -332,7 +332,21 @@ async fn no_hostile_request_hurts_the_server_or_a_healthy_tenant() {
         "the client got {cut} bytes of a 3 MB response"
     );
 
-    // Concurrency: 2 run, 2 wait, the rest get 503 with Retry-After at once.
+    // Concurrency: 2 run, 2 wait, the rest get 503 with Retry-After at once. A tenant of its
+    // own, so no earlier request still holds one of its slots.
+    let (status, body) = corral
+        .operator(
+            "PUT",
+            "/v1/tenants/bursty",
+            json!({ "hosts": ["bursty.test"], "limits": { "concurrent_requests": 2, "queued_requests": 2 } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let bursty = body["token"].as_str().unwrap().to_owned();
+    let (status, body) = corral
+        .deploy("bursty", &bursty, &guest("nn-probe"), &[])
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     let mut burst = Vec::new();
     for _ in 0..8 {
         let corral = corral.clone();

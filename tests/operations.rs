@@ -35,8 +35,14 @@ async fn sigterm_lets_every_accepted_request_finish_then_exits_zero() {
             common::serve::get(data, "acme.test", "/fault/sleep?ms=1000").await
         }));
     }
-    // Let the server accept all six, then ask it to stop.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Once the server has accepted all six (each has an instance running), ask it to stop.
+    for _ in 0..200 {
+        if corral.metric("corral_instances_in_use").await >= 6.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(corral.metric("corral_instances_in_use").await, 6.0);
     corral.terminate();
     for request in in_flight {
         let answer = request.await.unwrap();

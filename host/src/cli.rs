@@ -316,6 +316,9 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             println!("  model {name} {}", digest.as_str().unwrap_or_default());
         }
     }
+    for url in answer["urls"].as_array().into_iter().flatten() {
+        println!("  call it: curl {}", url.as_str().unwrap_or_default());
+    }
     Ok(())
 }
 

@@ -4,9 +4,15 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::VecDeque;
+use std::io::{IsTerminal, Read};
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -40,23 +46,27 @@ impl AdminClient {
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.send(Method::GET, path, None).await
+        self.send::<Full<Bytes>>(Method::GET, path, None).await
     }
 
     pub async fn put_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let body = ("application/json".to_owned(), Bytes::from(body.to_string()));
+        let body = (
+            "application/json".to_owned(),
+            Full::new(Bytes::from(body.to_string())),
+        );
         self.send(Method::PUT, path, Some(body)).await
     }
 
     pub async fn post(&self, path: &str) -> anyhow::Result<Value> {
-        self.send(Method::POST, path, None).await
+        self.send::<Full<Bytes>>(Method::POST, path, None).await
     }
 
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
-        self.send(Method::DELETE, path, None).await
+        self.send::<Full<Bytes>>(Method::DELETE, path, None).await
     }
 
-    /// Uploads a deployment: the component and `(name, path)` models as multipart parts.
+    /// Uploads a deployment: the component and `(name, path)` models as multipart parts,
+    /// streamed from the files (never whole in memory), with progress on a terminal.
     pub async fn deploy(
         &self,
         tenant: &str,
@@ -64,43 +74,59 @@ impl AdminClient {
         models: &[(String, PathBuf)],
     ) -> anyhow::Result<Value> {
         let boundary = format!("corral-{}", crate::tenancy::records::new_token("b")?);
-        let mut body = Vec::new();
+        let mut segments = VecDeque::new();
+        let mut total = 0u64;
         let mut part = |name: &str, path: &Path| -> anyhow::Result<()> {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let len = std::fs::metadata(path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .len();
             let file_name = path
                 .file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or("upload")
                 .replace(['"', '\r', '\n'], "_");
-            body.extend_from_slice(
-                format!(
-                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; \
-                     filename=\"{file_name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-                )
-                .as_bytes(),
+            let head = format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; \
+                 filename=\"{file_name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
             );
-            body.extend_from_slice(&bytes);
-            body.extend_from_slice(b"\r\n");
+            total += head.len() as u64 + len + 2;
+            segments.push_back(Segment::Bytes(Bytes::from(head)));
+            segments.push_back(Segment::File(path.to_path_buf()));
+            segments.push_back(Segment::Bytes(Bytes::from_static(b"\r\n")));
             Ok(())
         };
         part("component", component)?;
         for (name, path) in models {
             part(&format!("model.{name}"), path)?;
         }
-        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let end = format!("--{boundary}--\r\n");
+        total += end.len() as u64;
+        segments.push_back(Segment::Bytes(Bytes::from(end)));
+        let show_progress = std::io::stderr().is_terminal() && total > 1 << 20;
+        let body = UploadBody {
+            segments,
+            open: None,
+            sent: 0,
+            total,
+            shown_percent: None,
+            show_progress,
+        };
         let content_type = format!("multipart/form-data; boundary={boundary}");
         let path = format!("/v1/tenants/{tenant}/deployments");
-        self.send(Method::POST, &path, Some((content_type, Bytes::from(body))))
+        self.send(Method::POST, &path, Some((content_type, body)))
             .await
     }
 
-    async fn send(
+    async fn send<B>(
         &self,
         method: Method,
         path: &str,
-        body: Option<(String, Bytes)>,
-    ) -> anyhow::Result<Value> {
+        body: Option<(String, B)>,
+    ) -> anyhow::Result<Value>
+    where
+        B: Body<Data = Bytes> + Send + Default + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let authority = self.server.authority().expect("checked in new").clone();
         let unreachable = || {
             format!(
@@ -124,13 +150,13 @@ impl AdminClient {
                 format!("Bearer {}", self.token),
             );
         let body = match body {
-            Some((content_type, bytes)) => {
+            Some((content_type, body)) => {
                 request = request.header(hyper::header::CONTENT_TYPE, content_type);
-                bytes
+                body
             }
-            None => Bytes::new(),
+            None => B::default(),
         };
-        let request = request.body(Full::new(body))?;
+        let request = request.body(body)?;
         let response = sender
             .send_request(request)
             .await
@@ -146,6 +172,94 @@ impl AdminClient {
             bail!("the server refused {method} {path}: {status} {code}: {message}");
         }
         Ok(value)
+    }
+}
+
+/// One piece of a streamed upload.
+enum Segment {
+    Bytes(Bytes),
+    File(PathBuf),
+}
+
+/// A multipart body read from its files as it is sent.
+#[derive(Default)]
+struct UploadBody {
+    segments: VecDeque<Segment>,
+    open: Option<(std::fs::File, PathBuf)>,
+    sent: u64,
+    total: u64,
+    shown_percent: Option<u64>,
+    show_progress: bool,
+}
+
+impl UploadBody {
+    fn progress(&mut self) {
+        if !self.show_progress {
+            return;
+        }
+        let percent = self.sent * 100 / self.total.max(1);
+        if self.shown_percent == Some(percent) {
+            return;
+        }
+        self.shown_percent = Some(percent);
+        let mb = |b: u64| b as f64 / 1e6;
+        eprint!(
+            "\rcorral: uploading {:.1} / {:.1} MB ({percent}%)",
+            mb(self.sent),
+            mb(self.total)
+        );
+        if self.sent >= self.total {
+            eprintln!();
+        }
+    }
+}
+
+impl Body for UploadBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some((file, path)) = &mut this.open {
+                // Blocking reads are fine here: this is the CLI, not the server.
+                let mut chunk = vec![0u8; 256 << 10];
+                let n = file.read(&mut chunk).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))
+                })?;
+                if n > 0 {
+                    chunk.truncate(n);
+                    this.sent += n as u64;
+                    this.progress();
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))));
+                }
+                this.open = None;
+            }
+            match this.segments.pop_front() {
+                Some(Segment::Bytes(bytes)) => {
+                    this.sent += bytes.len() as u64;
+                    this.progress();
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+                Some(Segment::File(path)) => {
+                    let file = std::fs::File::open(&path).map_err(|e| {
+                        std::io::Error::new(
+                            e.kind(),
+                            format!("cannot read {}: {e}", path.display()),
+                        )
+                    })?;
+                    this.open = Some((file, path));
+                }
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.total.saturating_sub(self.sent))
     }
 }
 

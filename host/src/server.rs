@@ -113,6 +113,7 @@ impl Server {
             metrics,
             operator_token_sha256: token_hash(operator_token.trim()),
             max_upload_bytes: options.max_upload_bytes,
+            data_addr,
         });
         let drain = Duration::from_secs(options.drain_timeout_secs);
         let tasks = vec![

@@ -37,6 +37,8 @@ pub struct Admin {
     pub operator_token_sha256: Digest,
     /// Largest deployment upload accepted, in bytes.
     pub max_upload_bytes: u64,
+    /// The data-plane listener, for the URLs a deployment answers with.
+    pub data_addr: std::net::SocketAddr,
 }
 
 /// An admin API failure, answered as JSON.
@@ -263,6 +265,7 @@ impl Admin {
                 let record = deployed?;
                 let mut answer = deployment_json(&record);
                 answer["active"] = Value::Bool(true);
+                answer["urls"] = self.urls(tenant);
                 Ok(json_response(StatusCode::CREATED, &answer))
             }
             (&Method::POST, ["deployments", version, "activate"]) => {
@@ -279,6 +282,20 @@ impl Admin {
             }
             _ => Err(method_not_allowed(&method)),
         }
+    }
+
+    /// Where the tenant's service answers on the data plane.
+    fn urls(&self, tenant: &str) -> Value {
+        let port = self.data_addr.port();
+        let hosts = self
+            .tenancy
+            .get(tenant)
+            .map(|t| t.hosts)
+            .unwrap_or_default();
+        hosts
+            .iter()
+            .map(|host| Value::String(format!("http://{host}:{port}/")))
+            .collect()
     }
 
     fn caller(&self, request: &Request<Incoming>) -> Result<Caller, ApiError> {
