@@ -269,13 +269,30 @@ async fn no_hostile_request_hurts_the_server_or_a_healthy_tenant() {
         eprintln!("fault {}: {} {}", case.path, case.status, case.code);
     }
 
-    // Outgoing HTTP goes out only to hosts the operator allowed for the tenant: allowed, the
-    // request to 127.0.0.1:9 is attempted (and refused by the closed port, not by Corral).
+    // Outgoing HTTP goes out only to hosts the operator allowed for the tenant: another port
+    // of an allowed host stays denied; allowed, the request to 127.0.0.1:9 is attempted (and
+    // refused by the closed port, not by Corral).
+    let (status, _) = corral
+        .operator(
+            "PUT",
+            "/v1/tenants/hostile",
+            json!({ "outgoing_hosts": ["127.0.0.1:10"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, body) = corral
+        .call("hostile.test", "GET", "/case/sandbox", Vec::new())
+        .await;
+    let outgoing = json(&body)["outgoing_http"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(outgoing.contains("HttpRequestDenied"), "{outgoing}");
     let (status, body) = corral
         .operator(
             "PUT",
             "/v1/tenants/hostile",
-            json!({ "outgoing_hosts": ["127.0.0.1"] }),
+            json!({ "outgoing_hosts": ["127.0.0.1:9"] }),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -54,9 +54,10 @@ impl ModelFormat {
 pub struct SessionPool {
     /// The session and the size of its model file.
     sessions: DashMap<(ModelDigest, ModelFormat), (Weak<OnnxSession>, u64)>,
-    /// Serializes loading, so two deployments of the same new bytes load it once. Held only
-    /// on the blocking pool, never across an await; lookups of live sessions do not take it.
-    loading: std::sync::Mutex<()>,
+    /// One lock per model being loaded, so two deployments of the same new bytes load it once
+    /// while loads of different models proceed side by side. Held only on the blocking pool,
+    /// never across an await; lookups of live sessions do not take it.
+    loading: DashMap<(ModelDigest, ModelFormat), Arc<std::sync::Mutex<()>>>,
 }
 
 impl SessionPool {
@@ -70,8 +71,8 @@ impl SessionPool {
         if let Some(session) = self.get(digest, format) {
             return Ok((digest, session));
         }
-        let _loading = self
-            .loading
+        let lock = Arc::clone(&self.loading.entry((digest, format)).or_default());
+        let _loading = lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(session) = self.get(digest, format) {
@@ -252,11 +253,14 @@ impl InferencePool {
         self.runs.peak.load(Ordering::Relaxed)
     }
 
-    /// Runs `model` on `inputs` on the blocking pool.
+    /// Runs `model` on `inputs` on the blocking pool. `keep_alive` lives until the run ends,
+    /// even when the caller is dropped first (a request's slot stays taken while its
+    /// abandoned run still uses the CPU).
     pub async fn run(
         &self,
         model: Arc<Model>,
         inputs: Vec<(String, Tensor)>,
+        keep_alive: Option<Arc<dyn std::any::Any + Send + Sync>>,
     ) -> Result<Vec<(String, Tensor)>, InferenceError> {
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
@@ -266,6 +270,7 @@ impl InferencePool {
         let times = Arc::clone(&self.compute_times.entry(model.digest).or_default());
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            let _keep_alive = keep_alive;
             let _running = Running::start(&runs);
             let started = std::time::Instant::now();
             let result = model.session.run(inputs);

@@ -170,7 +170,7 @@ impl InstanceState {
 /// Outgoing HTTP: only to the hosts the operator allowed for the tenant; every other request
 /// gets `HTTP-request-denied` without a connection being made.
 pub struct OutgoingHttp {
-    /// Normalized host names (any port).
+    /// Normalized `host` (any port) or `host:port` entries.
     pub allowed: Arc<[String]>,
 }
 
@@ -180,7 +180,11 @@ impl OutgoingHttp {
             return false;
         };
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        self.allowed.contains(&host)
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        self.allowed
+            .iter()
+            .any(|entry| *entry == host || *entry == format!("{host}:{port}"))
     }
 }
 

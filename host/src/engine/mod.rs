@@ -175,12 +175,14 @@ impl Service {
     }
 
     /// A fresh store for one request, with its memory, CPU and `wasi:nn` bounds set. Limits
-    /// hit are recorded in `outcome`; guest output is tagged with `request_id`.
+    /// hit are recorded in `outcome`; guest output is tagged with `request_id`; `slot` (the
+    /// request's place in its tenant's gate) is held by every inference run it starts.
     pub fn new_store(
         &self,
         sandbox: &RequestSandbox,
         outcome: &Arc<Outcome>,
         request_id: &str,
+        slot: Option<Arc<dyn std::any::Any + Send + Sync>>,
     ) -> Store<InstanceState> {
         let limits = &sandbox.limits;
         let mut wasi = WasiCtx::builder();
@@ -212,7 +214,7 @@ impl Service {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             nn: self.nn.clone(),
-            nn_budget: NnBudget::new(Arc::clone(limits), Arc::clone(outcome)),
+            nn_budget: NnBudget::new(Arc::clone(limits), Arc::clone(outcome), slot),
             limiter: Limiter {
                 limits: Arc::clone(limits),
                 outcome: Arc::clone(outcome),

@@ -174,7 +174,10 @@ async fn run_guest(
 ) -> Result<Response<HyperOutgoingBody>, HostError> {
     let limits = Arc::clone(&sandbox.limits);
     let outcome = Arc::new(Outcome::default());
-    let mut store = service.new_store(sandbox, &outcome, id);
+    // The tenant slot lives as long as the guest task or any inference run it started.
+    let slot: Option<Arc<dyn std::any::Any + Send + Sync>> =
+        permit.map(|p| Arc::new(p) as Arc<dyn std::any::Any + Send + Sync>);
+    let mut store = service.new_store(sandbox, &outcome, id, slot.clone());
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let request =
         request.map(|body| Bounded::request(body, limits.request_body_bytes, Arc::clone(&outcome)));
@@ -199,7 +202,7 @@ async fn run_guest(
     let deadline = tokio::time::Instant::now() + timeout;
     let task = tokio::spawn(
         async move {
-            let _permit = permit;
+            let _slot = slot;
             let run = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy

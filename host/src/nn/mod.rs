@@ -71,15 +71,22 @@ pub struct NnBudget {
     outcome: Arc<Outcome>,
     calls: u32,
     bytes: u64,
+    /// The request's slot in its tenant's gate, held by every run it starts.
+    slot: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl NnBudget {
-    pub fn new(limits: Arc<Limits>, outcome: Arc<Outcome>) -> Self {
+    pub fn new(
+        limits: Arc<Limits>,
+        outcome: Arc<Outcome>,
+        slot: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    ) -> Self {
         Self {
             limits,
             outcome,
             calls: 0,
             bytes: 0,
+            slot,
         }
     }
 
@@ -280,7 +287,8 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                 return self.fail(error);
             }
         }
-        match self.ctx.pool.run(model, tensors).await {
+        let slot = self.budget.slot.clone();
+        match self.ctx.pool.run(model, tensors, slot).await {
             Ok(outputs) => {
                 // Outputs live in the host until the request ends: they count against the
                 // request's bytes whether or not the guest reads them.

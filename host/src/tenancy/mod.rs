@@ -307,7 +307,7 @@ impl Tenancy {
         } = update;
         records::check_tenant_name(name).map_err(|m| Refusal::invalid("invalid_tenant", m))?;
         let outgoing_hosts = match outgoing_hosts {
-            Some(list) => Some(normalize_hosts(&list, "invalid_outgoing_host")?),
+            Some(list) => Some(normalize_outgoing(&list)?),
             None => None,
         };
         if let Some(overrides) = &limits {
@@ -597,6 +597,32 @@ fn normalize_hosts(hosts: &[String], code: &'static str) -> Result<Vec<String>, 
         })?;
         if !normalized.contains(&host) {
             normalized.push(host);
+        }
+    }
+    Ok(normalized)
+}
+
+/// Outgoing-HTTP entries: `host` (any port) or `host:port`, normalized.
+fn normalize_outgoing(entries: &[String]) -> Result<Vec<String>, Refusal> {
+    let mut normalized = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let invalid = || {
+            Refusal::invalid(
+                "invalid_outgoing_host",
+                format!("'{}' is not a host name or host:port", entry.escape_debug()),
+            )
+        };
+        let port = match entry.rsplit_once(':') {
+            Some((_, port)) => Some(port.parse::<u16>().map_err(|_| invalid())?),
+            None => None,
+        };
+        let host = records::normalize_host(entry).ok_or_else(invalid)?;
+        let value = match port {
+            Some(port) => format!("{host}:{port}"),
+            None => host,
+        };
+        if !normalized.contains(&value) {
+            normalized.push(value);
         }
     }
     Ok(normalized)
