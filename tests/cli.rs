@@ -191,3 +191,91 @@ async fn the_cli_creates_tenants_deploys_lists_and_rolls_back() {
     let (ok, out, _) = cli(&["tenant", "list"], &operator);
     assert!(ok && out.contains("acme    1       acme.test"), "{out}");
 }
+
+/// `corral new` → `cargo build --release` → `corral run` → a request: the scaffold works as
+/// its README says.
+#[tokio::test]
+async fn corral_new_scaffolds_a_project_that_builds_and_serves() {
+    use common::serve::DataDir;
+    let dir = DataDir::new("new");
+    let project = dir.0.join("my-service");
+    let output = corral()
+        .args(["new", "my-service", "--dir"])
+        .arg(&project)
+        .arg("--sdk")
+        .arg(repo().join("guest-sdk"))
+        .output()
+        .expect("corral runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("cargo build --release"));
+    assert!(project.join("README.md").is_file());
+
+    // Build it as its README says, sharing the guests' target directory (same profile).
+    let guests = guest("nn-probe");
+    let target = guests
+        .ancestors()
+        .nth(3)
+        .expect("<target>/guests")
+        .to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let build = Command::new(cargo)
+        .args(["build", "--release", "--target-dir"])
+        .arg(&target)
+        .current_dir(&project)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .output()
+        .expect("cargo runs");
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let component = target.join("wasm32-wasip2/release/my-service.wasm");
+    assert!(component.is_file());
+
+    let mut child = corral()
+        .arg("run")
+        .arg(&component)
+        .arg("--model")
+        .arg(format!("model={}", fixture("add.onnx").display()))
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("corral starts");
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let addr = stdout
+        .lines()
+        .find_map(|line| {
+            line.ok()?
+                .split(" on http://")
+                .nth(1)?
+                .trim()
+                .parse::<std::net::SocketAddr>()
+                .ok()
+        })
+        .expect("corral prints its address");
+    let body = serde_json::json!({ "inputs": {
+        "a": { "shape": [2, 2], "data": [1, 2, 3, 4] },
+        "b": { "shape": [2, 2], "data": [10, 20, 30, 40] },
+    }});
+    let (status, answer) = request(addr, "POST", "/", body.to_string().into_bytes()).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(
+        json(&answer)["outputs"]["sum"]["data"],
+        serde_json::json!([11.0, 22.0, 33.0, 44.0])
+    );
+}

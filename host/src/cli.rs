@@ -53,6 +53,20 @@ pub enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Create a guest project (Rust, wasm32-wasip2) that builds with `cargo build --release`.
+    New(NewArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NewArgs {
+    /// Project (and component) name: a-z, 0-9, '-' and '_'.
+    pub name: String,
+    /// Where to create it [default: ./NAME].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// The corral-guest crate [default: CORRAL_GUEST_SDK, else guest-sdk/ of this checkout].
+    #[arg(long, value_name = "PATH")]
+    pub sdk: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,6 +205,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deployments(args) => deployments(args).await,
         Command::Rollback(args) => rollback(args).await,
         Command::Run(args) => run_dev(args).await,
+        Command::New(args) => {
+            let dir = args.dir.unwrap_or_else(|| PathBuf::from(&args.name));
+            let sdk = match args.sdk {
+                Some(sdk) => sdk,
+                None => crate::scaffold::find_sdk()?,
+            };
+            crate::scaffold::create(&args.name, &dir, &sdk)?;
+            println!("created {} in {}", args.name, dir.display());
+            println!("  build:  cd {} && cargo build --release", dir.display());
+            println!(
+                "  try it: corral run target/wasm32-wasip2/release/{}.wasm --model model=MODEL.onnx",
+                args.name
+            );
+            Ok(())
+        }
         Command::Config(ConfigCommand::Check { file }) => {
             let config = Config::load(Some(&file))?;
             println!("# {}: valid; the effective configuration:", file.display());

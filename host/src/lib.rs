@@ -12,6 +12,7 @@
 //! - [`limits`]: per-tenant limits and where each is enforced;
 //! - [`metrics`]: Prometheus counters;
 //! - [`dev`]: single-tenant development mode (`corral run`);
+//! - [`scaffold`]: `corral new`, a guest project to start from;
 //! - [`cli`]: the command line.
 
 pub mod admin;
@@ -25,6 +26,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod nn;
+pub mod scaffold;
 pub mod server;
 pub mod store;
 pub mod tenancy;
