@@ -214,7 +214,13 @@ async fn corral_new_scaffolds_a_project_that_builds_and_serves() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("cargo build --release"));
     assert!(project.join("README.md").is_file());
 
-    // Build it as its README says, sharing the guests' target directory (same profile).
+    // Build it as its README says, sharing the guests' target directory (same profile) and
+    // the examples' dependency versions (no fresh resolution against the registry).
+    std::fs::copy(
+        repo().join("examples/Cargo.lock"),
+        project.join("Cargo.lock"),
+    )
+    .unwrap();
     let guests = guest("nn-probe");
     let target = guests
         .ancestors()

@@ -368,9 +368,7 @@ async fn no_hostile_request_hurts_the_server_or_a_healthy_tenant() {
     for _ in 0..8 {
         let corral = corral.clone();
         burst.push(tokio::spawn(async move {
-            corral
-                .call_full("hostile.test", "/fault/sleep?ms=700")
-                .await
+            corral.call_full("bursty.test", "/fault/sleep?ms=700").await
         }));
     }
     let (mut served, mut refused) = (0, 0);

@@ -109,7 +109,10 @@ impl Config {
             None => String::new(),
         };
         let origin = file.map_or_else(|| "the configuration".into(), |p| p.display().to_string());
-        Self::parse(&text, std::env::vars()).with_context(|| origin)
+        // Only CORRAL_* variables matter; others may not even be UTF-8.
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        Self::parse(&text, env).with_context(|| origin)
     }
 
     /// Parses `text` (TOML) with overrides from `env` (`CORRAL_...` variables).
@@ -125,11 +128,13 @@ impl Config {
             .into_iter()
             .filter(|(k, _)| k.starts_with("CORRAL_"))
             .collect();
+        let defaults = toml::Value::try_from(Config::default()).ok();
         for (path, variable) in env_keys() {
-            let Some((_, raw)) = env.iter().find(|(k, _)| *k == variable) else {
+            // An empty variable counts as unset.
+            let Some((_, raw)) = env.iter().find(|(k, v)| *k == variable && !v.is_empty()) else {
                 continue;
             };
-            let value = parse_env_value(raw);
+            let value = parse_env_value(raw, default_is_string(defaults.as_ref(), &path));
             match path.split_once('.') {
                 Some((section, key)) => {
                     let entry = table
@@ -157,9 +162,13 @@ impl Config {
         Ok(config)
     }
 
-    /// Every key's value, as TOML (what `corral config check` prints).
+    /// Every key's value, as TOML (what `corral config check` prints), the token redacted.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_default()
+        let mut shown = self.clone();
+        if shown.admin_token.is_some() {
+            shown.admin_token = Some("(set, not shown)".into());
+        }
+        toml::to_string(&shown).unwrap_or_default()
     }
 
     fn check(&self) -> anyhow::Result<()> {
@@ -215,12 +224,27 @@ pub fn env_keys() -> Vec<(String, String)> {
         .collect()
 }
 
-/// An environment value as TOML (`500`, `true`, `["cpu"]`), else as a string.
-fn parse_env_value(raw: &str) -> toml::Value {
+/// An environment value: as given for keys that hold strings, else as a TOML value (`500`,
+/// `true`, `["cpu"]`), falling back to a string (which then fails with the key named).
+fn parse_env_value(raw: &str, string_key: bool) -> toml::Value {
+    if string_key {
+        return toml::Value::String(raw.to_owned());
+    }
     toml::from_str::<toml::Table>(&format!("v = {raw}"))
         .ok()
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+/// Whether `path`'s default is a string (unset optional keys, such as `admin_token`, are).
+fn default_is_string(defaults: Option<&toml::Value>, path: &str) -> bool {
+    let Some(defaults) = defaults else {
+        return true;
+    };
+    let value = path
+        .split('.')
+        .try_fold(defaults, |value, key| value.get(key));
+    value.is_none_or(toml::Value::is_str)
 }
 
 #[cfg(test)]
@@ -280,6 +304,26 @@ mod tests {
         assert_eq!((config.limits.cpu_ms, config.limits.timeout_ms), (50, 900));
         assert_eq!(config.engine.instances, 8);
         assert!(!config.onnx.intra_op_spinning);
+        let strings = Config::parse(
+            "",
+            env(&[
+                ("CORRAL_ADMIN_TOKEN", "1234567890123456789"),
+                ("CORRAL_DATA_DIR", "2024"),
+                ("CORRAL_LISTEN", ""),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(strings.admin_token.as_deref(), Some("1234567890123456789"));
+        assert_eq!(strings.data_dir, PathBuf::from("2024"));
+        assert_eq!(
+            strings.listen,
+            Config::default().listen,
+            "an empty variable is unset"
+        );
+        assert!(
+            !strings.to_toml().contains("1234567890"),
+            "the token is not printed"
+        );
         let err = Config::parse("", env(&[("CORRAL_LIMITS_CPU_MS", "lots")])).unwrap_err();
         let text = format!("{err:#}");
         assert!(

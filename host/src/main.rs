@@ -24,7 +24,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(corral::cli::run(cli)) {
+    let result = runtime.block_on(corral::cli::run(cli));
+    // Blocking work still running (a compile, an inference run) must not hold the exit: the
+    // drain timeout already bounded what the server waits for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("corral: error: {e:#}");

@@ -104,9 +104,20 @@ fn embed(model: &Model, vocab: &WordPiece, text: &str) -> Result<Vec<f32>, corra
     ])?;
     let hidden = outputs
         .get("hidden")
-        .map(|t| t.to_f32())
-        .transpose()?
-        .unwrap_or_default();
+        .ok_or_else(|| corral_guest::Error {
+            code: corral_guest::wasi_nn::errors::ErrorCode::RuntimeError,
+            message: "the model has no output 'hidden'".into(),
+        })?
+        .to_f32()?;
+    if hidden.len() < length * DIM {
+        return Err(corral_guest::Error {
+            code: corral_guest::wasi_nn::errors::ErrorCode::RuntimeError,
+            message: format!(
+                "output 'hidden' has {} values, expected {SEQ} × {DIM}",
+                hidden.len()
+            ),
+        });
+    }
     let mut vector = vec![0f32; DIM];
     for row in hidden.chunks_exact(DIM).take(length) {
         for (sum, value) in vector.iter_mut().zip(row) {

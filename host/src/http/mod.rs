@@ -177,7 +177,7 @@ async fn run_guest(
     // The tenant slot lives as long as the guest task or any inference run it started.
     let slot: Option<Arc<dyn std::any::Any + Send + Sync>> =
         permit.map(|p| Arc::new(p) as Arc<dyn std::any::Any + Send + Sync>);
-    let mut store = service.new_store(sandbox, &outcome, id, slot.clone());
+    let mut store = service.new_store(sandbox, &outcome, id, slot);
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let request =
         request.map(|body| Bounded::request(body, limits.request_body_bytes, Arc::clone(&outcome)));
@@ -202,7 +202,7 @@ async fn run_guest(
     let deadline = tokio::time::Instant::now() + timeout;
     let task = tokio::spawn(
         async move {
-            let _slot = slot;
+            // The store holds the tenant slot (through its wasi:nn budget) until it is dropped.
             let run = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
@@ -220,7 +220,7 @@ async fn run_guest(
         .in_current_span(),
     );
     // Dropping this handler (the client went away) stops the guest too.
-    let task = AbortOnDrop(Some(task));
+    let mut task = AbortOnDrop(Some(task));
     let limit = |hit: LimitHit| HostError::Limit(hit, hit.describe(&limits));
     match tokio::time::timeout_at(deadline, receiver).await {
         Ok(Ok(_)) if outcome.hit() == Some(LimitHit::RequestBody) => {
@@ -285,12 +285,15 @@ impl AbortOnDrop {
         self.0 = None;
     }
 
-    /// Waits for the task (it ends by its own deadline).
-    async fn finish(mut self) -> Result<wasmtime::Result<()>, tokio::task::JoinError> {
-        match self.0.take() {
-            Some(task) => task.await,
-            None => Ok(Ok(())),
-        }
+    /// Waits for the task (it ends by its own deadline). If this wait is dropped (the client
+    /// went away), the task is still aborted.
+    async fn finish(&mut self) -> Result<wasmtime::Result<()>, tokio::task::JoinError> {
+        let Some(task) = self.0.as_mut() else {
+            return Ok(Ok(()));
+        };
+        let result = task.await;
+        self.0 = None;
+        result
     }
 }
 

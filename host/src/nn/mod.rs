@@ -99,20 +99,26 @@ impl NnBudget {
         Ok(())
     }
 
-    /// Counts `len` bytes copied for the guest; traps past the per-call or per-request limit.
-    fn copy(&mut self, len: usize) -> wasmtime::Result<()> {
-        let len = len as u64;
-        self.bytes = self.bytes.saturating_add(len);
-        if len > self.limits.nn_bytes_per_call || self.bytes > self.limits.nn_bytes_per_request {
+    /// Counts tensors of `lens` bytes the host takes in or holds for the guest (inputs from
+    /// `tensor.new`, backend outputs); traps when one is over the per-call limit or the
+    /// request's total is over the per-request limit. Each tensor is counted once.
+    fn hold(&mut self, lens: impl IntoIterator<Item = usize>) -> wasmtime::Result<()> {
+        for len in lens {
+            self.check_call(len)?;
+            self.bytes = self.bytes.saturating_add(len as u64);
+        }
+        if self.bytes > self.limits.nn_bytes_per_request {
             return Err(self.outcome.trap(LimitHit::NnBytes, &self.limits));
         }
         Ok(())
     }
 
-    /// Counts `len` bytes the host holds for the guest (backend outputs); traps past the
-    /// per-call or per-request limit.
-    fn hold(&mut self, len: usize) -> wasmtime::Result<()> {
-        self.copy(len)
+    /// Traps when one copy of `len` bytes is over the per-call limit.
+    fn check_call(&self, len: usize) -> wasmtime::Result<()> {
+        if len as u64 > self.limits.nn_bytes_per_call {
+            return Err(self.outcome.trap(LimitHit::NnBytes, &self.limits));
+        }
+        Ok(())
     }
 
     /// Refuses a tensor over the tenant's rank or element limits.
@@ -187,7 +193,7 @@ impl tensor::HostTensor for NnView<'_> {
         data: Vec<u8>,
     ) -> wasmtime::Result<Resource<Tensor>> {
         self.budget.call()?;
-        self.budget.copy(data.len())?;
+        self.budget.hold([data.len()])?;
         let tensor = Tensor {
             shape: dimensions,
             ty: element_type(ty),
@@ -208,9 +214,10 @@ impl tensor::HostTensor for NnView<'_> {
 
     fn data(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<Vec<u8>> {
         self.budget.call()?;
-        let len = self.table.get(&tensor)?.bytes.as_slice().len();
-        self.budget.copy(len)?;
-        Ok(self.table.get(&tensor)?.bytes.as_slice().to_vec())
+        // The tensor was counted when it was made or produced; reading it copies it once more.
+        let bytes = self.table.get(&tensor)?.bytes.as_slice();
+        self.budget.check_call(bytes.len())?;
+        Ok(bytes.to_vec())
     }
 
     fn drop(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<()> {
@@ -292,8 +299,8 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             Ok(outputs) => {
                 // Outputs live in the host until the request ends: they count against the
                 // request's bytes whether or not the guest reads them.
-                let produced: usize = outputs.iter().map(|(_, t)| t.bytes.as_slice().len()).sum();
-                self.budget.hold(produced)?;
+                self.budget
+                    .hold(outputs.iter().map(|(_, t)| t.bytes.as_slice().len()))?;
                 let mut handles = Vec::with_capacity(outputs.len());
                 for (name, tensor) in outputs {
                     handles.push((name, self.table.push(tensor)?));
