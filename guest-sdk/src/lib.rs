@@ -4,20 +4,28 @@
 //! [`wstd`](https://docs.rs/wstd)'s `#[wstd::http_server]`) that runs models the host holds
 //! through `wasi:nn`. This crate wraps `wasi:nn@0.2.0-rc-2024-10-28` in a small typed API:
 //!
-//! ```ignore
+//! ```no_run
 //! use corral_guest::{Model, Tensor};
 //!
-//! let model = Model::load("classifier")?;            // a name given at deploy time
+//! # fn main() -> Result<(), corral_guest::Error> {
+//! # let pixels = vec![0f32; 3 * 224 * 224];
+//! let model = Model::load("classifier")?; // a name given at deploy time
 //! let input = Tensor::f32(&[1, 3, 224, 224], &pixels);
 //! let outputs = model.run(vec![("input", input)])?;
 //! let logits: Vec<f32> = outputs.get("logits").unwrap().to_f32()?;
+//! # Ok(()) }
 //! ```
 //!
-//! Build with `cargo build --release --target wasm32-wasip2`; serve with
+//! [`http`] reads and answers JSON; [`vision`] (feature `vision`) turns JPEG/PNG into an
+//! image tensor. Build with `cargo build --release --target wasm32-wasip2`; serve with
 //! `corral run target/wasm32-wasip2/release/NAME.wasm --model classifier=model.onnx`.
 #![deny(missing_docs)]
 
 use std::fmt;
+
+pub mod http;
+#[cfg(feature = "vision")]
+pub mod vision;
 
 #[allow(missing_docs)]
 mod bindings {
@@ -134,6 +142,27 @@ macro_rules! constructor {
     };
 }
 
+macro_rules! reader {
+    ($(#[$doc:meta])* $name:ident, $ty:ty, $tt:ident) => {
+        $(#[$doc])*
+        pub fn $name(&self) -> Result<Vec<$ty>, Error> {
+            if self.ty() != TensorType::$tt {
+                return Err(Error::guest(format!(
+                    "tensor is {:?}, not {}",
+                    self.ty(),
+                    stringify!($ty)
+                )));
+            }
+            const SIZE: usize = std::mem::size_of::<$ty>();
+            Ok(self
+                .bytes()
+                .chunks_exact(SIZE)
+                .map(|c| <$ty>::from_le_bytes(c.try_into().expect("chunk of SIZE bytes")))
+                .collect())
+        }
+    };
+}
+
 impl Tensor {
     /// A tensor from raw little-endian bytes. The host checks that `bytes.len()` equals the
     /// product of `shape` times the element size when the tensor is used.
@@ -178,17 +207,22 @@ impl Tensor {
         self.0.data()
     }
 
-    /// The data as `f32`s; an error if the tensor holds another type.
-    pub fn to_f32(&self) -> Result<Vec<f32>, Error> {
-        if self.ty() != TensorType::Fp32 {
-            return Err(Error::guest(format!("tensor is {:?}, not f32", self.ty())));
-        }
-        Ok(self
-            .bytes()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
-    }
+    reader!(
+        /// The data as `f32`s; an error if the tensor holds another type.
+        to_f32, f32, Fp32
+    );
+    reader!(
+        /// The data as `f64`s; an error if the tensor holds another type.
+        to_f64, f64, Fp64
+    );
+    reader!(
+        /// The data as `i32`s; an error if the tensor holds another type.
+        to_i32, i32, I32
+    );
+    reader!(
+        /// The data as `i64`s; an error if the tensor holds another type.
+        to_i64, i64, I64
+    );
 }
 
 /// A model's outputs, by name, in the model's order.

@@ -6,18 +6,13 @@
 //! the host through `wasi:nn`, and answers the five most likely ImageNet classes:
 //! `{"predictions":[{"index":207,"label":"golden retriever","probability":0.90}, ...]}`.
 
-use std::io::Cursor;
-
+use corral_guest::http::{error, json};
+use corral_guest::vision::{IMAGENET, image_pixels};
 use corral_guest::{Model, Tensor};
-use image::imageops::FilterType;
 use serde_json::json;
 use wstd::http::{Body, Error, Method, Request, Response, StatusCode};
 
 const LABELS: &str = include_str!("../model/labels.txt");
-const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-const STD: [f32; 3] = [0.229, 0.224, 0.225];
-/// Images larger than this in either dimension are refused before decoding.
-const MAX_SIDE: u32 = 8192;
 
 #[wstd::http_server]
 async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
@@ -29,53 +24,18 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
         ));
     }
     let body = request.body_mut().contents().await?;
-    let pixels = match preprocess(body) {
+    let pixels = match image_pixels(body, &IMAGENET) {
         Ok(pixels) => pixels,
         Err(message) => return Ok(error(StatusCode::BAD_REQUEST, "invalid_image", &message)),
     };
     match classify(&pixels) {
-        Ok(predictions) => Ok(json_response(
-            StatusCode::OK,
-            json!({ "predictions": predictions }),
-        )),
+        Ok(predictions) => Ok(json(StatusCode::OK, &json!({ "predictions": predictions }))),
         Err(e) => Ok(error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "inference_failed",
             &e.to_string(),
         )),
     }
-}
-
-/// Decodes and normalizes an image into NCHW f32 `[1, 3, 224, 224]`.
-fn preprocess(bytes: &[u8]) -> Result<Vec<f32>, String> {
-    if bytes.is_empty() {
-        return Err("the request body is empty; send a JPEG or PNG image".into());
-    }
-    let mut reader = image::ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("cannot read the request body: {e}"))?;
-    match reader.format() {
-        Some(image::ImageFormat::Jpeg | image::ImageFormat::Png) => {}
-        _ => return Err("the request body is not a JPEG or PNG image".into()),
-    }
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    reader.limits(limits);
-    let image = reader
-        .decode()
-        .map_err(|e| format!("cannot decode the image: {e}"))?;
-    let resized = image.to_rgb8();
-    let resized = image::imageops::resize(&resized, 256, 256, FilterType::Triangle);
-    let cropped = image::imageops::crop_imm(&resized, 16, 16, 224, 224).to_image();
-    let plane = 224 * 224;
-    let mut pixels = vec![0f32; 3 * plane];
-    for (i, pixel) in cropped.pixels().enumerate() {
-        for c in 0..3 {
-            pixels[c * plane + i] = (f32::from(pixel[c]) / 255.0 - MEAN[c]) / STD[c];
-        }
-    }
-    Ok(pixels)
 }
 
 fn classify(pixels: &[f32]) -> Result<Vec<serde_json::Value>, corral_guest::Error> {
@@ -107,21 +67,4 @@ fn label(line: Option<&str>) -> String {
     let line = line.unwrap_or("");
     let name = line.split_once(' ').map_or(line, |(_, rest)| rest);
     name.split(',').next().unwrap_or(name).trim().to_owned()
-}
-
-fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(Body::from(value.to_string()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        "content-type",
-        "application/json".parse().expect("valid header"),
-    );
-    response
-}
-
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    json_response(
-        status,
-        json!({ "error": { "code": code, "message": message } }),
-    )
 }

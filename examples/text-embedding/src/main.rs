@@ -9,6 +9,7 @@
 
 mod wordpiece;
 
+use corral_guest::http::{error, json};
 use corral_guest::{Model, Tensor};
 use serde_json::{Value, json};
 use wordpiece::WordPiece;
@@ -48,9 +49,9 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
                 .iter()
                 .map(|a| embeddings.iter().map(|b| dot(a, b)).collect())
                 .collect();
-            Ok(json_response(
+            Ok(json(
                 StatusCode::OK,
-                json!({ "embeddings": embeddings, "similarity": similarity }),
+                &json!({ "embeddings": embeddings, "similarity": similarity }),
             ))
         }
         Err(e) => Ok(error(
@@ -130,21 +131,4 @@ fn embed(model: &Model, vocab: &WordPiece, text: &str) -> Result<Vec<f32>, corra
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-fn json_response(status: StatusCode, value: Value) -> Response<Body> {
-    let mut response = Response::new(Body::from(value.to_string()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        "content-type",
-        "application/json".parse().expect("valid header"),
-    );
-    response
-}
-
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    json_response(
-        status,
-        json!({ "error": { "code": code, "message": message } }),
-    )
 }
