@@ -12,9 +12,7 @@ use bytes::Bytes;
 use corral::dev::{DevOptions, DevServer};
 use corral::engine::EngineSettings;
 use corral::limits::Limits;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -115,26 +113,7 @@ pub async fn request(
     path: &str,
     body: Vec<u8>,
 ) -> (StatusCode, Bytes) {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(connection);
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", format!("{addr}"))
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    let response = sender.send_request(request).await.expect("response");
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, body)
+    serve::send(addr, method, path, &addr.to_string(), &[], body).await
 }
 
 pub fn json(body: &[u8]) -> serde_json::Value {

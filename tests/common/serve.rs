@@ -156,6 +156,10 @@ impl Corral {
             }
             None => Vec::new(),
         };
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
         let (status, bytes) = send(self.admin, method, path, "admin", &headers, body).await;
         let value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
@@ -352,12 +356,13 @@ pub fn multipart(parts: &[Part]) -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
-async fn send(
+/// One HTTP/1.1 request on a fresh connection; panics if it cannot be sent or answered.
+pub async fn send(
     addr: SocketAddr,
     method: &str,
     path: &str,
     host: &str,
-    headers: &[(String, String)],
+    headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> (StatusCode, Bytes) {
     let (status, _, body) = send_full(addr, method, path, host, headers, body).await;
@@ -369,32 +374,42 @@ async fn send_full(
     method: &str,
     path: &str,
     host: &str,
-    headers: &[(String, String)],
+    headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> (StatusCode, hyper::HeaderMap, Bytes) {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    try_send(addr, method, path, host, headers, body)
+        .await
+        .unwrap_or_else(|| panic!("{method} {path} on {addr} got no answer"))
+}
+
+/// One HTTP/1.1 request on a fresh connection; `None` when the connection or the exchange
+/// fails (e.g. the server is gone).
+async fn try_send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Option<(StatusCode, hyper::HeaderMap, Bytes)> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .expect("handshake");
+        .ok()?;
     tokio::spawn(connection);
     let mut request = Request::builder()
         .method(method)
         .uri(path)
         .header("host", host);
     for (name, value) in headers {
-        request = request.header(name, value);
+        request = request.header(*name, *value);
     }
-    let request = request.body(Full::new(Bytes::from(body))).unwrap();
-    let response = sender.send_request(request).await.expect("response");
+    let request = request.body(Full::new(Bytes::from(body))).ok()?;
+    let response = sender.send_request(request).await.ok()?;
     let status = response.status();
     let headers = response.headers().clone();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, headers, body)
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    Some((status, headers, body))
 }
 
 /// Sends `head` (a request head, no body) on a raw connection and reads one HTTP/1.1
@@ -447,21 +462,5 @@ pub async fn get_with(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Option<(StatusCode, hyper::HeaderMap, Bytes)> {
-    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .ok()?;
-    tokio::spawn(connection);
-    let mut request = Request::get(path).header("host", host);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = sender
-        .send_request(request.body(Full::new(Bytes::new())).unwrap())
-        .await
-        .ok()?;
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await.ok()?.to_bytes();
-    Some((status, headers, body))
+    try_send(addr, "GET", path, host, headers, Vec::new()).await
 }
