@@ -30,6 +30,15 @@ fn hostile_limits() -> Value {
     })
 }
 
+/// What the sandbox probe of the tenant at `host` got when it tried outgoing HTTP.
+async fn outgoing_http(corral: &Corral, host: &str) -> String {
+    let (_, body) = corral.call(host, "GET", "/case/sandbox", Vec::new()).await;
+    json(&body)["outgoing_http"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// One hostile request and what it must get.
 struct Case {
     path: &'static str,
@@ -280,13 +289,7 @@ async fn no_hostile_request_hurts_the_server_or_a_healthy_tenant() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let (_, body) = corral
-        .call("hostile.test", "GET", "/case/sandbox", Vec::new())
-        .await;
-    let outgoing = json(&body)["outgoing_http"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let outgoing = outgoing_http(&corral, "hostile.test").await;
     assert!(outgoing.contains("HttpRequestDenied"), "{outgoing}");
     let (status, body) = corral
         .operator(
@@ -297,24 +300,12 @@ async fn no_hostile_request_hurts_the_server_or_a_healthy_tenant() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["hosts"], json!(["hostile.test"]), "hosts are kept");
-    let (_, body) = corral
-        .call("hostile.test", "GET", "/case/sandbox", Vec::new())
-        .await;
-    let outgoing = json(&body)["outgoing_http"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let outgoing = outgoing_http(&corral, "hostile.test").await;
     assert!(
         outgoing.contains("ConnectionRefused") && !outgoing.contains("Denied"),
         "{outgoing}"
     );
-    let (_, body) = corral
-        .call("healthy.test", "GET", "/case/sandbox", Vec::new())
-        .await;
-    let outgoing = json(&body)["outgoing_http"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let outgoing = outgoing_http(&corral, "healthy.test").await;
     assert!(
         outgoing.contains("HttpRequestDenied"),
         "other tenants stay denied: {outgoing}"
