@@ -272,6 +272,11 @@ async fn corral_new_scaffolds_a_project_that_builds_and_serves() {
         "b": { "shape": [2, 2], "data": [10, 20, 30, 40] },
     }});
     let (status, answer) = request(addr, "POST", "/", body.to_string().into_bytes()).await;
+    // A wrong input name is the model's error, answered 422 with the wasi:nn code.
+    let wrong = serde_json::json!({ "inputs": { "c": { "shape": [2, 2], "data": [1, 2, 3, 4] } } });
+    let (wrong_status, wrong_answer) =
+        request(addr, "POST", "/", wrong.to_string().into_bytes()).await;
+    let (bad_status, bad_answer) = request(addr, "POST", "/", b"{\"inputs\": 3}".to_vec()).await;
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(
@@ -284,4 +289,16 @@ async fn corral_new_scaffolds_a_project_that_builds_and_serves() {
         json(&answer)["outputs"]["sum"]["data"],
         serde_json::json!([11.0, 22.0, 33.0, 44.0])
     );
+    assert_eq!(wrong_status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(json(&wrong_answer)["error"]["code"], "invalid-argument");
+    assert!(
+        json(&wrong_answer)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'c'"),
+        "{}",
+        String::from_utf8_lossy(&wrong_answer)
+    );
+    assert_eq!(bad_status, StatusCode::BAD_REQUEST);
+    assert_eq!(json(&bad_answer)["error"]["code"], "invalid_json");
 }

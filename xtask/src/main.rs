@@ -1,7 +1,8 @@
 //! Project tasks: `cargo xtask <setup | build-guests | demo | test>`.
 //!
-//! - `setup`: installs what a fresh machine lacks: the `wasm32-wasip2` target and the ONNX
-//!   Runtime library (from the PyPI `onnxruntime` wheel, into `.corral/onnxruntime/`).
+//! - `setup`: installs what a fresh machine lacks: the `wasm32-wasip2` target, the ONNX
+//!   Runtime library (from the PyPI `onnxruntime` wheel, into `.corral/onnxruntime/`), the
+//!   text-embedding model, and the Python and JavaScript component toolchains.
 //! - `build-guests`: builds the example and test components (release, wasm32-wasip2).
 //! - `demo`: setup + build, starts `corral run` on the image classifier, classifies the sample
 //!   image and prints the predictions.
@@ -88,7 +89,69 @@ fn setup() -> Result {
     }
     install_onnxruntime()?;
     install_text_embedding()?;
-    install_componentize_py()
+    install_componentize_py()?;
+    install_jco()
+}
+
+/// The JavaScript example's folder: its package.json pins jco and componentize-js.
+fn js_example() -> PathBuf {
+    root().join("examples/js-sum")
+}
+
+/// jco and componentize-js (build the JavaScript example), installed by `npm ci` into the
+/// example's own node_modules/ from its package-lock.json, unless that install is current.
+fn install_jco() -> Result {
+    let dir = js_example();
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(installed), Some(locked)) = (
+        modified(&dir.join("node_modules/.package-lock.json")),
+        modified(&dir.join("package-lock.json")),
+    ) && installed >= locked
+        && dir.join("node_modules/.bin/jco").exists()
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: installing jco and componentize-js (npm ci in examples/js-sum)");
+    run(Command::new("npm")
+        .current_dir(&dir)
+        .args(["ci", "--no-audit", "--no-fund"]))
+    .map_err(|e| format!("{e}: npm (Node.js 20 or later) is needed for the JavaScript example"))
+}
+
+/// Builds `examples/js-sum` with `jco componentize` (its `npm run build`) into the guests'
+/// output folder, unless the component is newer than its sources.
+fn build_js_guest() -> Result {
+    let dir = js_example();
+    let output = guest_dir().join("js-sum.wasm");
+    let sources = [
+        dir.join("app.js"),
+        dir.join("build.mjs"),
+        dir.join("wit/world.wit"),
+        dir.join("package-lock.json"),
+    ];
+    if is_newer_than(&output, &sources) {
+        return Ok(());
+    }
+    if !dir.join("node_modules/.bin/jco").exists() {
+        return Err("jco is missing: run `cargo xtask setup` first".into());
+    }
+    std::fs::create_dir_all(guest_dir()).map_err(|e| e.to_string())?;
+    eprintln!("xtask: building examples/js-sum with jco componentize");
+    run(Command::new("node")
+        .current_dir(&dir)
+        .arg("build.mjs")
+        .arg(&output))
+}
+
+/// Whether `output` exists and was written after every one of `sources`.
+fn is_newer_than(output: &Path, sources: &[PathBuf]) -> bool {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let Some(built) = modified(output) else {
+        return false;
+    };
+    sources
+        .iter()
+        .all(|source| modified(source).is_some_and(|changed| built > changed))
 }
 
 /// componentize-py (builds the Python example), unpacked from its wheel: no virtualenv, nothing
@@ -116,12 +179,8 @@ fn install_componentize_py() -> Result {
 /// Builds `examples/python-sum` with componentize-py into the guests' output folder, unless
 /// the component is newer than its source.
 fn build_python_guest() -> Result {
-    let source = root().join("examples/python-sum/app.py");
     let output = guest_dir().join("python-sum.wasm");
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if let (Some(built), Some(changed)) = (modified(&output), modified(&source))
-        && built > changed
-    {
+    if is_newer_than(&output, &[root().join("examples/python-sum/app.py")]) {
         return Ok(());
     }
     if !root()
@@ -270,7 +329,8 @@ fn build_guests() -> Result {
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS"))?;
     }
-    build_python_guest()
+    build_python_guest()?;
+    build_js_guest()
 }
 
 fn test(extra: &[String]) -> Result {

@@ -248,10 +248,14 @@ impl graph::Host for NnView<'_> {
             None => {
                 let mut known: Vec<&str> = self.ctx.models.names().collect();
                 known.sort_unstable();
-                let message = format!(
-                    "no model named '{name}' in this deployment; its models are: {}",
-                    known.join(", ")
-                );
+                let message = if known.is_empty() {
+                    format!("no model named '{name}': this deployment has no models")
+                } else {
+                    format!(
+                        "no model named '{name}' in this deployment; its models are: {}",
+                        known.join(", ")
+                    )
+                };
                 self.fail(InferenceError::new(ErrorKind::NotFound, message))
             }
         }
