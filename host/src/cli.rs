@@ -93,6 +93,9 @@ pub struct ServeArgs {
     /// Admin API listener [default: the config's admin_listen, else 127.0.0.1:9080].
     #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
+    /// Data-plane HTTPS listener [default: the config's [tls] listen, else 127.0.0.1:8443].
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Option<SocketAddr>,
 }
 
 /// How to reach the admin API.
@@ -240,13 +243,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(admin) = args.admin_listen {
         options.admin_listen = admin;
     }
+    if let Some(tls) = args.tls_listen {
+        options.tls.listen = tls;
+    }
     let data_dir = options.data_dir.clone();
     let server = Server::start(options).await?;
     say(&format!("corral: data directory {}", data_dir.display()));
-    say(&format!(
-        "corral: serving tenants on http://{}",
-        server.data_addr()
-    ));
+    if let Some(addr) = server.data_addr() {
+        say(&format!("corral: serving tenants on http://{addr}"));
+    }
+    if let Some(addr) = server.tls_addr() {
+        say(&format!("corral: serving tenants on https://{addr}"));
+    }
+    if let Some(ca) = server.local_ca() {
+        say(&format!(
+            "corral: local development CA in {} (trust it for https: curl --cacert {})",
+            ca.display(),
+            ca.display()
+        ));
+    }
     say(&format!(
         "corral: admin API on http://{}",
         server.admin_addr()

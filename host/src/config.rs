@@ -21,8 +21,10 @@ use crate::limits::Limits;
 pub struct Config {
     /// Data directory (tenants, deployments, blobs, compiled-component cache, admin token).
     pub data_dir: PathBuf,
-    /// Data-plane HTTP listener.
+    /// Data-plane cleartext HTTP listener (HTTP/1.1 and h2c).
     pub listen: SocketAddr,
+    /// Whether the cleartext data-plane listener runs (HTTPS is `[tls]`).
+    pub plain_http: bool,
     /// Admin API listener (keep it private: it serves /metrics without a token).
     pub admin_listen: SocketAddr,
     /// Operator token; when unset, one is generated into `<data_dir>/admin-token`.
@@ -36,6 +38,10 @@ pub struct Config {
     pub deploy_timeout_secs: u64,
     /// Seconds requests in flight may take to finish after SIGTERM/SIGINT.
     pub drain_timeout_secs: u64,
+    /// HTTPS (`[tls]`).
+    pub tls: TlsSettings,
+    /// The front door's limits on every connection (`[http]`).
+    pub http: HttpSettings,
     /// ONNX Runtime (`[onnx]`).
     pub onnx: OnnxSettings,
     /// The engine's instance pool (`[engine]`).
@@ -49,16 +55,118 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("corral-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            plain_http: true,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
             admin_token: None,
             max_upload_bytes: 2 << 30,
             max_parallel_inference: 0,
             deploy_timeout_secs: 300,
             drain_timeout_secs: 30,
+            tls: TlsSettings::default(),
+            http: HttpSettings::default(),
             onnx: OnnxSettings::default(),
             engine: EngineSettings::default(),
             limits: Limits::default(),
         }
+    }
+}
+
+/// HTTPS on the data plane. The certificate for a connection is the tenant's own (chosen by
+/// SNI), else the operator's default (`cert_file`/`key_file`), else one signed by the local
+/// development CA (`<data_dir>/ca.pem`) when `local_ca` is on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// Whether the HTTPS listener runs.
+    pub enabled: bool,
+    /// HTTPS listener (HTTP/1.1 and HTTP/2 by ALPN).
+    pub listen: SocketAddr,
+    /// The operator's default certificate chain (PEM, leaf first), e.g. a wildcard; empty for
+    /// none.
+    pub cert_file: PathBuf,
+    /// The default certificate's private key (PEM).
+    pub key_file: PathBuf,
+    /// Sign certificates for tenant host names that have none with a CA Corral keeps in the
+    /// data directory (for development: clients must be told to trust `ca.pem`).
+    pub local_ca: bool,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            local_ca: true,
+        }
+    }
+}
+
+/// Limits on every data-plane connection, enforced before any tenant code runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Time for a TLS handshake, and for an HTTP/1.1 request head, to arrive (slow clients are
+    /// disconnected).
+    pub header_read_timeout_ms: u64,
+    /// Most header fields in one request (`431` beyond).
+    pub max_headers: usize,
+    /// Most bytes in one request head (`431` beyond); at least 8192.
+    pub max_header_bytes: usize,
+    /// Most connections open at once per listener; more are closed as soon as accepted.
+    pub max_connections: usize,
+    /// A connection with no request in flight and no traffic for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Most concurrent streams (requests) on one HTTP/2 connection.
+    pub h2_max_concurrent_streams: u32,
+    /// Most streams an HTTP/2 client may open and reset before they are served; past it the
+    /// connection is closed (`ENHANCE_YOUR_CALM`): the rapid-reset attack.
+    pub h2_max_pending_reset_streams: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            max_headers: 100,
+            max_header_bytes: 16 * 1024,
+            max_connections: 10_000,
+            idle_timeout_ms: 60_000,
+            h2_max_concurrent_streams: 100,
+            h2_max_pending_reset_streams: 20,
+        }
+    }
+}
+
+impl HttpSettings {
+    fn check(&self) -> Result<(), String> {
+        let positive = [
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("max_headers", self.max_headers as u64),
+            ("max_connections", self.max_connections as u64),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            (
+                "h2_max_concurrent_streams",
+                u64::from(self.h2_max_concurrent_streams),
+            ),
+            (
+                "h2_max_pending_reset_streams",
+                self.h2_max_pending_reset_streams as u64,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(format!("{key} must be at least 1"));
+            }
+        }
+        if self.max_header_bytes < 8192 {
+            return Err(format!(
+                "max_header_bytes must be at least 8192 (it is {})",
+                self.max_header_bytes
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -91,6 +199,7 @@ impl Default for OnnxSettings {
 const TOP_LEVEL: &[&str] = &[
     "data_dir",
     "listen",
+    "plain_http",
     "admin_listen",
     "admin_token",
     "max_upload_bytes",
@@ -183,6 +292,15 @@ impl Config {
             }
         }
         self.engine.check().map_err(anyhow::Error::msg)?;
+        self.http
+            .check()
+            .map_err(|m| anyhow::anyhow!("[http]: {m}"))?;
+        if self.tls.cert_file.as_os_str().is_empty() != self.tls.key_file.as_os_str().is_empty() {
+            anyhow::bail!("[tls]: cert_file and key_file go together: set both or neither");
+        }
+        if !self.plain_http && !self.tls.enabled {
+            anyhow::bail!("plain_http is false and [tls] enabled is false: nothing would serve");
+        }
         self.limits
             .check()
             .map_err(|m| anyhow::anyhow!("[limits]: {m}"))?;

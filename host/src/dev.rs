@@ -95,6 +95,13 @@ impl DevServer {
         let addr = listener.local_addr()?;
         let (shutdown, stopped) = oneshot::channel::<()>();
         let router = Arc::new(crate::http::SingleService(target));
+        let listener = crate::http::listener::Listener {
+            name: "http",
+            socket: listener,
+            tls: None,
+            settings: crate::config::HttpSettings::default(),
+            stats: Arc::default(),
+        };
         let task = tokio::spawn(crate::http::serve(
             listener,
             router,

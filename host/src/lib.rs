@@ -30,3 +30,4 @@ pub mod scaffold;
 pub mod server;
 pub mod store;
 pub mod tenancy;
+pub mod tls;

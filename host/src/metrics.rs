@@ -88,6 +88,8 @@ pub struct Gauges {
     pub instance_slots: u32,
     /// Model digest → compute-time histogram.
     pub compute_times: Vec<(String, Arc<Histogram>)>,
+    /// Data-plane listener (`http`, `https`) → its connection counts.
+    pub connections: Vec<(&'static str, Arc<crate::http::listener::ConnectionStats>)>,
 }
 
 impl Metrics {
@@ -283,6 +285,34 @@ impl Metrics {
         for (name, help, value) in gauges_rows {
             header(&mut out, name, "gauge", help);
             let _ = writeln!(out, "{name} {value}");
+        }
+
+        type StatOf = fn(&crate::http::listener::ConnectionStats) -> u64;
+        let connection_rows: [(&str, &str, &str, StatOf); 3] = [
+            (
+                "corral_open_connections",
+                "gauge",
+                "Data-plane connections open now, by listener.",
+                |s| s.open.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "corral_connections_refused_total",
+                "counter",
+                "Connections closed on arrival because max_connections were open.",
+                |s| s.refused.load(Ordering::Relaxed),
+            ),
+            (
+                "corral_tls_handshake_failures_total",
+                "counter",
+                "TLS handshakes that failed or timed out.",
+                |s| s.failed_handshakes.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, stat) in connection_rows {
+            header(&mut out, name, kind, help);
+            for (listener, stats) in &gauges.connections {
+                let _ = writeln!(out, "{name}{{listener=\"{listener}\"}} {}", stat(stats));
+            }
         }
         out
     }

@@ -19,11 +19,13 @@ use crate::backends::onnx::OnnxRuntime;
 use crate::config::Config;
 use crate::engine::{self, ComponentCache};
 use crate::http::error::HostError;
+use crate::http::listener::{ConnectionStats, Listener};
 use crate::http::{self, Router, Target};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::tenancy::records::{new_token, normalize_host, token_hash};
 use crate::tenancy::{Platform, Route, Tenancy};
+use crate::tls::{self, CertResolver};
 
 /// Where the operator token file lives in the data directory.
 const TOKEN_FILE: &str = "admin-token";
@@ -40,8 +42,10 @@ pub enum TokenSource {
 /// A running multi-tenant server.
 #[derive(Debug)]
 pub struct Server {
-    data_addr: SocketAddr,
+    data_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
     admin_addr: SocketAddr,
+    local_ca: Option<PathBuf>,
     token_source: TokenSource,
     tenancy: Arc<Tenancy>,
     shutdown: watch::Sender<bool>,
@@ -91,14 +95,42 @@ impl Server {
         let tenancy = tokio::task::spawn_blocking(move || Tenancy::open(platform)).await??;
         let tenancy = Arc::new(tenancy);
 
-        let data = TcpListener::bind(options.listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (data plane)", options.listen))?;
+        let data = if options.plain_http {
+            Some(
+                TcpListener::bind(options.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {} (data plane)", options.listen))?,
+            )
+        } else {
+            None
+        };
+        let (https, resolver) = if options.tls.enabled {
+            let resolver = Arc::new(CertResolver::new(
+                &options.tls,
+                &options.data_dir,
+                Arc::clone(&tenancy),
+            )?);
+            let socket = TcpListener::bind(options.tls.listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {} (data plane, HTTPS)",
+                        options.tls.listen
+                    )
+                })?;
+            (Some(socket), Some(resolver))
+        } else {
+            (None, None)
+        };
         let admin_listener = TcpListener::bind(options.admin_listen)
             .await
             .with_context(|| format!("cannot listen on {} (admin API)", options.admin_listen))?;
-        let data_addr = data.local_addr()?;
+        let data_addr = data.as_ref().map(TcpListener::local_addr).transpose()?;
+        let tls_addr = https.as_ref().map(TcpListener::local_addr).transpose()?;
         let admin_addr = admin_listener.local_addr()?;
+        let local_ca = resolver
+            .as_ref()
+            .and_then(|r| r.local_ca_path().map(Path::to_path_buf));
 
         let (shutdown, stopped) = watch::channel(false);
         let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
@@ -108,31 +140,65 @@ impl Server {
             tenancy: Arc::clone(&tenancy),
             metrics: Arc::clone(&metrics),
         });
+        let data_stats = Arc::new(ConnectionStats::default());
+        let tls_stats = Arc::new(ConnectionStats::default());
         let admin = Arc::new(Admin {
             tenancy: Arc::clone(&tenancy),
             metrics,
             operator_token_sha256: token_hash(operator_token.trim()),
             max_upload_bytes: options.max_upload_bytes,
             data_addr,
+            tls_addr,
+            connections: vec![
+                ("http", Arc::clone(&data_stats)),
+                ("https", Arc::clone(&tls_stats)),
+            ],
         });
         let drain = Duration::from_secs(options.drain_timeout_secs);
-        let tasks = vec![
-            tokio::spawn(http::serve(
-                data,
+        let mut tasks = Vec::new();
+        if let Some(socket) = data {
+            let listener = Listener {
+                name: "http",
+                socket,
+                tls: None,
+                settings: options.http.clone(),
+                stats: data_stats,
+            };
+            tasks.push(tokio::spawn(http::serve(
+                listener,
+                Arc::clone(&router),
+                until_stopped(stopped.clone()),
+                drain,
+            )));
+        }
+        if let (Some(socket), Some(resolver)) = (https, resolver) {
+            let listener = Listener {
+                name: "https",
+                socket,
+                tls: Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+                    resolver,
+                )?)),
+                settings: options.http.clone(),
+                stats: tls_stats,
+            };
+            tasks.push(tokio::spawn(http::serve(
+                listener,
                 router,
                 until_stopped(stopped.clone()),
                 drain,
-            )),
-            tokio::spawn(admin::serve(
-                admin_listener,
-                admin,
-                until_stopped(stopped),
-                drain,
-            )),
-        ];
+            )));
+        }
+        tasks.push(tokio::spawn(admin::serve(
+            admin_listener,
+            admin,
+            until_stopped(stopped),
+            drain,
+        )));
         Ok(Self {
             data_addr,
+            tls_addr,
             admin_addr,
+            local_ca,
             token_source,
             tenancy,
             shutdown,
@@ -140,8 +206,19 @@ impl Server {
         })
     }
 
-    pub fn data_addr(&self) -> SocketAddr {
+    /// The cleartext data-plane listener's address (none when `plain_http` is off).
+    pub fn data_addr(&self) -> Option<SocketAddr> {
         self.data_addr
+    }
+
+    /// The HTTPS listener's address (none when `[tls] enabled` is off).
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// The local development CA's certificate, when it is on.
+    pub fn local_ca(&self) -> Option<&Path> {
+        self.local_ca.as_deref()
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -174,7 +251,11 @@ struct TenantRouter {
 }
 
 impl Router for TenantRouter {
-    fn route(&self, host: Option<&str>) -> (Arc<str>, Result<Target, HostError>) {
+    fn route(
+        &self,
+        host: Option<&str>,
+        sni: Option<&str>,
+    ) -> (Arc<str>, Result<Target, HostError>) {
         let unrouted = || Arc::<str>::from("");
         let Some(name) = host.and_then(normalize_host) else {
             return (
@@ -182,6 +263,17 @@ impl Router for TenantRouter {
                 Err(HostError::UnknownHost(host.map(str::to_owned))),
             );
         };
+        // A connection opened for one tenant (SNI) must not carry requests for another: the
+        // client picked the certificate, and so the trust, for the first.
+        if let Some(sni) = sni.and_then(normalize_host)
+            && sni != name
+        {
+            let host_tenant = self.tenancy.tenant_of_host(&name);
+            if self.tenancy.tenant_of_host(&sni) != host_tenant {
+                let label = host_tenant.unwrap_or_else(unrouted);
+                return (label, Err(HostError::Misdirected { sni, host: name }));
+            }
+        }
         match self.tenancy.route(&name) {
             Route::Serve {
                 tenant,

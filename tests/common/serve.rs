@@ -36,7 +36,10 @@ impl Drop for DataDir {
 /// `corral serve` running on ephemeral ports; SIGKILLed when dropped.
 pub struct Corral {
     child: Child,
+    /// The cleartext data-plane listener (0.0.0.0:0 when the configuration turns it off).
     pub data: SocketAddr,
+    /// The HTTPS listener (none when the configuration turns it off).
+    pub tls: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub token: String,
     pub log: PathBuf,
@@ -62,6 +65,7 @@ impl Corral {
             .arg("--data")
             .arg(dir.data())
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--tls-listen", "127.0.0.1:0"])
             .args(args)
             .env_remove("CORRAL_ADMIN_TOKEN")
             .stdout(Stdio::piped())
@@ -69,11 +73,13 @@ impl Corral {
             .spawn()
             .expect("corral serve starts");
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        let (mut data, mut admin, mut token_file) = (None, None, None);
+        let (mut data, mut tls, mut admin, mut token_file) = (None, None, None, None);
         for line in stdout.lines() {
             let line = line.unwrap();
             if let Some(addr) = line.strip_prefix("corral: serving tenants on http://") {
                 data = Some(addr.trim().parse().unwrap());
+            } else if let Some(addr) = line.strip_prefix("corral: serving tenants on https://") {
+                tls = Some(addr.trim().parse().unwrap());
             } else if let Some(addr) = line.strip_prefix("corral: admin API on http://") {
                 admin = Some(addr.trim().parse().unwrap());
             } else if let Some(path) = line.strip_prefix("corral: operator token in ") {
@@ -81,6 +87,8 @@ impl Corral {
                 break;
             }
         }
+        // Without a cleartext listener (`plain_http = false`), `data` is 0.0.0.0:0.
+        let data = data.or_else(|| tls.map(|_| SocketAddr::from(([0, 0, 0, 0], 0))));
         let (Some(data), Some(admin), Some(token_file)) = (data, admin, token_file) else {
             let _ = child.kill();
             let _ = child.wait();
@@ -96,6 +104,7 @@ impl Corral {
         Self {
             child,
             data,
+            tls,
             admin,
             token,
             log,

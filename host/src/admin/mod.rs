@@ -20,7 +20,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use crate::config::HttpSettings;
 use crate::http::error::{json_error, json_response, text_response};
+use crate::http::listener::{ConnectionStats, Listener};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::Digest;
 use crate::tenancy::records::{DeploymentRecord, TenantRecord, token_hash};
@@ -37,8 +39,11 @@ pub struct Admin {
     pub operator_token_sha256: Digest,
     /// Largest deployment upload accepted, in bytes.
     pub max_upload_bytes: u64,
-    /// The data-plane listener, for the URLs a deployment answers with.
-    pub data_addr: std::net::SocketAddr,
+    /// The data-plane listeners (cleartext, HTTPS), for the URLs a deployment answers with.
+    pub data_addr: Option<std::net::SocketAddr>,
+    pub tls_addr: Option<std::net::SocketAddr>,
+    /// The data-plane listeners' connection counts, for /metrics.
+    pub connections: Vec<(&'static str, Arc<ConnectionStats>)>,
 }
 
 /// An admin API failure, answered as JSON.
@@ -101,16 +106,23 @@ enum Caller {
 /// Serves the admin API on `listener` until `shutdown` resolves, then drains for at most
 /// `drain`.
 pub async fn serve(
-    listener: TcpListener,
+    socket: TcpListener,
     admin: Arc<Admin>,
     shutdown: impl Future<Output = ()>,
     drain: std::time::Duration,
 ) {
-    let handler = move |request| {
+    let handler = move |request, _connection| {
         let admin = Arc::clone(&admin);
         async move { admin.handle(request).await }
     };
-    crate::http::listener::serve("admin", listener, handler, shutdown, drain).await;
+    let listener = Listener {
+        name: "admin",
+        socket,
+        tls: None,
+        settings: HttpSettings::default(),
+        stats: Arc::default(),
+    };
+    crate::http::listener::serve(listener, handler, shutdown, drain).await;
 }
 
 impl Admin {
@@ -150,6 +162,7 @@ impl Admin {
                     instances_in_use: crate::engine::live_instances(),
                     instance_slots: platform.engine_settings.instances,
                     compute_times: platform.inference.compute_times(),
+                    connections: self.connections.clone(),
                 };
                 Ok(text_response(
                     StatusCode::OK,
@@ -268,6 +281,41 @@ impl Admin {
                 answer["urls"] = self.urls(tenant);
                 Ok(json_response(StatusCode::CREATED, &answer))
             }
+            (&Method::PUT, ["certificate"]) => {
+                #[derive(serde::Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Upload {
+                    cert: String,
+                    key: String,
+                }
+                let upload: Upload = read_json(request).await?;
+                let info = self
+                    .tenancy
+                    .put_certificate(tenant, upload.cert, upload.key)
+                    .await?;
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({ "tenant": tenant, "certificate": certificate_json(&info) }),
+                ))
+            }
+            (&Method::GET, ["certificate"]) => match self.tenancy.certificate(tenant)? {
+                Some(info) => Ok(json_response(
+                    StatusCode::OK,
+                    &json!({ "tenant": tenant, "certificate": certificate_json(&info) }),
+                )),
+                None => Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("tenant '{tenant}' has no certificate"),
+                )),
+            },
+            (&Method::DELETE, ["certificate"]) => {
+                self.tenancy.delete_certificate(tenant).await?;
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({ "tenant": tenant, "deleted": "certificate" }),
+                ))
+            }
             (&Method::POST, ["deployments", version, "activate"]) => {
                 let version: u32 = version.parse().map_err(|_| {
                     ApiError::bad_request(format!(
@@ -286,15 +334,19 @@ impl Admin {
 
     /// Where the tenant's service answers on the data plane.
     fn urls(&self, tenant: &str) -> Value {
-        let port = self.data_addr.port();
         let hosts = self
             .tenancy
             .get(tenant)
             .map(|t| t.hosts)
             .unwrap_or_default();
+        let listeners = [("https", self.tls_addr), ("http", self.data_addr)];
         hosts
             .iter()
-            .map(|host| Value::String(format!("http://{host}:{port}/")))
+            .flat_map(|host| {
+                listeners.iter().filter_map(move |(scheme, addr)| {
+                    addr.map(|a| Value::String(format!("{scheme}://{host}:{}/", a.port())))
+                })
+            })
             .collect()
     }
 
@@ -317,6 +369,16 @@ impl Admin {
             .map(Caller::Tenant)
             .ok_or_else(|| unauthorized("the token is not valid"))
     }
+}
+
+fn certificate_json(info: &crate::tls::certs::CertInfo) -> Value {
+    json!({
+        "names": info.names,
+        "not_before": crate::tls::certs::format_time(info.not_before),
+        "not_after": crate::tls::certs::format_time(info.not_after),
+        "issuer": info.issuer,
+        "sha256": info.sha256,
+    })
 }
 
 fn operator_only(caller: &Caller) -> Result<(), ApiError> {

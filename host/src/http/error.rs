@@ -28,6 +28,10 @@ pub enum HostError {
     UnknownHost(Option<String>),
     /// The tenant has no active deployment.
     NoDeployment,
+    /// The TLS handshake named one tenant's host and the request another's.
+    Misdirected { sni: String, host: String },
+    /// The request head has more header fields than the front door allows.
+    HeadersTooLarge(String),
 }
 
 impl HostError {
@@ -85,6 +89,21 @@ impl HostError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_active_deployment",
                 "this service has no active deployment".into(),
+            ),
+            Self::Misdirected { sni, host } => (
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected_request",
+                format!(
+                    "this connection was opened for '{}' (TLS server name), which is not the \
+                     service at '{}': open a new connection for that host",
+                    sni.escape_debug(),
+                    host.escape_debug()
+                ),
+            ),
+            Self::HeadersTooLarge(message) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                message.clone(),
             ),
         }
     }

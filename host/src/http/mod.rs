@@ -1,6 +1,5 @@
-//! The data plane's HTTP listener: accepts connections (HTTP/1.1 and HTTP/2 over cleartext),
-//! picks the service by host name, and hands each request to a fresh instance of its
-//! component.
+//! The data plane: accepts connections (HTTP/1.1 and HTTP/2, cleartext or TLS), picks the
+//! service by host name, and hands each request to a fresh instance of its component.
 
 pub mod bounds;
 pub mod error;
@@ -12,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use tokio::net::TcpListener;
 use tracing::Instrument;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -38,9 +36,10 @@ pub struct Target {
 /// Picks the service that handles a request.
 pub trait Router: Send + Sync + 'static {
     /// The label the request's metrics go under (its tenant, `""` when none) and where the
-    /// request to `host` (as the client sent it, possibly with a port) goes; an error is
-    /// answered by the host.
-    fn route(&self, host: Option<&str>) -> (Arc<str>, Result<Target, HostError>);
+    /// request to `host` (as the client sent it, possibly with a port) goes, on a connection
+    /// whose TLS handshake named `sni`; an error is answered by the host.
+    fn route(&self, host: Option<&str>, sni: Option<&str>)
+    -> (Arc<str>, Result<Target, HostError>);
 
     /// Called once per request with the label from [`Router::route`], the final status and
     /// the time to the response head.
@@ -51,7 +50,11 @@ pub trait Router: Send + Sync + 'static {
 pub struct SingleService(pub Target);
 
 impl Router for SingleService {
-    fn route(&self, _host: Option<&str>) -> (Arc<str>, Result<Target, HostError>) {
+    fn route(
+        &self,
+        _host: Option<&str>,
+        _sni: Option<&str>,
+    ) -> (Arc<str>, Result<Target, HostError>) {
         (Arc::from(""), Ok(self.0.clone()))
     }
 }
@@ -68,16 +71,17 @@ pub fn request_host<B>(request: &Request<B>) -> Option<&str> {
 /// Serves requests on `listener`, routed by `router`, until `shutdown` resolves; then lets
 /// requests in flight finish for at most `drain`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: listener::Listener,
     router: Arc<dyn Router>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
-    let handler = move |request| {
+    let max_headers = listener.settings.max_headers;
+    let handler = move |request, connection: Arc<listener::Connection>| {
         let router = Arc::clone(&router);
-        async move { handle(&*router, request).await }
+        async move { handle(&*router, request, &connection, max_headers).await }
     };
-    listener::serve("data", listener, handler, shutdown, drain).await;
+    listener::serve(listener, handler, shutdown, drain).await;
 }
 
 /// The request's id: the client's `x-request-id` when it is a short plain token, else a new
@@ -111,16 +115,30 @@ const REQUEST_ID: &str = "x-request-id";
 pub async fn handle(
     router: &dyn Router,
     request: Request<Incoming>,
+    connection: &listener::Connection,
+    max_headers: usize,
 ) -> Response<HyperOutgoingBody> {
     let started = std::time::Instant::now();
     let id = request_id(&request);
-    let (label, target) = router.route(request_host(&request));
+    let (label, mut target) = router.route(request_host(&request), connection.sni.as_deref());
+    // HTTP/1.1 heads are bounded by hyper; this bounds HTTP/2's too.
+    if request.headers().len() > max_headers {
+        target = Err(HostError::HeadersTooLarge(format!(
+            "the request has {} header fields; the limit is {max_headers}",
+            request.headers().len()
+        )));
+    }
+    let scheme = if connection.tls {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
     let span = tracing::info_span!("request", id = %id, tenant = %label);
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let mut response = async {
         match target {
-            Ok(target) => serve_target(target, request, &id).await,
+            Ok(target) => serve_target(target, request, scheme, &id).await,
             Err(error) => Err(error),
         }
         .unwrap_or_else(HostError::into_response)
@@ -143,6 +161,7 @@ pub async fn handle(
 async fn serve_target(
     target: Target,
     request: Request<Incoming>,
+    scheme: Scheme,
     id: &str,
 ) -> Result<Response<HyperOutgoingBody>, HostError> {
     let limits = Arc::clone(&target.sandbox.limits);
@@ -161,7 +180,15 @@ async fn serve_target(
         Some(gate) => Some(gate.enter(timeout).await?),
         None => None,
     };
-    let response = run_guest(&target.service, &target.sandbox, permit, request, id).await?;
+    let response = run_guest(
+        &target.service,
+        &target.sandbox,
+        permit,
+        request,
+        scheme,
+        id,
+    )
+    .await?;
     Ok(response.map(|body| Bounded::response(body, limits.response_body_bytes).boxed_unsync()))
 }
 
@@ -170,6 +197,7 @@ async fn run_guest(
     sandbox: &RequestSandbox,
     permit: Option<OwnedSemaphorePermit>,
     request: Request<Incoming>,
+    scheme: Scheme,
     id: &str,
 ) -> Result<Response<HyperOutgoingBody>, HostError> {
     let limits = Arc::clone(&sandbox.limits);
@@ -184,7 +212,7 @@ async fn run_guest(
     let request = store
         .data_mut()
         .http()
-        .new_incoming_request(Scheme::Http, request)
+        .new_incoming_request(scheme, request)
         .map_err(|e| HostError::BadRequest(format!("{e}")))?;
     let outparam = store
         .data_mut()

@@ -15,6 +15,7 @@ mod digest;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -255,8 +256,14 @@ impl Store {
             .root
             .join(TEMP)
             .join(format!("{}-{n}", std::process::id()));
-        let file =
-            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        // Owner-only: records include private keys (tenant certificates).
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
         Ok((path, file))
     }
 

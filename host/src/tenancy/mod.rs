@@ -22,13 +22,14 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use dashmap::DashMap;
 
 pub use deployment::{LiveDeployment, Platform};
-use records::{DeploymentRecord, ModelRef, TenantRecord};
+use records::{CertificateRecord, DeploymentRecord, ModelRef, TenantRecord};
 
 use crate::engine::log::{GuestOutput, LogBudget};
 use crate::engine::{RequestSandbox, Service};
 use crate::http::bounds::Gate;
 use crate::limits::{LimitOverrides, Limits};
 use crate::store::Digest;
+use crate::tls::certs::{self, CertInfo, Certificate};
 
 /// Why a control-plane request was refused.
 #[derive(Debug)]
@@ -64,6 +65,8 @@ struct Tenant {
     record: ArcSwap<TenantRecord>,
     live: ArcSwapOption<LiveDeployment>,
     bounds: ArcSwap<TenantBounds>,
+    /// The tenant's own TLS certificate, served for its host names.
+    certificate: ArcSwapOption<Certificate>,
 }
 
 /// What a tenant's requests run under: its effective limits, its admission gate and its
@@ -146,8 +149,9 @@ impl Tenancy {
                 },
                 None => None,
             };
-            tracing::info!(tenant = %name, hosts = ?record.hosts, active = ?live.as_ref().map(|l| l.version), "tenant restored");
-            tenancy.insert(record, live);
+            let certificate = restore_certificate(store, &name);
+            tracing::info!(tenant = %name, hosts = ?record.hosts, active = ?live.as_ref().map(|l| l.version), certificate = certificate.is_some(), "tenant restored");
+            tenancy.insert(record, live, certificate);
         }
         Ok(tenancy)
     }
@@ -156,7 +160,12 @@ impl Tenancy {
         &self.platform
     }
 
-    fn insert(&self, record: TenantRecord, live: Option<Arc<LiveDeployment>>) {
+    fn insert(
+        &self,
+        record: TenantRecord,
+        live: Option<Arc<LiveDeployment>>,
+        certificate: Option<Certificate>,
+    ) {
         let name: Arc<str> = Arc::from(record.name.as_str());
         for host in &record.hosts {
             self.hosts.insert(host.clone(), Arc::clone(&name));
@@ -173,6 +182,7 @@ impl Tenancy {
                 record: ArcSwap::from_pointee(record),
                 live: ArcSwapOption::new(live),
                 bounds: ArcSwap::from_pointee(bounds),
+                certificate: ArcSwapOption::new(certificate.map(Arc::new)),
             }),
         );
     }
@@ -235,6 +245,74 @@ impl Tenancy {
             },
             None => Route::NoDeployment { tenant },
         }
+    }
+
+    /// The tenant serving `host` (already normalized), if any.
+    pub fn tenant_of_host(&self, host: &str) -> Option<Arc<str>> {
+        self.hosts.get(host).map(|t| Arc::clone(t.value()))
+    }
+
+    /// The certificate of the tenant serving `host` (already normalized), if it has one.
+    pub fn certificate_for_host(&self, host: &str) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let tenant = self.tenant_of_host(host)?;
+        let entry = self.tenants.get(&*tenant)?;
+        let certificate = entry.certificate.load();
+        certificate.as_ref().map(|c| Arc::clone(&c.key))
+    }
+
+    /// What the tenant's certificate is, if it has one.
+    pub fn certificate(&self, name: &str) -> Result<Option<CertInfo>, Refusal> {
+        let tenant = self.tenant(name)?;
+        let certificate = tenant.certificate.load();
+        Ok(certificate.as_ref().map(|c| c.info.clone()))
+    }
+
+    /// Installs the tenant's certificate (PEM chain, leaf first, and its PEM key) after checking
+    /// that the key matches, the certificate is valid now and it covers every host name of
+    /// the tenant. New TLS connections use it at once; the one it replaces stays in use by
+    /// connections already open.
+    pub async fn put_certificate(
+        &self,
+        name: &str,
+        cert: String,
+        key: String,
+    ) -> Result<CertInfo, Refusal> {
+        let _changes = self.changes.lock().await;
+        let tenant = self.tenant(name)?;
+        let invalid = |message: String| Refusal::invalid("invalid_certificate", message);
+        let parsed = certs::parse(&cert, &key).map_err(invalid)?;
+        let hosts = tenant.record.load().hosts.clone();
+        let now = i64::try_from(records::now()).unwrap_or(i64::MAX);
+        certs::check_usable(&parsed, &hosts, now).map_err(invalid)?;
+        let stored = CertificateRecord {
+            cert,
+            key,
+            uploaded: records::now(),
+        };
+        let platform = Arc::clone(&self.platform);
+        let path = records::certificate_path(name);
+        blocking(move || Ok(platform.store.write_record(&path, &stored)?)).await?;
+        let info = parsed.info.clone();
+        tenant.certificate.store(Some(Arc::new(parsed)));
+        tracing::info!(tenant = %name, names = ?info.names, not_after = %certs::format_time(info.not_after), "certificate installed");
+        Ok(info)
+    }
+
+    /// Removes the tenant's certificate; its host names get the default certificate again.
+    pub async fn delete_certificate(&self, name: &str) -> Result<(), Refusal> {
+        let _changes = self.changes.lock().await;
+        let tenant = self.tenant(name)?;
+        if tenant.certificate.load().is_none() {
+            return Err(Refusal::NotFound(format!(
+                "tenant '{name}' has no certificate"
+            )));
+        }
+        let platform = Arc::clone(&self.platform);
+        let path = records::certificate_path(name);
+        blocking(move || Ok(platform.store.remove_record(&path)?)).await?;
+        tenant.certificate.store(None);
+        tracing::info!(tenant = %name, "certificate removed");
+        Ok(())
     }
 
     /// The tenant a tenant token belongs to.
@@ -380,7 +458,7 @@ impl Tenancy {
                     self.hosts.insert(host.clone(), Arc::clone(&name));
                 }
             }
-            None => self.insert(record.clone(), None),
+            None => self.insert(record.clone(), None, None),
         }
         Ok((record, token))
     }
@@ -641,6 +719,31 @@ fn versions(platform: &Platform, tenant: &str) -> anyhow::Result<Vec<u32>> {
 }
 
 /// Runs store or build work on the blocking pool.
+/// The certificate stored for a tenant, if it still parses. An expired one is still served
+/// (and logged): the tenant or operator replaces it.
+fn restore_certificate(store: &crate::store::Store, tenant: &str) -> Option<Certificate> {
+    let stored = match store.read_record::<CertificateRecord>(&records::certificate_path(tenant)) {
+        Ok(stored) => stored?,
+        Err(e) => {
+            tracing::error!(tenant = %tenant, error = ?e, "cannot read the tenant's certificate; it gets the default one");
+            return None;
+        }
+    };
+    match certs::parse(&stored.cert, &stored.key) {
+        Ok(certificate) => {
+            let now = i64::try_from(records::now()).unwrap_or(i64::MAX);
+            if certificate.info.not_after < now {
+                tracing::warn!(tenant = %tenant, not_after = %certs::format_time(certificate.info.not_after), "the tenant's certificate has expired");
+            }
+            Some(certificate)
+        }
+        Err(message) => {
+            tracing::error!(tenant = %tenant, error = %message, "the stored certificate does not parse; the tenant gets the default one");
+            None
+        }
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, Refusal> + Send + 'static,
 ) -> Result<T, Refusal> {

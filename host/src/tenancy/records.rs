@@ -3,6 +3,7 @@
 //! Layout in the data directory:
 //! - `tenants/<tenant>/tenant.json`: a [`TenantRecord`] (hosts, token hash, active version);
 //! - `tenants/<tenant>/deployments/<version>.json`: a [`DeploymentRecord`] pinned by digests;
+//! - `tenants/<tenant>/certificate.json`: the tenant's TLS certificate and key, if uploaded;
 //! - `blobs/sha256/<hex>`: the components and models the records name.
 //!
 //! A deployment record is written before the tenant record that activates it, so a crash in
@@ -58,6 +59,22 @@ pub struct DeploymentRecord {
 pub struct ModelRef {
     pub digest: Digest,
     pub format: ModelFormat,
+}
+
+/// A tenant's TLS certificate as uploaded (the file is readable by Corral's user only).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateRecord {
+    /// PEM chain, leaf first.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+    /// Seconds since the Unix epoch.
+    pub uploaded: u64,
+}
+
+pub fn certificate_path(tenant: &str) -> PathBuf {
+    tenant_dir(tenant).join("certificate.json")
 }
 
 pub fn tenant_dir(tenant: &str) -> PathBuf {

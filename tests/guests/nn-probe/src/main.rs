@@ -3,7 +3,8 @@
 //! "message":...}` with the `wasi:nn` error the host returned. The host is started with
 //! models `identity` (tests/fixtures/identity_types.onnx), `add` (add.onnx) and `bool`
 //! (bool_output.onnx). `GET /load/NAME` only loads the model NAME by name (tenancy tests);
-//! `GET /fault/NAME` misbehaves on purpose (the fault suite, see `fault.rs`).
+//! `GET /fault/NAME` misbehaves on purpose (the fault suite, see `fault.rs`); `POST
+//! /body-length` reads the whole body and answers its length.
 
 mod fault;
 
@@ -13,7 +14,18 @@ use serde_json::{Value, json};
 use wstd::http::{Body, Request, Response, StatusCode};
 
 #[wstd::http_server]
-async fn main(request: Request<Body>) -> Result<Response<Body>, wstd::http::Error> {
+async fn main(mut request: Request<Body>) -> Result<Response<Body>, wstd::http::Error> {
+    if request.uri().path() == "/body-length" {
+        // Reads the whole request body (the front door's body limit cuts it off).
+        let length = request.body_mut().contents().await.map(|b| b.len());
+        return Ok(match length {
+            Ok(length) => respond(StatusCode::OK, json!({ "length": length })),
+            Err(e) => respond(
+                StatusCode::BAD_REQUEST,
+                json!({ "error": format!("cannot read the body: {e}") }),
+            ),
+        });
+    }
     if let Some(name) = request.uri().path().strip_prefix("/fault/") {
         let query = request.uri().query().unwrap_or_default().to_owned();
         return Ok(match fault::run(name, &query).await {
