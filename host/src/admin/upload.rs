@@ -105,7 +105,10 @@ pub async fn receive(
             Some(value) => ModelFormat::from_name(value).ok_or_else(|| {
                 ApiError::invalid(
                     "unknown_format",
-                    format!("model '{name}': unknown format '{value}'; Corral serves 'onnx'"),
+                    format!(
+                        "model '{name}': unknown format '{value}'; Corral serves 'onnx' and \
+                         'pytorch' (TorchScript)"
+                    ),
                 )
             })?,
             None => from_file.ok_or_else(|| {
@@ -113,7 +116,8 @@ pub async fn receive(
                     "unknown_format",
                     format!(
                         "model '{name}': cannot tell its format from the file name; name the \
-                         file *.onnx or add a part 'format.{name}' with value 'onnx'"
+                         file *.onnx (or *.pt, *.torchscript) or add a part 'format.{name}' \
+                         with value 'onnx' (or 'pytorch')"
                     ),
                 )
             })?,

@@ -7,6 +7,8 @@
 pub mod models;
 pub mod onnx;
 pub mod tensor;
+#[cfg(feature = "torch")]
+pub mod torch;
 
 use std::fmt;
 

@@ -13,6 +13,8 @@ use tokio::sync::Semaphore;
 use super::InferenceError;
 use super::onnx::{OnnxRuntime, OnnxSession};
 use super::tensor::Tensor;
+#[cfg(feature = "torch")]
+use super::torch::TorchSession;
 use crate::metrics::Histogram;
 
 /// The sha256 of a model file's bytes: a model's identity everywhere in Corral.
@@ -23,28 +25,90 @@ pub type ModelDigest = crate::store::Digest;
 #[serde(rename_all = "lowercase")]
 pub enum ModelFormat {
     Onnx,
+    /// TorchScript (`torch.jit.save`), the `wasi:nn` encoding `pytorch`.
+    Pytorch,
 }
 
 impl ModelFormat {
-    /// The format a file name implies.
+    /// The format a file name implies: `*.onnx`, or `*.pt` / `*.torchscript`.
     pub fn from_path(path: &Path) -> anyhow::Result<Self> {
-        match path.extension().and_then(|e| e.to_str()) {
-            Some(ext) if ext.eq_ignore_ascii_case("onnx") => Ok(Self::Onnx),
-            _ => bail!(
-                "{}: unknown model format; Corral serves ONNX models, named *.onnx",
+        let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        match Self::from_extension(extension) {
+            Some(format) => Ok(format),
+            None => bail!(
+                "{}: unknown model format; Corral serves ONNX (*.onnx) and TorchScript \
+                 (*.pt, *.torchscript) models",
                 path.display()
             ),
         }
     }
 
-    /// The format named by a `format` field (`onnx`).
+    /// The format a file extension implies.
+    pub fn from_extension(extension: &str) -> Option<Self> {
+        let extension = extension.to_ascii_lowercase();
+        match extension.as_str() {
+            "onnx" => Some(Self::Onnx),
+            "pt" | "torchscript" => Some(Self::Pytorch),
+            _ => None,
+        }
+    }
+
+    /// The format named by a `format` field (`onnx`, `pytorch` or `torchscript`).
     pub fn from_name(name: &str) -> Option<Self> {
-        name.eq_ignore_ascii_case("onnx").then_some(Self::Onnx)
+        match name.to_ascii_lowercase().as_str() {
+            "onnx" => Some(Self::Onnx),
+            "pytorch" | "torchscript" => Some(Self::Pytorch),
+            _ => None,
+        }
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Onnx => "onnx",
+            Self::Pytorch => "pytorch",
+        }
+    }
+}
+
+/// A loaded model, shared by every deployment and request that uses its bytes.
+#[derive(Debug)]
+pub enum Session {
+    Onnx(OnnxSession),
+    #[cfg(feature = "torch")]
+    Torch(TorchSession),
+}
+
+impl Session {
+    /// Loads `bytes` as `format`. Blocking.
+    fn load(bytes: &[u8], format: ModelFormat) -> Result<Self, InferenceError> {
+        match format {
+            ModelFormat::Onnx => {
+                super::onnx::check_self_contained(bytes).map_err(|e| {
+                    InferenceError::new(super::ErrorKind::InvalidEncoding, e.to_string())
+                })?;
+                let runtime =
+                    OnnxRuntime::global().map_err(|e| InferenceError::runtime(format!("{e:#}")))?;
+                Ok(Self::Onnx(OnnxSession::load(runtime, bytes)?))
+            }
+            #[cfg(feature = "torch")]
+            ModelFormat::Pytorch => Ok(Self::Torch(TorchSession::load(bytes)?)),
+            #[cfg(not(feature = "torch"))]
+            ModelFormat::Pytorch => Err(InferenceError::new(
+                super::ErrorKind::UnsupportedOperation,
+                "this Corral was built without the TorchScript backend (cargo feature `torch`)",
+            )),
+        }
+    }
+
+    /// Runs the model on named inputs. Blocking; many runs may share one session at once.
+    pub fn run(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+    ) -> Result<Vec<(String, Tensor)>, InferenceError> {
+        match self {
+            Self::Onnx(session) => session.run(inputs),
+            #[cfg(feature = "torch")]
+            Self::Torch(session) => session.run(inputs),
         }
     }
 }
@@ -53,7 +117,7 @@ impl ModelFormat {
 #[derive(Debug, Default)]
 pub struct SessionPool {
     /// The session and the size of its model file.
-    sessions: DashMap<(ModelDigest, ModelFormat), (Weak<OnnxSession>, u64)>,
+    sessions: DashMap<(ModelDigest, ModelFormat), (Weak<Session>, u64)>,
     /// One lock per model being loaded, so two deployments of the same new bytes load it once
     /// while loads of different models proceed side by side. Held only on the blocking pool,
     /// never across an await; lookups of live sessions do not take it.
@@ -66,7 +130,7 @@ impl SessionPool {
         &self,
         bytes: &[u8],
         format: ModelFormat,
-    ) -> Result<(ModelDigest, Arc<OnnxSession>), InferenceError> {
+    ) -> Result<(ModelDigest, Arc<Session>), InferenceError> {
         let digest = ModelDigest::of(bytes);
         if let Some(session) = self.get(digest, format) {
             return Ok((digest, session));
@@ -78,12 +142,8 @@ impl SessionPool {
         if let Some(session) = self.get(digest, format) {
             return Ok((digest, session));
         }
-        super::onnx::check_self_contained(bytes)
-            .map_err(|e| InferenceError::new(super::ErrorKind::InvalidEncoding, e.to_string()))?;
         let key = (digest, format);
-        let runtime =
-            OnnxRuntime::global().map_err(|e| InferenceError::runtime(format!("{e:#}")))?;
-        let session = Arc::new(OnnxSession::load(runtime, bytes)?);
+        let session = Arc::new(Session::load(bytes, format)?);
         self.sessions
             .insert(key, (Arc::downgrade(&session), bytes.len() as u64));
         self.sessions.retain(|_, (weak, _)| weak.strong_count() > 0);
@@ -91,7 +151,7 @@ impl SessionPool {
     }
 
     /// The live session for a digest, if some deployment holds one.
-    pub fn get(&self, digest: ModelDigest, format: ModelFormat) -> Option<Arc<OnnxSession>> {
+    pub fn get(&self, digest: ModelDigest, format: ModelFormat) -> Option<Arc<Session>> {
         self.sessions
             .get(&(digest, format))
             .and_then(|entry| entry.0.upgrade())
@@ -120,11 +180,11 @@ impl SessionPool {
 pub struct Model {
     pub name: String,
     pub digest: ModelDigest,
-    session: Arc<OnnxSession>,
+    session: Arc<Session>,
 }
 
 impl Model {
-    pub fn new(name: impl Into<String>, digest: ModelDigest, session: Arc<OnnxSession>) -> Self {
+    pub fn new(name: impl Into<String>, digest: ModelDigest, session: Arc<Session>) -> Self {
         Self {
             name: name.into(),
             digest,

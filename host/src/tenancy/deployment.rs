@@ -9,7 +9,7 @@ use wasmtime::Engine;
 use super::Refusal;
 use super::records::DeploymentRecord;
 use crate::backends::ErrorKind;
-use crate::backends::models::{InferencePool, Model, ModelSet, SessionPool};
+use crate::backends::models::{InferencePool, Model, ModelFormat, ModelSet, SessionPool};
 use crate::backends::onnx::{ModelCheckError, check_self_contained};
 use crate::engine::{CompileError, ComponentCache, EngineSettings, LinkError, Service};
 use crate::limits::Limits;
@@ -63,12 +63,14 @@ impl Platform {
                     let invalid = |message: String| {
                         Refusal::invalid("invalid_model", format!("model '{name}': {message}"))
                     };
-                    check_self_contained(&bytes).map_err(|e| match e {
-                        ModelCheckError::ExternalData(_) => {
-                            Refusal::invalid("external_data", format!("model '{name}': {e}"))
-                        }
-                        ModelCheckError::Malformed(_) => invalid(e.to_string()),
-                    })?;
+                    if model.format == ModelFormat::Onnx {
+                        check_self_contained(&bytes).map_err(|e| match e {
+                            ModelCheckError::ExternalData(_) => {
+                                Refusal::invalid("external_data", format!("model '{name}': {e}"))
+                            }
+                            ModelCheckError::Malformed(_) => invalid(e.to_string()),
+                        })?;
+                    }
                     let (_, session) =
                         self.sessions
                             .load(&bytes, model.format)

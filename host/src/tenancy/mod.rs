@@ -24,6 +24,7 @@ use dashmap::DashMap;
 pub use deployment::{LiveDeployment, Platform};
 use records::{CertificateRecord, DeploymentRecord, ModelRef, TenantRecord};
 
+use crate::backends::models::ModelFormat;
 use crate::engine::log::{GuestOutput, LogBudget};
 use crate::engine::{RequestSandbox, Service};
 use crate::http::bounds::Gate;
@@ -40,6 +41,8 @@ pub enum Refusal {
     Conflict(String),
     /// The request or an uploaded artifact is invalid; `code` says which way.
     Invalid { code: &'static str, message: String },
+    /// The caller may not do this (`403`), e.g. deploy code its tenant is not trusted with.
+    Forbidden { code: &'static str, message: String },
     /// Corral itself failed (I/O, a host bug).
     Internal(anyhow::Error),
 }
@@ -382,6 +385,7 @@ impl Tenancy {
             hosts,
             limits,
             outgoing_hosts,
+            trusted_models,
         } = update;
         records::check_tenant_name(name).map_err(|m| Refusal::invalid("invalid_tenant", m))?;
         let outgoing_hosts = match outgoing_hosts {
@@ -421,6 +425,9 @@ impl Tenancy {
                 if let Some(outgoing) = outgoing_hosts {
                     record.outgoing_hosts = outgoing;
                 }
+                if let Some(trusted) = trusted_models {
+                    record.trusted_models = trusted;
+                }
                 (record, None)
             }
             None => {
@@ -433,6 +440,7 @@ impl Tenancy {
                     active: None,
                     limits: limits.unwrap_or_default(),
                     outgoing_hosts: outgoing_hosts.unwrap_or_default(),
+                    trusted_models: trusted_models.unwrap_or(false),
                 };
                 (record, Some(token))
             }
@@ -528,6 +536,7 @@ impl Tenancy {
             models,
             created: records::now(),
         };
+        check_trust(name, &before.record.load(), &record)?;
         // Validation (compilation, model loading) runs before the lock: uploads to different
         // tenants, or a slow compile, never hold up other changes.
         let platform = Arc::clone(&self.platform);
@@ -570,6 +579,7 @@ impl Tenancy {
     /// Makes an existing version the active one (roll back or forward).
     pub async fn activate(&self, name: &str, version: u32) -> Result<DeploymentRecord, Refusal> {
         let before = self.tenant(name)?;
+        let before_record = before.record.load_full();
         let platform = Arc::clone(&self.platform);
         let store_name = name.to_owned();
         let (record, live) = self
@@ -583,6 +593,7 @@ impl Tenancy {
                     .ok_or_else(|| {
                         Refusal::NotFound(format!("tenant '{store_name}' has no version {version}"))
                     })?;
+                check_trust(&store_name, &before_record, &record)?;
                 let live = platform.build(&record)?;
                 Ok((record, live))
             }))
@@ -661,6 +672,8 @@ pub struct TenantUpdate {
     pub hosts: Option<Vec<String>>,
     pub limits: Option<LimitOverrides>,
     pub outgoing_hosts: Option<Vec<String>>,
+    /// Whether the tenant may deploy TorchScript models (which run as code).
+    pub trusted_models: Option<bool>,
 }
 
 /// Normalized, de-duplicated host names; `code` names the field when one is invalid.
@@ -718,7 +731,33 @@ fn versions(platform: &Platform, tenant: &str) -> anyhow::Result<Vec<u32>> {
     Ok(versions)
 }
 
-/// Runs store or build work on the blocking pool.
+/// Refuses a deployment with TorchScript models for a tenant the operator has not trusted:
+/// PyTorch's security policy treats TorchScript as executable code.
+fn check_trust(
+    name: &str,
+    tenant: &TenantRecord,
+    deployment: &DeploymentRecord,
+) -> Result<(), Refusal> {
+    if tenant.trusted_models {
+        return Ok(());
+    }
+    let untrusted = deployment
+        .models
+        .iter()
+        .find(|(_, model)| model.format == ModelFormat::Pytorch);
+    match untrusted {
+        None => Ok(()),
+        Some((model, _)) => Err(Refusal::Forbidden {
+            code: "untrusted_model",
+            message: format!(
+                "model '{model}' is TorchScript, which runs as code (PyTorch's security \
+                 policy); tenant '{name}' may deploy it only once the operator trusts its \
+                 models: PUT /v1/tenants/{name} {{\"trusted_models\": true}}"
+            ),
+        }),
+    }
+}
+
 /// The certificate stored for a tenant, if it still parses. An expired one is still served
 /// (and logged): the tenant or operator replaces it.
 fn restore_certificate(store: &crate::store::Store, tenant: &str) -> Option<Certificate> {
@@ -744,6 +783,7 @@ fn restore_certificate(store: &crate::store::Store, tenant: &str) -> Option<Cert
     }
 }
 
+/// Runs store or build work on the blocking pool.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, Refusal> + Send + 'static,
 ) -> Result<T, Refusal> {

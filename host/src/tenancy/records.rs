@@ -36,6 +36,9 @@ pub struct TenantRecord {
     /// Hosts the tenant's components may send HTTP requests to (normalized; any port).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outgoing_hosts: Vec<String>,
+    /// The operator trusts this tenant's models to run as code (TorchScript).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trusted_models: bool,
 }
 
 fn is_default(overrides: &LimitOverrides) -> bool {

@@ -1,0 +1,178 @@
+//! The TorchScript backend (cargo feature `torch`): one `tch` module per model file, shared by
+//! every tenant and request, run on the CPU under `no_grad`.
+//!
+//! TorchScript has no input metadata to check against: the guest's inputs are passed to the
+//! module's `forward` in the order the guest gives them (their names are for the guest), and
+//! libtorch's own checks report what does not fit, as a `runtime-error`. Outputs are named
+//! `output0`, `output1`, ...: a module returning one tensor has `output0`, one returning a
+//! tuple or list of tensors has one output per element.
+//!
+//! PyTorch's security policy: a TorchScript file is a program. Corral loads one only for
+//! tenants the operator marked `trusted_models` (and in `corral run`).
+
+use tch::{CModule, Device, IValue, Kind};
+
+use super::tensor::{ElementType, Tensor, TensorBytes};
+use super::{ErrorKind, InferenceError};
+
+/// A loaded TorchScript module. libtorch runs `forward` from many threads at once.
+pub struct TorchSession {
+    module: CModule,
+}
+
+impl std::fmt::Debug for TorchSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TorchSession").finish_non_exhaustive()
+    }
+}
+
+fn kind(ty: ElementType) -> Kind {
+    match ty {
+        ElementType::F16 => Kind::Half,
+        ElementType::Bf16 => Kind::BFloat16,
+        ElementType::F32 => Kind::Float,
+        ElementType::F64 => Kind::Double,
+        ElementType::U8 => Kind::Uint8,
+        ElementType::I32 => Kind::Int,
+        ElementType::I64 => Kind::Int64,
+    }
+}
+
+fn element_type(kind: Kind) -> Option<ElementType> {
+    Some(match kind {
+        Kind::Half => ElementType::F16,
+        Kind::BFloat16 => ElementType::Bf16,
+        Kind::Float => ElementType::F32,
+        Kind::Double => ElementType::F64,
+        Kind::Uint8 => ElementType::U8,
+        Kind::Int => ElementType::I32,
+        Kind::Int64 => ElementType::I64,
+        _ => return None,
+    })
+}
+
+/// libtorch's messages carry a C++ backtrace after the first lines; the guest gets the gist.
+fn gist(error: &tch::TchError) -> String {
+    let text = error.to_string();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Exception raised from"))
+        .take(3)
+        .collect();
+    let mut gist = lines.join(" ");
+    if gist.len() > 500 {
+        gist.truncate(gist.floor_char_boundary(500));
+        gist.push_str("...");
+    }
+    gist
+}
+
+impl TorchSession {
+    /// Loads a TorchScript file (as `torch.jit.save` writes it) onto the CPU, in eval mode.
+    pub fn load(bytes: &[u8]) -> Result<Self, InferenceError> {
+        let mut module =
+            CModule::load_data_on_device(&mut &bytes[..], Device::Cpu).map_err(|e| {
+                InferenceError::new(
+                    ErrorKind::InvalidEncoding,
+                    format!("libtorch cannot load the TorchScript model: {}", gist(&e)),
+                )
+            })?;
+        module.f_set_eval().map_err(|e| {
+            InferenceError::new(
+                ErrorKind::InvalidEncoding,
+                format!("cannot set eval mode: {}", gist(&e)),
+            )
+        })?;
+        Ok(Self { module })
+    }
+
+    /// Runs `forward` on the inputs, in the guest's order. Each input is copied once into a
+    /// libtorch tensor; each output once out of it.
+    pub fn run(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+    ) -> Result<Vec<(String, Tensor)>, InferenceError> {
+        let mut arguments = Vec::with_capacity(inputs.len());
+        for (name, tensor) in &inputs {
+            // libtorch reads product(shape) × element size bytes without checking the slice:
+            // validate() has checked exactly that length (and the kinds below match sizes).
+            tensor.validate(name)?;
+            let shape: Vec<i64> = tensor.shape.iter().map(|&d| i64::from(d)).collect();
+            let value =
+                tch::Tensor::f_from_data_size(tensor.bytes.as_slice(), &shape, kind(tensor.ty))
+                    .map_err(|e| {
+                        InferenceError::invalid(format!("input '{name}': {}", gist(&e)))
+                    })?;
+            arguments.push(IValue::Tensor(value));
+        }
+        drop(inputs);
+        let output = tch::no_grad(|| self.module.forward_is(&arguments)).map_err(|e| {
+            InferenceError::runtime(format!("the TorchScript model failed: {}", gist(&e)))
+        })?;
+        let tensors = match output {
+            IValue::Tensor(tensor) => vec![tensor],
+            IValue::Tuple(values) | IValue::GenericList(values) => values
+                .into_iter()
+                .enumerate()
+                .map(|(n, value)| match value {
+                    IValue::Tensor(tensor) => Ok(tensor),
+                    _ => Err(InferenceError::new(
+                        ErrorKind::UnsupportedOperation,
+                        format!(
+                            "output {n} of the model is not a tensor; Corral returns tensors only"
+                        ),
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            IValue::TensorList(tensors) => tensors,
+            _ => {
+                return Err(InferenceError::new(
+                    ErrorKind::UnsupportedOperation,
+                    "the model returns something other than a tensor or a tuple of tensors",
+                ));
+            }
+        };
+        tensors
+            .into_iter()
+            .enumerate()
+            .map(|(n, tensor)| {
+                let name = format!("output{n}");
+                let out = to_host(&name, &tensor)?;
+                Ok((name, out))
+            })
+            .collect()
+    }
+}
+
+/// Copies a libtorch tensor (any layout, on the CPU) into a host tensor.
+fn to_host(name: &str, tensor: &tch::Tensor) -> Result<Tensor, InferenceError> {
+    let ty = element_type(tensor.kind()).ok_or_else(|| {
+        InferenceError::new(
+            ErrorKind::UnsupportedOperation,
+            format!(
+                "output '{name}' is {:?}, which wasi:nn cannot describe",
+                tensor.kind()
+            ),
+        )
+    })?;
+    let shape = tensor
+        .size()
+        .iter()
+        .map(|&d| u32::try_from(d))
+        .collect::<Result<Vec<u32>, _>>()
+        .map_err(|_| {
+            InferenceError::runtime(format!("output '{name}' has a dimension beyond u32"))
+        })?;
+    let numel = tensor.numel();
+    let mut bytes = vec![0u8; numel * ty.size()];
+    let contiguous = tensor.contiguous();
+    contiguous.f_copy_data_u8(&mut bytes, numel).map_err(|e| {
+        InferenceError::runtime(format!("cannot read output '{name}': {}", gist(&e)))
+    })?;
+    Ok(Tensor {
+        shape,
+        ty,
+        bytes: TensorBytes::Host(bytes),
+    })
+}

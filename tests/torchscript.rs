@@ -1,0 +1,247 @@
+//! The TorchScript backend (`--features torch`): EfficientNet-Lite0 as TorchScript gives the
+//! ONNX model's answers through the same component, in `corral run` and for a trusted tenant of
+//! `corral serve`; untrusted tenants are refused; guest mistakes come back as `wasi:nn` errors.
+
+mod common;
+
+/// Without the feature there is nothing to test here, which is fine on a developer's machine
+/// and a failure in CI (its test command builds the feature).
+#[cfg(not(feature = "torch"))]
+#[test]
+fn ci_builds_the_torch_backend() {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run the tests with --features corral/torch (cargo xtask test does)"
+    );
+}
+
+#[cfg(feature = "torch")]
+mod torch {
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
+
+    use super::common::serve::{Corral, DataDir};
+    use super::common::*;
+    use hyper::StatusCode;
+    use serde_json::{Value, json};
+
+    fn torchscript_model() -> PathBuf {
+        repo().join("examples/image-classifier/model/efficientnet-lite0.pt")
+    }
+
+    static ONNX: OnceLock<Shared> = OnceLock::new();
+    static TORCH: OnceLock<Shared> = OnceLock::new();
+    static PROBE: OnceLock<Shared> = OnceLock::new();
+
+    fn classifier(torch: bool) -> &'static Shared {
+        if torch {
+            start_shared(&TORCH, || {
+                dev_options("image-classifier", &[("classifier", torchscript_model())])
+            })
+        } else {
+            start_shared(&ONNX, || {
+                dev_options("image-classifier", &[("classifier", example_model())])
+            })
+        }
+    }
+
+    /// The top five (index, probability) pairs of a classifier answer.
+    fn top5(answer: &Value) -> Vec<(u64, f64)> {
+        answer["predictions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no predictions in {answer}"))
+            .iter()
+            .map(|p| {
+                (
+                    p["index"].as_u64().unwrap(),
+                    p["probability"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn assert_same(onnx: &[(u64, f64)], torch: &[(u64, f64)], what: &str) {
+        let indices = |v: &[(u64, f64)]| v.iter().map(|p| p.0).collect::<Vec<_>>();
+        assert_eq!(
+            indices(onnx),
+            indices(torch),
+            "{what}: the same top five classes"
+        );
+        for ((_, a), (_, b)) in onnx.iter().zip(torch) {
+            assert!((a - b).abs() < 1e-3, "{what}: probabilities {a} and {b}");
+        }
+    }
+
+    #[tokio::test]
+    async fn torchscript_and_onnx_give_the_same_classes_in_corral_run() {
+        for (image, expected) in [("dog.jpg", 207), ("kitten.png", 281)] {
+            let mut answers = Vec::new();
+            for torch in [false, true] {
+                let (status, body) =
+                    request(classifier(torch).addr, "POST", "/", sample(image)).await;
+                assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+                answers.push(top5(&json(&body)));
+            }
+            assert_eq!(answers[1][0].0, expected, "{image}: top-1 from TorchScript");
+            assert_same(&answers[0], &answers[1], image);
+        }
+
+        // Many forwards at once on the one shared module, each answered correctly.
+        let addr = classifier(true).addr;
+        let requests: Vec<_> = (0..8)
+            .map(|_| {
+                tokio::spawn(async move { request(addr, "POST", "/", sample("dog.jpg")).await })
+            })
+            .collect();
+        for handle in requests {
+            let (status, body) = handle.await.unwrap();
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(top5(&json(&body))[0].0, 207);
+        }
+    }
+
+    #[tokio::test]
+    async fn guest_mistakes_on_a_torchscript_model_are_wasi_nn_errors() {
+        // The probe's cases send two f32 [2, 2] tensors (or broken ones) to the model `add`, here
+        // EfficientNet: libtorch refuses them, and the server keeps serving.
+        let probe = start_shared(&PROBE, || {
+            dev_options("nn-probe", &[("add", torchscript_model())])
+        });
+        let cases = [
+            ("add", "runtime-error", "forward"),
+            ("wrong-rank", "runtime-error", "forward"),
+            ("byte-length", "invalid-argument", "'a'"),
+            ("huge-dims", "invalid-argument", ""),
+            ("overflow-dims", "invalid-argument", ""),
+            ("unknown-model", "not-found", "no-such-model"),
+        ];
+        for (case, code, mentions) in cases {
+            let (status, body) =
+                request(probe.addr, "GET", &format!("/case/{case}"), Vec::new()).await;
+            assert_eq!(status, StatusCode::OK, "{case}");
+            let answer = json(&body);
+            assert_eq!(answer["ok"], false, "{case}: {answer}");
+            assert_eq!(answer["code"], code, "{case}: {answer}");
+            let message = answer["message"].as_str().unwrap_or_default();
+            assert!(message.contains(mentions), "{case}: {answer}");
+            assert!(
+                !message.contains("Exception raised from"),
+                "{case}: no C++ backtrace"
+            );
+        }
+        let (status, body) = request(classifier(true).addr, "POST", "/", sample("dog.jpg")).await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    }
+
+    #[tokio::test]
+    async fn only_trusted_tenants_deploy_torchscript_and_it_answers_like_onnx() {
+        let dir = DataDir::new("torchscript");
+        let corral = Corral::start(&dir, "");
+        let token = corral.create_tenant("vision", "vision.localhost").await;
+        let component = guest("image-classifier");
+        let (status, body) = corral
+            .deploy(
+                "vision",
+                &token,
+                &component,
+                &[("classifier", &example_model())],
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (_, onnx) = corral
+            .call("vision.localhost", "POST", "/", sample("dog.jpg"))
+            .await;
+
+        // Untrusted: 403, and the ONNX deployment keeps serving.
+        let (status, body) = corral
+            .deploy(
+                "vision",
+                &token,
+                &component,
+                &[("classifier", &torchscript_model())],
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(body["error"]["code"], "untrusted_model", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("trusted_models"),
+            "{body}"
+        );
+        let (status, _) = corral
+            .call("vision.localhost", "POST", "/", sample("dog.jpg"))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+
+        // A tenant cannot trust itself; the operator can.
+        let body = json!({ "trusted_models": true }).to_string().into_bytes();
+        let (status, _) = corral
+            .admin(
+                "PUT",
+                "/v1/tenants/vision",
+                Some(&token),
+                Some(("application/json".into(), body)),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, body) = corral
+            .operator(
+                "PUT",
+                "/v1/tenants/vision",
+                json!({ "trusted_models": true }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["trusted_models"], true);
+
+        let (status, body) = corral
+            .deploy(
+                "vision",
+                &token,
+                &component,
+                &[("classifier", &torchscript_model())],
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, torch) = corral
+            .call("vision.localhost", "POST", "/", sample("dog.jpg"))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_same(&top5(&json(&onnx)), &top5(&json(&torch)), "deployed");
+
+        // A file that is not TorchScript is refused at upload, naming the model.
+        let garbage = dir.0.join("broken.pt");
+        std::fs::write(&garbage, b"PK\x03\x04 this is not a TorchScript archive").unwrap();
+        let (status, body) = corral
+            .deploy("vision", &token, &component, &[("classifier", &garbage)])
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_model", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("classifier") && message.contains("TorchScript"),
+            "{body}"
+        );
+
+        // Revoking trust stops rollbacks to TorchScript versions too.
+        let (status, _) = corral
+            .operator(
+                "PUT",
+                "/v1/tenants/vision",
+                json!({ "trusted_models": false }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, body) = corral
+            .admin(
+                "POST",
+                "/v1/tenants/vision/deployments/2/activate",
+                Some(&token),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    }
+}
