@@ -397,6 +397,19 @@ mod tests {
         assert!(format!("{err:#}").contains("cpu_ms"), "{err:#}");
         let err = Config::parse("[limits]\ncpu_msec = 5\n", env(&[])).unwrap_err();
         assert!(format!("{err:#}").contains("cpu_msec"), "{err:#}");
+        let err = Config::parse("[http]\nmax_header_bytes = 100\n", env(&[])).unwrap_err();
+        assert!(format!("{err:#}").contains("at least 8192"), "{err:#}");
+        let err = Config::parse("[tls]\ncert_file = \"a.pem\"\n", env(&[])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("set both or neither"),
+            "{err:#}"
+        );
+        let err =
+            Config::parse("plain_http = false\n[tls]\nenabled = false\n", env(&[])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("nothing would serve"),
+            "{err:#}"
+        );
         let err = Config::parse("[onnx]\nexecution_providers = [\"tpu\"]\n", env(&[])).unwrap_err();
         assert!(
             format!("{err:#}").contains("'tpu' is not available"),
@@ -459,6 +472,10 @@ mod tests {
             "CORRAL_ENGINE_STACK_BYTES",
             "CORRAL_LIMITS_LOG_BYTES_PER_MINUTE",
             "CORRAL_ONNX_EXECUTION_PROVIDERS",
+            "CORRAL_PLAIN_HTTP",
+            "CORRAL_TLS_LISTEN",
+            "CORRAL_TLS_CERT_FILE",
+            "CORRAL_HTTP_IDLE_TIMEOUT_MS",
         ] {
             assert!(keys.iter().any(|(_, v)| v == expected), "{expected}");
         }
