@@ -133,34 +133,31 @@ mod torch {
         assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     }
 
+    /// Deploys the image-classifier component to `vision` with `model` as `classifier`.
+    async fn deploy_classifier(
+        corral: &Corral,
+        token: &str,
+        model: &std::path::Path,
+    ) -> (StatusCode, Value) {
+        let component = guest("image-classifier");
+        corral
+            .deploy("vision", token, &component, &[("classifier", model)])
+            .await
+    }
+
     #[tokio::test]
     async fn only_trusted_tenants_deploy_torchscript_and_it_answers_like_onnx() {
         let dir = DataDir::new("torchscript");
         let corral = Corral::start(&dir, "");
         let token = corral.create_tenant("vision", "vision.localhost").await;
-        let component = guest("image-classifier");
-        let (status, body) = corral
-            .deploy(
-                "vision",
-                &token,
-                &component,
-                &[("classifier", &example_model())],
-            )
-            .await;
+        let (status, body) = deploy_classifier(&corral, &token, &example_model()).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let (_, onnx) = corral
             .call("vision.localhost", "POST", "/", sample("dog.jpg"))
             .await;
 
         // Untrusted: 403, and the ONNX deployment keeps serving.
-        let (status, body) = corral
-            .deploy(
-                "vision",
-                &token,
-                &component,
-                &[("classifier", &torchscript_model())],
-            )
-            .await;
+        let (status, body) = deploy_classifier(&corral, &token, &torchscript_model()).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
         assert_eq!(body["error"]["code"], "untrusted_model", "{body}");
         assert!(
@@ -196,14 +193,7 @@ mod torch {
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["trusted_models"], true);
 
-        let (status, body) = corral
-            .deploy(
-                "vision",
-                &token,
-                &component,
-                &[("classifier", &torchscript_model())],
-            )
-            .await;
+        let (status, body) = deploy_classifier(&corral, &token, &torchscript_model()).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let (status, torch) = corral
             .call("vision.localhost", "POST", "/", sample("dog.jpg"))
@@ -214,9 +204,7 @@ mod torch {
         // A file that is not TorchScript is refused at upload, naming the model.
         let garbage = dir.0.join("broken.pt");
         std::fs::write(&garbage, b"PK\x03\x04 this is not a TorchScript archive").unwrap();
-        let (status, body) = corral
-            .deploy("vision", &token, &component, &[("classifier", &garbage)])
-            .await;
+        let (status, body) = deploy_classifier(&corral, &token, &garbage).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(body["error"]["code"], "invalid_model", "{body}");
         let message = body["error"]["message"].as_str().unwrap();
