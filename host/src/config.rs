@@ -178,7 +178,8 @@ pub struct OnnxSettings {
     pub intra_op_threads: usize,
     /// Threads one run may use across independent operators (0: ONNX Runtime's default).
     pub inter_op_threads: usize,
-    /// Whether idle intra-op threads spin waiting for work (faster, burns CPU).
+    /// Whether idle intra-op threads spin waiting for work: a little lower latency for one run
+    /// at a time, but spinning threads take CPU from concurrent runs and other tenants.
     pub intra_op_spinning: bool,
     /// Execution providers in order of preference. This build has `cpu`.
     pub execution_providers: Vec<String>,
@@ -189,7 +190,7 @@ impl Default for OnnxSettings {
         Self {
             intra_op_threads: 0,
             inter_op_threads: 0,
-            intra_op_spinning: true,
+            intra_op_spinning: false,
             execution_providers: vec!["cpu".into()],
         }
     }
@@ -426,7 +427,7 @@ mod tests {
                 ("CORRAL_LISTEN", "0.0.0.0:8000"),
                 ("CORRAL_LIMITS_TIMEOUT_MS", "900"),
                 ("CORRAL_ENGINE_INSTANCES", "8"),
-                ("CORRAL_ONNX_INTRA_OP_SPINNING", "false"),
+                ("CORRAL_ONNX_INTRA_OP_SPINNING", "true"),
                 ("CORRAL_TOKEN", "not a configuration key"),
             ]),
         )
@@ -434,7 +435,7 @@ mod tests {
         assert_eq!(config.listen.to_string(), "0.0.0.0:8000");
         assert_eq!((config.limits.cpu_ms, config.limits.timeout_ms), (50, 900));
         assert_eq!(config.engine.instances, 8);
-        assert!(!config.onnx.intra_op_spinning);
+        assert!(config.onnx.intra_op_spinning);
         let strings = Config::parse(
             "",
             env(&[

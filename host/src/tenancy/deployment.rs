@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use wasmtime::Engine;
+use wasmtime::component::Component;
 
 use super::Refusal;
 use super::records::DeploymentRecord;
@@ -38,6 +39,8 @@ pub struct Platform {
 pub struct LiveDeployment {
     pub version: u32,
     pub service: Arc<Service>,
+    /// Keeps the compiled component shared with other deployments of the same bytes.
+    pub component: Arc<Component>,
 }
 
 impl Platform {
@@ -95,6 +98,7 @@ impl Platform {
         Ok(LiveDeployment {
             version: record.version,
             service: Arc::new(service),
+            component,
         })
     }
 }

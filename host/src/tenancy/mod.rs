@@ -569,6 +569,7 @@ impl Tenancy {
             LiveDeployment {
                 version: record.version,
                 service: live.service,
+                component: live.component,
             },
         )
         .await?;
