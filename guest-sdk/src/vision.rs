@@ -13,8 +13,6 @@
 
 use std::io::Cursor;
 
-use image::imageops::FilterType;
-
 use crate::Tensor;
 
 /// How to turn an image into a tensor.
@@ -73,21 +71,135 @@ pub fn image_pixels(bytes: &[u8], how: &Preprocess) -> Result<Vec<f32>, String> 
     let image = reader
         .decode()
         .map_err(|e| format!("cannot decode the image: {e}"))?;
-    let resized = image::imageops::resize(
-        &image.to_rgb8(),
-        how.resize,
-        how.resize,
-        FilterType::Triangle,
-    );
-    let offset = (how.resize - how.crop) / 2;
-    let cropped =
-        image::imageops::crop_imm(&resized, offset, offset, how.crop, how.crop).to_image();
-    let plane = (how.crop * how.crop) as usize;
-    let mut pixels = vec![0f32; 3 * plane];
-    for (i, pixel) in cropped.pixels().enumerate() {
-        for c in 0..3 {
-            pixels[c * plane + i] = (f32::from(pixel[c]) / 255.0 - how.mean[c]) / how.std[c];
+    let image = image.into_rgb8();
+    Ok(resize_crop_normalize(
+        image.as_raw(),
+        image.width(),
+        image.height(),
+        how,
+    ))
+}
+
+/// One axis of a resize with the `image` crate's Triangle filter
+/// (`image::imageops::resize(.., FilterType::Triangle)`): for each output index, the first
+/// input index it reads and the normalized weights, computed exactly as that crate does.
+fn triangle_weights(input: u32, output: u32) -> Vec<(usize, Vec<f32>)> {
+    let ratio = input as f32 / output as f32;
+    let scale = if ratio < 1.0 { 1.0 } else { ratio };
+    let support = scale; // The triangle's support is 1.0, scaled when shrinking.
+    (0..output)
+        .map(|out| {
+            let center = (out as f32 + 0.5) * ratio;
+            let left = ((center - support).floor() as i64).clamp(0, i64::from(input) - 1);
+            let right = ((center + support).ceil() as i64).clamp(left + 1, i64::from(input));
+            let center = center - 0.5;
+            let mut weights: Vec<f32> = (left..right)
+                .map(|i| {
+                    let x = ((i as f32 - center) / scale).abs();
+                    if x < 1.0 { 1.0 - x } else { 0.0 }
+                })
+                .collect();
+            let mut sum = 0.0;
+            for w in &weights {
+                sum += w;
+            }
+            for w in &mut weights {
+                *w /= sum;
+            }
+            (left as usize, weights)
+        })
+        .collect()
+}
+
+/// Resizes packed RGB8 pixels to `resize`², cuts the center `crop`² out and normalizes it into
+/// NCHW `f32`s. The values are those of the `image` crate's Triangle resize (vertical pass to
+/// `f32`, horizontal pass rounded to `u8`) followed by a crop, bit for bit, but only the
+/// cropped rows and columns are computed, over flat buffers.
+fn resize_crop_normalize(rgb: &[u8], width: u32, height: u32, how: &Preprocess) -> Vec<f32> {
+    let offset = ((how.resize - how.crop) / 2) as usize;
+    let crop = how.crop as usize;
+    let (w, plane) = (width as usize, crop * crop);
+    let rows = &triangle_weights(height, how.resize)[offset..offset + crop];
+    let columns = &triangle_weights(width, how.resize)[offset..offset + crop];
+    // Vertical pass: the cropped output rows, every input column, as f32 RGB.
+    let mut tall = vec![0f32; crop * w * 3];
+    for (y, (top, weights)) in rows.iter().enumerate() {
+        let out = &mut tall[y * w * 3..(y + 1) * w * 3];
+        for (i, weight) in weights.iter().enumerate() {
+            let row = &rgb[(top + i) * w * 3..(top + i + 1) * w * 3];
+            for (t, &v) in out.iter_mut().zip(row) {
+                *t += f32::from(v) * weight;
+            }
         }
     }
-    Ok(pixels)
+    // Horizontal pass on the cropped columns, rounded to u8 as the image crate stores it,
+    // then normalized into channel planes.
+    let mut pixels = vec![0f32; 3 * plane];
+    for y in 0..crop {
+        let row = &tall[y * w * 3..(y + 1) * w * 3];
+        for (x, (left, weights)) in columns.iter().enumerate() {
+            let mut t = [0f32; 3];
+            for (i, weight) in weights.iter().enumerate() {
+                let p = &row[(left + i) * 3..(left + i) * 3 + 3];
+                for c in 0..3 {
+                    t[c] += p[c] * weight;
+                }
+            }
+            for c in 0..3 {
+                let byte = t[c].clamp(0.0, 255.0).round();
+                pixels[c * plane + y * crop + x] = (byte / 255.0 - how.mean[c]) / how.std[c];
+            }
+        }
+    }
+    pixels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The straightforward pipeline: the image crate's resize, crop, then normalization.
+    fn reference(rgb: &image::RgbImage, how: &Preprocess) -> Vec<f32> {
+        let resized = image::imageops::resize(
+            rgb,
+            how.resize,
+            how.resize,
+            image::imageops::FilterType::Triangle,
+        );
+        let offset = (how.resize - how.crop) / 2;
+        let cropped =
+            image::imageops::crop_imm(&resized, offset, offset, how.crop, how.crop).to_image();
+        let plane = (how.crop * how.crop) as usize;
+        let mut pixels = vec![0f32; 3 * plane];
+        for (i, pixel) in cropped.pixels().enumerate() {
+            for c in 0..3 {
+                pixels[c * plane + i] = (f32::from(pixel[c]) / 255.0 - how.mean[c]) / how.std[c];
+            }
+        }
+        pixels
+    }
+
+    #[test]
+    fn the_fast_path_matches_the_image_crates_resize_and_crop() {
+        let mut seed = 12345u32;
+        for (width, height) in [(224, 224), (640, 480), (300, 900), (256, 256), (31, 17)] {
+            let rgb = image::RgbImage::from_fn(width, height, |x, y| {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                let noise = (seed >> 16) as u8;
+                image::Rgb([(x * 7) as u8 ^ noise, (y * 5) as u8, noise])
+            });
+            for how in [
+                IMAGENET,
+                Preprocess {
+                    resize: 64,
+                    crop: 48,
+                    ..IMAGENET
+                },
+            ] {
+                let fast = resize_crop_normalize(rgb.as_raw(), width, height, &how);
+                let slow = reference(&rgb, &how);
+                assert!(fast == slow, "{width}x{height} -> {}", how.resize);
+            }
+        }
+    }
 }
