@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask <setup | build-guests | demo | test>`.
+//! Project tasks: `cargo xtask <setup | build-guests | demo | test | bench>`.
 //!
 //! - `setup`: installs what a fresh machine lacks: the `wasm32-wasip2` target, the ONNX
 //!   Runtime library (from the PyPI `onnxruntime` wheel, into `.corral/onnxruntime/`), the
@@ -8,6 +8,10 @@
 //!   image and prints the predictions.
 //! - `test`: setup + build, then `cargo test --workspace --features corral/torch` with
 //!   `LIBTORCH` pointing at the installed libtorch (extra arguments are passed on).
+//! - `bench [--quick]`: every side-by-side benchmark, written to `docs/benchmarks.md`
+//!   (`--quick`: a few minutes, written under the target directory instead); see `bench.rs`.
+
+mod bench;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -56,8 +60,9 @@ fn main() -> ExitCode {
         Some("build-guests") => build_guests(),
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
+        Some("bench") => bench::bench(&args[1..]),
         _ => {
-            Err("usage: cargo xtask <setup | build-guests | demo | test [cargo test args]>".into())
+            Err("usage: cargo xtask <setup | build-guests | demo | test [cargo test args] | bench [--quick]>".into())
         }
     };
     match result {
@@ -515,12 +520,17 @@ fn dechunk(mut text: &str) -> String {
     out
 }
 
-/// One HTTP/1.1 POST over a plain socket (the xtask has no dependencies).
+/// One HTTP/1.1 POST over a plain socket.
 fn post(addr: SocketAddr, body: &[u8]) -> Result<String> {
+    post_to(addr, &addr.to_string(), "/", body)
+}
+
+/// One HTTP/1.1 POST of `body` to `path` with a `Host` header, on a new connection.
+fn post_to(addr: SocketAddr, host: &str, path: &str, body: &[u8]) -> Result<String> {
     let mut stream =
         TcpStream::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     let head = format!(
-        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream

@@ -80,7 +80,7 @@ pub enum Session {
 
 impl Session {
     /// Loads `bytes` as `format`. Blocking.
-    fn load(bytes: &[u8], format: ModelFormat) -> Result<Self, InferenceError> {
+    pub fn load(bytes: &[u8], format: ModelFormat) -> Result<Self, InferenceError> {
         match format {
             ModelFormat::Onnx => {
                 super::onnx::check_self_contained(bytes).map_err(|e| {

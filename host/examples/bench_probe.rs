@@ -1,0 +1,411 @@
+//! In-process measurements for `cargo xtask bench`, the parts no HTTP load generator can see.
+//! Each mode prints one JSON object per line on stdout.
+//!
+//! - `native MODEL INPUT SHAPE SECONDS C1,C2,..`: ONNX Runtime on its own, in this process,
+//!   with the session settings `corral serve` uses (Corral's session wrapper: the C API `Run`,
+//!   inputs passed without copying). For each concurrency, that many threads call `Run` on one
+//!   shared session in a loop; prints runs/s and latency percentiles. The physical limit the
+//!   HTTP numbers are compared with.
+//! - `instantiate COMPONENT ITERATIONS [NAME=MODEL ...]`: the per-request work `corral serve`
+//!   does before the guest's handler runs: a new store with the tenant's limits, then
+//!   instantiating the pre-instantiated component from the pooling allocator. Prints the
+//!   percentiles of each part.
+//! - `sessions MODEL COUNT`: resident memory of COUNT separately loaded sessions of one
+//!   model file (what a server without session sharing holds), against one shared session.
+//! - `tenants ADMIN TOKEN FROM TO COMPONENT NAME=MODEL|none [DISTINCT_DIR]`: creates tenants
+//!   `tFROM`..`tTO-1` (host `tN.localhost`) through the admin API and deploys the component
+//!   and model to each, four at a time. With DISTINCT_DIR, each tenant gets its own component:
+//!   the same code with a custom section naming the tenant appended, so its digest (and its
+//!   compiled artifact) differs. Prints the count and the seconds taken.
+//! - `first ADDR PATH BODY HOST..`: one request to each host on a fresh connection, as a
+//!   client that has never talked to it would send; prints each latency (connect to the last
+//!   byte of the answer), failing on any answer but 200.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use corral::backends::models::{InferencePool, ModelFormat, ModelSet, Session, SessionPool};
+use corral::backends::tensor::{ElementType, Tensor, TensorBytes};
+use corral::engine::log::GuestOutput;
+use corral::engine::{EngineSettings, Outcome, RequestSandbox, Service, new_engine};
+use corral::limits::Limits;
+use corral::metrics::TenantCounters;
+use corral::nn::NnCtx;
+use serde_json::json;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["native", model, input, shape, seconds, concurrency] => native(
+            Path::new(model),
+            input,
+            &parse_list(shape)?,
+            Duration::from_secs_f64(seconds.parse().context("SECONDS")?),
+            &parse_list(concurrency)?,
+        ),
+        ["instantiate", component, iterations, models @ ..] => instantiate(
+            Path::new(component),
+            iterations.parse().context("ITERATIONS")?,
+            models,
+        ),
+        ["sessions", model, count] => sessions(Path::new(model), count.parse().context("COUNT")?),
+        [
+            "tenants",
+            admin,
+            token,
+            from,
+            to,
+            component,
+            model,
+            distinct @ ..,
+        ] => tenants(
+            admin,
+            token,
+            from.parse().context("FROM")?..to.parse().context("TO")?,
+            Path::new(component),
+            model,
+            distinct.first().map(Path::new),
+        ),
+        ["first", addr, path, body, hosts @ ..] => {
+            first_requests(addr, path, Path::new(body), hosts)
+        }
+        _ => bail!(
+            "usage: bench_probe native MODEL INPUT SHAPE SECONDS C1,C2.. | \
+             instantiate COMPONENT ITERATIONS [NAME=MODEL ..] | sessions MODEL COUNT | \
+             tenants ADMIN TOKEN FROM TO COMPONENT NAME=MODEL [DISTINCT_DIR] | \
+             first ADDR PATH BODY HOST.."
+        ),
+    }
+}
+
+fn parse_list<T: std::str::FromStr>(text: &str) -> anyhow::Result<Vec<T>> {
+    text.split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<T>()
+                .ok()
+                .context(format!("bad list '{text}'"))
+        })
+        .collect()
+}
+
+/// The value at quantile `q` of sorted durations, in microseconds.
+fn percentile_us(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index].as_secs_f64() * 1e6
+}
+
+fn load_session(model: &Path) -> anyhow::Result<Session> {
+    let bytes = std::fs::read(model).with_context(|| format!("cannot read {}", model.display()))?;
+    Session::load(&bytes, ModelFormat::from_path(model)?).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn native(
+    model: &Path,
+    input: &str,
+    shape: &[u32],
+    seconds: Duration,
+    concurrency: &[usize],
+) -> anyhow::Result<()> {
+    let session = Arc::new(load_session(model)?);
+    let elements: usize = shape.iter().map(|&d| d as usize).product();
+    // A deterministic, image-like input: values in [-2, 2].
+    let data: Arc<Vec<u8>> = Arc::new(
+        (0..elements)
+            .flat_map(|i| (((i * 7919) % 1000) as f32 / 250.0 - 2.0).to_le_bytes())
+            .collect(),
+    );
+    let run = |session: &Session| -> anyhow::Result<()> {
+        let tensor = Tensor {
+            shape: shape.to_vec(),
+            ty: ElementType::F32,
+            bytes: TensorBytes::Host(data.to_vec()),
+        };
+        session
+            .run(vec![(input.to_owned(), tensor)])
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(())
+    };
+    for _ in 0..20 {
+        run(&session)?; // Warm up ONNX Runtime's allocations and thread pool.
+    }
+    for &c in concurrency {
+        let started = Instant::now();
+        let deadline = started + seconds;
+        let latencies = std::thread::scope(|scope| -> anyhow::Result<Vec<Duration>> {
+            let workers: Vec<_> = (0..c)
+                .map(|_| {
+                    let session = &session;
+                    let run = &run;
+                    scope.spawn(move || -> anyhow::Result<Vec<Duration>> {
+                        let mut latencies = Vec::new();
+                        while Instant::now() < deadline {
+                            let t = Instant::now();
+                            run(session)?;
+                            latencies.push(t.elapsed());
+                        }
+                        Ok(latencies)
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for worker in workers {
+                all.extend(worker.join().expect("worker thread")?);
+            }
+            Ok(all)
+        })?;
+        let elapsed = started.elapsed().as_secs_f64();
+        let mut sorted = latencies;
+        sorted.sort();
+        println!(
+            "{}",
+            json!({
+                "concurrency": c,
+                "requests": sorted.len(),
+                "rps": sorted.len() as f64 / elapsed,
+                "p50_us": percentile_us(&sorted, 0.50),
+                "p99_us": percentile_us(&sorted, 0.99),
+            })
+        );
+    }
+    Ok(())
+}
+
+fn instantiate(component: &Path, iterations: usize, models: &[&str]) -> anyhow::Result<()> {
+    let engine = new_engine(&EngineSettings::default())?;
+    let compiled = corral::engine::compile(&engine, component)?;
+    let sessions = SessionPool::default();
+    let models: Vec<(String, std::path::PathBuf)> = models
+        .iter()
+        .map(|m| {
+            let (name, path) = m.split_once('=').context("models are NAME=PATH")?;
+            Ok((name.to_owned(), path.into()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let models = ModelSet::load_files(&sessions, &models)?;
+    let nn = NnCtx::new(Arc::new(models), Arc::new(InferencePool::new(4)));
+    let service = Service::new(&engine, &compiled, nn)?;
+    let sandbox = RequestSandbox {
+        limits: Arc::new(Limits::default()),
+        stdout: GuestOutput::Discard,
+        stderr: GuestOutput::Discard,
+        outgoing_hosts: Arc::from(Vec::new()),
+        counters: Arc::new(TenantCounters::default()),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut stores, mut instances) = (Vec::new(), Vec::new());
+    runtime.block_on(async {
+        for i in 0..iterations + 100 {
+            let t0 = Instant::now();
+            let outcome = Arc::new(Outcome::default());
+            let mut store = service.new_store(&sandbox, &outcome, "bench", None);
+            let t1 = Instant::now();
+            service.pre().instantiate_async(&mut store).await?;
+            let t2 = Instant::now();
+            drop(store); // Returns the slot to the pool, as the end of a request does.
+            if i >= 100 {
+                stores.push(t1 - t0);
+                instances.push(t2 - t1);
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    let total: Vec<Duration> = stores
+        .iter()
+        .zip(&instances)
+        .map(|(a, b)| *a + *b)
+        .collect();
+    for (part, mut times) in [
+        ("store", stores),
+        ("instantiate", instances),
+        ("total", total),
+    ] {
+        times.sort();
+        println!(
+            "{}",
+            json!({
+                "part": part,
+                "iterations": times.len(),
+                "p50_us": percentile_us(&times, 0.50),
+                "p99_us": percentile_us(&times, 0.99),
+            })
+        );
+    }
+    Ok(())
+}
+
+/// Resident memory of this process, in bytes (from /proc).
+fn rss_bytes() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS in /proc/self/status")?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+fn sessions(model: &Path, count: usize) -> anyhow::Result<()> {
+    let bytes = std::fs::read(model)?;
+    let format = ModelFormat::from_path(model)?;
+    // Load ONNX Runtime itself before the first measurement.
+    drop(load_session(model)?);
+    let before = rss_bytes()?;
+    let pool = SessionPool::default();
+    let shared: Vec<_> = (0..count)
+        .map(|_| pool.load(&bytes, format).map(|(_, s)| s))
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let after_shared = rss_bytes()?;
+    let separate: Vec<Session> = (0..count)
+        .map(|_| load_session(model))
+        .collect::<anyhow::Result<_>>()?;
+    let after_separate = rss_bytes()?;
+    println!(
+        "{}",
+        json!({
+            "count": count,
+            "shared_sessions_bytes": after_shared.saturating_sub(before),
+            "separate_sessions_bytes": after_separate.saturating_sub(after_shared),
+        })
+    );
+    drop((shared, separate));
+    Ok(())
+}
+
+/// `component` with a custom section `corral-bench-tenant` holding `tenant` appended: the same
+/// code, a different digest.
+fn distinct_component(component: &[u8], tenant: &str) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"corral-bench-tenant";
+    let mut payload = Vec::new();
+    leb128(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tenant.as_bytes());
+    let mut out = component.to_vec();
+    out.push(0); // custom section id
+    leb128(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn tenants(
+    admin: &str,
+    token: &str,
+    range: std::ops::Range<usize>,
+    component: &Path,
+    model: &str,
+    distinct: Option<&Path>,
+) -> anyhow::Result<()> {
+    let client = corral::client::AdminClient::new(admin, Some(token.to_owned()))?;
+    let models = match model {
+        "none" => Vec::new(),
+        model => {
+            let (name, path) = model
+                .split_once('=')
+                .context("the model is NAME=PATH or none")?;
+            vec![(name.to_owned(), std::path::PathBuf::from(path))]
+        }
+    };
+    let code = std::fs::read(component)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    let count = range.len();
+    runtime.block_on(async {
+        let mut next = range.into_iter();
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            while tasks.len() < 4 {
+                let Some(i) = next.next() else { break };
+                let tenant = format!("t{i}");
+                let file = match distinct {
+                    Some(dir) => {
+                        let file = dir.join(format!("{tenant}.wasm"));
+                        std::fs::write(&file, distinct_component(&code, &tenant))?;
+                        file
+                    }
+                    None => component.to_path_buf(),
+                };
+                let (client, models) = (client.clone(), models.clone());
+                let scratch = distinct.is_some();
+                tasks.spawn(async move {
+                    let host = format!("{tenant}.localhost");
+                    client
+                        .put_json(
+                            &format!("/v1/tenants/{tenant}"),
+                            &json!({ "hosts": [host] }),
+                        )
+                        .await?;
+                    client.deploy(&tenant, &file, &models).await?;
+                    if scratch {
+                        std::fs::remove_file(&file)?;
+                    }
+                    anyhow::Ok(())
+                });
+            }
+            match tasks.join_next().await {
+                Some(result) => result??,
+                None => break,
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    println!(
+        "{}",
+        json!({ "deployed": count, "seconds": started.elapsed().as_secs_f64() })
+    );
+    Ok(())
+}
+
+fn first_requests(addr: &str, path: &str, body: &Path, hosts: &[&str]) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let body = std::fs::read(body)?;
+    for host in hosts {
+        let started = Instant::now();
+        let mut stream = std::net::TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\
+             Content-Type: application/json\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(&body)?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer)?;
+        let elapsed = started.elapsed();
+        let text = String::from_utf8_lossy(&answer);
+        if !text.starts_with("HTTP/1.1 200") {
+            bail!("{host}: {}", text.lines().next().unwrap_or("no answer"));
+        }
+        println!(
+            "{}",
+            json!({ "host": host, "latency_us": elapsed.as_secs_f64() * 1e6 })
+        );
+    }
+    Ok(())
+}
