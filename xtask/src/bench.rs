@@ -234,7 +234,13 @@ fn python_env() -> Result<PathBuf> {
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
         return Ok(python);
     }
-    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv)).map_err(|e| {
+        format!(
+            "{e}: cannot create the Python server's virtualenv in {} (on Debian or Ubuntu, \
+             `sudo apt-get install python3-venv`)",
+            venv.display()
+        )
+    })?;
     run(Command::new(&python)
         .args([
             "-m",
