@@ -146,7 +146,12 @@ fn resize_crop_normalize(rgb: &[u8], width: u32, height: u32, how: &Preprocess) 
                 }
             }
             for c in 0..3 {
-                let byte = t[c].clamp(0.0, 255.0).round();
+                // `f32::round` (half away from zero) is a libm call in WebAssembly, which has
+                // no such instruction; for these non-negative values `trunc` and a compare give
+                // the same result exactly (`t - whole` is exact).
+                let t = t[c].clamp(0.0, 255.0);
+                let whole = t.trunc();
+                let byte = if t - whole >= 0.5 { whole + 1.0 } else { whole };
                 pixels[c * plane + y * crop + x] = (byte / 255.0 - how.mean[c]) / how.std[c];
             }
         }
