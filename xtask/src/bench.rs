@@ -631,15 +631,17 @@ fn guest(name: &str) -> PathBuf {
     guest_dir().join(format!("{name}.wasm"))
 }
 
+/// A request to tenant `tTENANT` of `corral`, routed by its Host header.
 fn corral_load(
     corral: &Corral,
+    tenant: usize,
     path: &str,
     method: &'static str,
     body: Option<&Path>,
     headers: &[&str],
 ) -> Load {
     let mut headers: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
-    headers.push("Host: t0.localhost".into());
+    headers.push(format!("Host: t{tenant}.localhost"));
     Load {
         url: format!("http://{}{path}", corral.data),
         method,
@@ -647,6 +649,22 @@ fn corral_load(
         headers,
         hosts: None,
     }
+}
+
+/// Deploys `bench-nn` with the tiny MLP as tenant `tTENANT` and sweeps its JSON route.
+fn mlp_sweep(kit: &mut Kit, corral: &Corral, tenant: usize) -> Result<Vec<Value>> {
+    let mlp = format!("model={}", kit.mlp.display());
+    corral.tenants(kit, tenant..tenant + 1, &guest("bench-nn"), &mlp, false)?;
+    let load = corral_load(
+        corral,
+        tenant,
+        "/json",
+        "POST",
+        Some(&kit.features.clone()),
+        &["Content-Type: application/json"],
+    );
+    let levels = kit.plan.concurrency.clone();
+    sweep(kit, &load, &levels)
 }
 
 /// 1. The host's overhead over ONNX Runtime itself on EfficientNet-Lite0, preprocessing
@@ -671,6 +689,7 @@ fn overhead(kit: &mut Kit) -> Result<Value> {
     corral.tenants(kit, 0..1, &guest("bench-nn"), &model, false)?;
     let load = corral_load(
         &corral,
+        0,
         "/tensor",
         "POST",
         Some(&kit.tensor.clone()),
@@ -691,19 +710,12 @@ fn fixed(kit: &mut Kit) -> Result<Value> {
     let corral = Corral::start(kit, "fixed")?;
     let hello = guest("bench-hello");
     corral.tenants(kit, 0..1, &hello, "none", false)?;
-    let corral_hello = sweep(kit, &corral_load(&corral, "/", "GET", None, &[]), &levels)?;
-    let mlp = format!("model={}", kit.mlp.display());
-    corral.tenants(kit, 1..2, &guest("bench-nn"), &mlp, false)?;
-    let mut load = corral_load(
-        &corral,
-        "/json",
-        "POST",
-        Some(&kit.features.clone()),
-        &["Content-Type: application/json"],
-    );
-    load.headers.retain(|h| !h.starts_with("Host"));
-    load.headers.push("Host: t1.localhost".into());
-    let corral_mlp = sweep(kit, &load, &levels)?;
+    let corral_hello = sweep(
+        kit,
+        &corral_load(&corral, 0, "/", "GET", None, &[]),
+        &levels,
+    )?;
+    let corral_mlp = mlp_sweep(kit, &corral, 1)?;
     drop(corral);
 
     let addr = free_addr()?;
@@ -750,6 +762,7 @@ fn python_pair(kit: &mut Kit) -> Result<Value> {
         kit,
         &corral_load(
             &corral,
+            0,
             "/",
             "POST",
             Some(&dog),
@@ -757,18 +770,7 @@ fn python_pair(kit: &mut Kit) -> Result<Value> {
         ),
         &levels,
     )?;
-    let mlp = format!("model={}", kit.mlp.display());
-    corral.tenants(kit, 1..2, &guest("bench-nn"), &mlp, false)?;
-    let mut load = corral_load(
-        &corral,
-        "/json",
-        "POST",
-        Some(&kit.features.clone()),
-        &["Content-Type: application/json"],
-    );
-    load.headers.retain(|h| !h.starts_with("Host"));
-    load.headers.push("Host: t1.localhost".into());
-    let corral_json = sweep(kit, &load, &levels)?;
+    let corral_json = mlp_sweep(kit, &corral, 1)?;
     drop(corral);
 
     // Python's settings: one worker process with ONNX Runtime's default threads, or one
