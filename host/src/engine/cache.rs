@@ -121,8 +121,8 @@ impl ComponentCache {
 
 /// Hands the memory cranelift freed back to the kernel. It compiles on several threads, each
 /// with its own glibc malloc arena, and glibc keeps freed arena pages: without this, every
-/// distinct component compiled leaves several MiB resident for good (measured with a 415 KiB
-/// component: about 8 MiB each without, about 2 MiB with).
+/// distinct component compiled leaves several MiB resident for good (see the "distinct" rows
+/// of docs/benchmarks.md's density table for what remains).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn release_compiler_memory() {
