@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::serve::{Corral, DataDir, raw_request};
+use common::serve::{Corral, DataDir, Part, multipart, raw_request};
 use common::*;
 use hyper::StatusCode;
 use serde_json::{Value, json};
@@ -23,6 +23,7 @@ fn hostile_limits() -> Value {
         "request_body_bytes": 1 << 20,
         "response_body_bytes": 1 << 20,
         "nn_calls_per_request": 2000,
+        "nn_bytes_per_request": 4 << 20,
         "tensor_elements": 1000,
         "concurrent_requests": 2,
         "queued_requests": 2,
@@ -51,6 +52,14 @@ struct Case {
 
 fn any(_: &Value) -> bool {
     true
+}
+
+/// The error message of an answer: the host's `error.message` or the guest's `message`.
+fn message(body: &Value) -> &str {
+    body["error"]["message"]
+        .as_str()
+        .or(body["message"].as_str())
+        .unwrap_or_default()
 }
 
 fn cases() -> Vec<Case> {
@@ -127,6 +136,45 @@ fn cases() -> Vec<Case> {
             code: "nn_limit",
             check: any,
         },
+        // Everything a guest makes the host hold through wasi:nn is counted: dimension lists,
+        // live resources, names, every copy of an output.
+        Case {
+            path: "/fault/many-dims",
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "nn_limit",
+            check: |b| message(b).contains("limit of 8 dimensions"),
+        },
+        Case {
+            path: "/fault/many-tensors",
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "nn_limit",
+            check: |b| message(b).contains("live wasi:nn resources"),
+        },
+        Case {
+            path: "/fault/long-name",
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "not-found",
+            check: |b| message(b).len() < 2048 && message(b).contains("(4194304 bytes)"),
+        },
+        Case {
+            path: "/fault/reread",
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "nn_limit",
+            check: any,
+        },
+        // ONNX Runtime asked for 2 GiB with a 256 MiB run arena: an error, not an allocation.
+        Case {
+            path: "/fault/fill?n=536870912",
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "runtime-error",
+            check: |b| message(b).contains("Available memory"),
+        },
+        Case {
+            path: "/fault/fill?n=1000",
+            status: StatusCode::OK,
+            code: "",
+            check: |b| b["detail"]["shape"] == json!([1000]),
+        },
         Case {
             path: "/fault/stdout-flood",
             status: StatusCode::OK,
@@ -170,7 +218,10 @@ fn cases() -> Vec<Case> {
 #[tokio::test]
 async fn no_hostile_request_hurts_the_server_or_a_healthy_tenant() {
     let dir = DataDir::new("faults");
-    let corral = Arc::new(Corral::start(&dir, "[engine]\ninstances = 64\n"));
+    let corral = Arc::new(Corral::start(
+        &dir,
+        "[engine]\ninstances = 64\n[onnx]\nrun_memory_bytes = 268435456\n",
+    ));
     let healthy = corral.create_tenant("healthy", "healthy.test").await;
     let (status, body) = corral
         .deploy(
@@ -198,6 +249,7 @@ async fn no_hostile_request_hurts_the_server_or_a_healthy_tenant() {
             &[
                 ("add", &fixture("add.onnx")),
                 ("reshape", &fixture("reshape.onnx")),
+                ("fill", &fixture("fill.onnx")),
             ],
         )
         .await;
@@ -424,6 +476,141 @@ async fn no_hostile_request_hurts_the_server_or_a_healthy_tenant() {
         rss >> 20,
         baseline >> 20
     );
+}
+
+/// The security issue's first hole: an ONNX function's default attribute pointing at the
+/// operator token, relative to the server's working directory. The upload check refuses it;
+/// `backends::onnx::tests` shows ONNX Runtime would read the file if handed the same model.
+#[tokio::test]
+async fn an_onnx_model_cannot_read_the_servers_files() {
+    let dir = DataDir::new("read-files");
+    let corral = Corral::start_in_dir(&dir, "");
+    let token_file = dir.data().join("admin-token");
+    assert!(
+        token_file.is_file(),
+        "the operator token is at data/admin-token"
+    );
+    let thief = corral.create_tenant("thief", "thief.test").await;
+    let model = corral::backends::onnx::testing::function_default_attribute_model(
+        "data/admin-token",
+        corral.token.len() as u64,
+    );
+    let parts = [
+        Part::file("component", &guest("nn-probe")),
+        Part::bytes("model.leak", "leak.onnx", model),
+    ];
+    let (status, body) = corral
+        .admin(
+            "POST",
+            "/v1/tenants/thief/deployments",
+            Some(&thief),
+            Some(multipart(&parts)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "external_data", "{body}");
+    assert!(!body.to_string().contains(&corral.token));
+}
+
+/// A tenant's model that never ends, sent 8 times at once: each request gets its 504, its
+/// runs are stopped (the pool's runs in flight go back to zero), and it never holds more than
+/// half the inference slots, so another tenant's requests keep answering meanwhile.
+#[tokio::test]
+async fn a_run_that_never_ends_is_stopped_and_starves_no_one() {
+    let dir = DataDir::new("spin");
+    let corral = Arc::new(Corral::start(&dir, "max_parallel_inference = 4\n"));
+    let (status, body) = corral
+        .operator(
+            "PUT",
+            "/v1/tenants/spinner",
+            json!({ "hosts": ["spinner.test"], "limits": {
+                "timeout_ms": 2000, "concurrent_requests": 16, "queued_requests": 16 } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let spinner = body["token"].as_str().unwrap().to_owned();
+    let (status, body) = corral
+        .deploy(
+            "spinner",
+            &spinner,
+            &guest("nn-probe"),
+            &[("spin", &fixture("spin.onnx"))],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let healthy = corral.create_tenant("healthy", "healthy.test").await;
+    let (status, body) = corral
+        .deploy(
+            "healthy",
+            &healthy,
+            &guest("nn-probe"),
+            &[("add", &fixture("add.onnx"))],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let mut spinning = Vec::new();
+    for _ in 0..8 {
+        let corral = corral.clone();
+        spinning.push(tokio::spawn(async move {
+            corral
+                .call("spinner.test", "GET", "/fault/spin", Vec::new())
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut answered = 0;
+    while spinning.iter().any(|task| !task.is_finished()) {
+        let started = std::time::Instant::now();
+        let (status, body) = corral
+            .call("healthy.test", "GET", "/case/add", Vec::new())
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "a healthy request while the spinner's runs hold their slots: {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the healthy request waited {:?} for a slot",
+            started.elapsed()
+        );
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        answered >= 10,
+        "{answered} healthy requests during the spin"
+    );
+    for task in spinning {
+        let (status, body) = task.await.unwrap();
+        assert_eq!(
+            status,
+            StatusCode::GATEWAY_TIMEOUT,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    // The stopped runs really end, and their slots come back.
+    let mut in_flight = corral.metric("corral_inference_runs_in_flight").await;
+    for _ in 0..50 {
+        if in_flight == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        in_flight = corral.metric("corral_inference_runs_in_flight").await;
+    }
+    assert_eq!(
+        in_flight, 0.0,
+        "runs still executing after their requests ended"
+    );
+    for _ in 0..4 {
+        let (status, _) = corral
+            .call("healthy.test", "GET", "/case/add", Vec::new())
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
 }
 
 #[tokio::test]

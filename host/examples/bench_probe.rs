@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use corral::backends::RunControl;
 use corral::backends::models::{InferencePool, ModelFormat, ModelSet, Session, SessionPool};
 use corral::backends::tensor::{ElementType, Tensor, TensorBytes};
 use corral::engine::log::GuestOutput;
@@ -128,7 +129,7 @@ fn native(
             bytes: TensorBytes::Host(data.to_vec()),
         };
         session
-            .run(vec![(input.to_owned(), tensor)])
+            .run(vec![(input.to_owned(), tensor)], &RunControl::default())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(())
     };
@@ -189,7 +190,7 @@ fn instantiate(component: &Path, iterations: usize, models: &[&str]) -> anyhow::
         })
         .collect::<anyhow::Result<_>>()?;
     let models = ModelSet::load_files(&sessions, &models)?;
-    let nn = NnCtx::new(Arc::new(models), Arc::new(InferencePool::new(4)));
+    let nn = NnCtx::sole(Arc::new(models), Arc::new(InferencePool::new(4)));
     let service = Service::new(&engine, &compiled, nn)?;
     let sandbox = RequestSandbox {
         limits: Arc::new(Limits::default()),

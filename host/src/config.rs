@@ -183,6 +183,10 @@ pub struct OnnxSettings {
     pub intra_op_spinning: bool,
     /// Execution providers in order of preference. This build has `cpu`.
     pub execution_providers: Vec<String>,
+    /// Memory all ONNX Runtime runs together may use for their tensors, in bytes (0: half the
+    /// machine's memory). A run that needs more fails with a `wasi:nn` runtime error instead
+    /// of taking the process's memory.
+    pub run_memory_bytes: u64,
 }
 
 impl Default for OnnxSettings {
@@ -192,6 +196,7 @@ impl Default for OnnxSettings {
             inter_op_threads: 0,
             intra_op_spinning: false,
             execution_providers: vec!["cpu".into()],
+            run_memory_bytes: 0,
         }
     }
 }

@@ -70,7 +70,7 @@ impl DevServer {
             .max_parallel_inference
             .unwrap_or_else(InferencePool::default_limit);
         let inference = Arc::new(InferencePool::new(limit));
-        let nn = NnCtx::new(Arc::new(models), Arc::clone(&inference));
+        let nn = NnCtx::sole(Arc::new(models), Arc::clone(&inference));
         let service = Service::new(&engine, &component, nn)
             .with_context(|| format!("cannot serve {}", options.component.display()))?;
         let output = if options.inherit_stdio {

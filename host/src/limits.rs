@@ -13,8 +13,9 @@
 //! | `concurrent_requests`, `queued_requests` | per-tenant gate before the guest runs | `503 overloaded` + `Retry-After` |
 //! | `request_body_bytes` | Content-Length check, then the streamed body | `413 request_too_large` |
 //! | `response_body_bytes` | the streamed response | response cut off, logged |
-//! | `nn_bytes_per_call`, `nn_bytes_per_request`, `nn_calls_per_request` | the `wasi:nn` host | trap, `500 nn_limit` |
-//! | `tensor_rank`, `tensor_elements` | `wasi:nn` compute, before the backend | `invalid-argument` error value |
+//! | `nn_bytes_per_call`, `nn_bytes_per_request`, `nn_calls_per_request`, `nn_resources_per_request` | the `wasi:nn` host | trap, `500 nn_limit` |
+//! | `tensor_rank` | `wasi:nn` `tensor.new` (the dimension list is what the host holds) | trap, `500 nn_limit` |
+//! | `tensor_elements` | `wasi:nn` compute, before the backend | `invalid-argument` error value |
 //! | `log_bytes_per_minute` | guest stdout/stderr | excess dropped and counted |
 
 use serde::{Deserialize, Serialize};
@@ -86,6 +87,9 @@ limits! {
     nn_bytes_per_request: u64 = 256 << 20;
     /// `wasi:nn` calls per request.
     nn_calls_per_request: u32 = 10_000;
+    /// `wasi:nn` resources (tensors, graphs, execution contexts, errors) one request holds at
+    /// once.
+    nn_resources_per_request: u32 = 1_000;
     /// Dimensions of one tensor.
     tensor_rank: u32 = 8;
     /// Elements of one tensor.
@@ -102,6 +106,8 @@ pub enum LimitHit {
     CpuTime,
     NnCalls,
     NnBytes,
+    NnResources,
+    NnRank,
     RequestBody,
 }
 
@@ -112,7 +118,7 @@ impl LimitHit {
             Self::Memory => "memory_limit",
             Self::Instances => "instance_limit",
             Self::CpuTime => "cpu_time_limit",
-            Self::NnCalls | Self::NnBytes => "nn_limit",
+            Self::NnCalls | Self::NnBytes | Self::NnResources | Self::NnRank => "nn_limit",
             Self::RequestBody => "request_too_large",
         }
     }
@@ -138,6 +144,14 @@ impl LimitHit {
             Self::NnBytes => format!(
                 "the service exceeded its wasi:nn data limits ({} bytes per call, {} per request)",
                 limits.nn_bytes_per_call, limits.nn_bytes_per_request
+            ),
+            Self::NnResources => format!(
+                "the service exceeded its limit of {} live wasi:nn resources per request",
+                limits.nn_resources_per_request
+            ),
+            Self::NnRank => format!(
+                "the service made a wasi:nn tensor with more than its limit of {} dimensions",
+                limits.tensor_rank
             ),
             Self::RequestBody => format!(
                 "the request body is larger than this service's limit of {} bytes",

@@ -86,6 +86,8 @@ pub struct Gauges {
     pub queue_depth: Vec<(String, u32)>,
     pub instances_in_use: usize,
     pub instance_slots: u32,
+    /// Inference runs executing now (stopped runs count until they have really ended).
+    pub inference_runs: usize,
     /// Model digest → compute-time histogram.
     pub compute_times: Vec<(String, Arc<Histogram>)>,
     /// Data-plane listener (`http`, `https`) → its connection counts.
@@ -275,6 +277,11 @@ impl Metrics {
                 "corral_instances_in_use",
                 "WebAssembly instances alive now (one per request in flight).",
                 gauges.instances_in_use as u64,
+            ),
+            (
+                "corral_inference_runs_in_flight",
+                "Inference runs executing now, including stopped runs that have not yet ended.",
+                gauges.inference_runs as u64,
             ),
             (
                 "corral_instance_slots",

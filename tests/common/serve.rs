@@ -54,11 +54,25 @@ impl Corral {
 
     /// [`Corral::start`] with extra command-line arguments.
     pub fn start_with(dir: &DataDir, config: &str, args: &[&str]) -> Self {
+        Self::launch(dir, config, args, None)
+    }
+
+    /// [`Corral::start`] with `dir` as the server's working directory, so that the data
+    /// directory is `data` relative to it.
+    pub fn start_in_dir(dir: &DataDir, config: &str) -> Self {
+        Self::launch(dir, config, &[], Some(&dir.0))
+    }
+
+    fn launch(dir: &DataDir, config: &str, args: &[&str], cwd: Option<&Path>) -> Self {
         let config_path = dir.0.join("corral.toml");
         std::fs::write(&config_path, config).unwrap();
         let n = std::fs::read_dir(&dir.0).unwrap().count();
         let log = dir.0.join(format!("serve-{n}.log"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_corral"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&config_path)

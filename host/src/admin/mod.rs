@@ -162,6 +162,7 @@ impl Admin {
                     queue_depth: self.tenancy.queue_depths(),
                     instances_in_use: crate::engine::live_instances(),
                     instance_slots: platform.engine_settings.instances,
+                    inference_runs: platform.inference.runs_in_flight(),
                     compute_times: platform.inference.compute_times(),
                     connections: self.connections.clone(),
                 };

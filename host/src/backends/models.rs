@@ -10,11 +10,11 @@ use anyhow::{Context, bail};
 use dashmap::DashMap;
 use tokio::sync::Semaphore;
 
-use super::InferenceError;
 use super::onnx::{OnnxRuntime, OnnxSession};
 use super::tensor::Tensor;
 #[cfg(feature = "torch")]
 use super::torch::TorchSession;
+use super::{InferenceError, RunControl};
 use crate::metrics::Histogram;
 
 /// The sha256 of a model file's bytes: a model's identity everywhere in Corral.
@@ -100,13 +100,18 @@ impl Session {
         }
     }
 
-    /// Runs the model on named inputs. Blocking; many runs may share one session at once.
+    /// Runs the model on named inputs until it ends or `control` stops it. Blocking; many
+    /// runs may share one session at once.
     pub fn run(
         &self,
         inputs: Vec<(String, Tensor)>,
+        control: &RunControl,
     ) -> Result<Vec<(String, Tensor)>, InferenceError> {
+        if control.is_stopped() {
+            return Err(InferenceError::stopped());
+        }
         match self {
-            Self::Onnx(session) => session.run(inputs),
+            Self::Onnx(session) => session.run(inputs, control),
             #[cfg(feature = "torch")]
             Self::Torch(session) => session.run(inputs),
         }
@@ -250,14 +255,25 @@ impl ModelSet {
 
 /// Runs inference off the async workers, at most `limit` runs at once; callers beyond that
 /// wait their turn without holding a thread. The bound holds for runs actually executing: a
-/// run whose request was abandoned keeps its slot until ONNX Runtime returns.
+/// run whose request was abandoned is told to stop, and keeps its slot until it has.
+///
+/// One tenant holds at most half the slots (its [`TenantShare`]), so another tenant always
+/// finds one, whatever the first one's models do.
 #[derive(Debug)]
 pub struct InferencePool {
     permits: Arc<Semaphore>,
+    /// Slots one tenant may hold at once.
+    share_limit: usize,
+    /// Each tenant's share, alive while some deployment of the tenant holds it.
+    shares: DashMap<String, Weak<Semaphore>>,
     runs: Arc<RunCounters>,
     /// Run times by model digest.
     compute_times: DashMap<ModelDigest, Arc<Histogram>>,
 }
+
+/// The part of the pool's slots one tenant may hold at once.
+#[derive(Clone, Debug)]
+pub struct TenantShare(Arc<Semaphore>);
 
 #[derive(Debug, Default)]
 struct RunCounters {
@@ -282,6 +298,17 @@ impl Drop for Running<'_> {
     }
 }
 
+/// Stops a run when the future waiting for it is dropped before it ended.
+struct StopOnDrop(Option<Arc<RunControl>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(control) = self.0.take() {
+            control.stop();
+        }
+    }
+}
+
 impl InferencePool {
     /// The default bound on runs at once: twice the CPU count, at least 4.
     pub fn default_limit() -> usize {
@@ -290,11 +317,40 @@ impl InferencePool {
     }
 
     pub fn new(limit: usize) -> Self {
+        let limit = limit.max(1);
         Self {
-            permits: Arc::new(Semaphore::new(limit.max(1))),
+            permits: Arc::new(Semaphore::new(limit)),
+            share_limit: (limit / 2).max(1),
+            shares: DashMap::new(),
             runs: Arc::default(),
             compute_times: DashMap::new(),
         }
+    }
+
+    /// The share of `tenant`: every deployment of one tenant gets the same one.
+    pub fn share(&self, tenant: &str) -> TenantShare {
+        let share = {
+            let mut entry = self.shares.entry(tenant.to_owned()).or_default();
+            if let Some(share) = entry.upgrade() {
+                return TenantShare(share);
+            }
+            let share = Arc::new(Semaphore::new(self.share_limit));
+            *entry = Arc::downgrade(&share);
+            share
+        };
+        // Forget the shares of tenants with no deployment left.
+        self.shares.retain(|_, share| share.strong_count() > 0);
+        TenantShare(share)
+    }
+
+    /// A share of every slot, for a process that serves one service only.
+    pub fn whole(&self) -> TenantShare {
+        TenantShare(Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)))
+    }
+
+    /// Slots one tenant may hold at once: half the pool, at least one.
+    pub fn share_limit(&self) -> usize {
+        self.share_limit
     }
 
     /// Run-time histograms by model digest.
@@ -313,33 +369,45 @@ impl InferencePool {
         self.runs.peak.load(Ordering::Relaxed)
     }
 
-    /// Runs `model` on `inputs` on the blocking pool. `keep_alive` lives until the run ends,
-    /// even when the caller is dropped first (a request's slot stays taken while its
-    /// abandoned run still uses the CPU).
+    /// Runs executing now (including stopped runs that have not yet returned).
+    pub fn runs_in_flight(&self) -> usize {
+        self.runs.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Runs `model` on `inputs` on the blocking pool, within `share`. `keep_alive` lives until
+    /// the run ends, even when the caller is dropped first (a request's slot stays taken while
+    /// its abandoned run still uses the CPU). Dropping the returned future before the run
+    /// ends (the request's deadline passed, its client left) stops the run.
     pub async fn run(
         &self,
+        share: &TenantShare,
         model: Arc<Model>,
         inputs: Vec<(String, Tensor)>,
         keep_alive: Option<Arc<dyn std::any::Any + Send + Sync>>,
     ) -> Result<Vec<(String, Tensor)>, InferenceError> {
+        let closed = |_| InferenceError::runtime("the inference pool is shutting down");
+        let share = Arc::clone(&share.0).acquire_owned().await.map_err(closed)?;
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
             .await
-            .map_err(|_| InferenceError::runtime("the inference pool is shutting down"))?;
+            .map_err(closed)?;
         let runs = Arc::clone(&self.runs);
         let times = Arc::clone(&self.compute_times.entry(model.digest).or_default());
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+        let control = Arc::new(RunControl::default());
+        let mut stop = StopOnDrop(Some(Arc::clone(&control)));
+        let result = tokio::task::spawn_blocking(move || {
+            let _slots = (share, permit);
             let _keep_alive = keep_alive;
             let _running = Running::start(&runs);
             let started = std::time::Instant::now();
-            let result = model.session.run(inputs);
+            let result = model.session.run(inputs, &control);
             let elapsed = started.elapsed();
             times.observe(elapsed);
             tracing::debug!(model = %model.name, run_us = elapsed.as_micros() as u64, "inference run");
             result
         })
-        .await
-        .map_err(|e| InferenceError::runtime(format!("inference task failed: {e}")))?
+        .await;
+        stop.0 = None; // The run has ended: nothing to stop.
+        result.map_err(|e| InferenceError::runtime(format!("inference task failed: {e}")))?
     }
 }

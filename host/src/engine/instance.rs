@@ -19,12 +19,14 @@ use crate::nn::{NnBudget, NnCtx, NnView};
 pub struct Outcome(AtomicU8);
 
 impl Outcome {
-    const HITS: [LimitHit; 6] = [
+    const HITS: [LimitHit; 8] = [
         LimitHit::Memory,
         LimitHit::Instances,
         LimitHit::CpuTime,
         LimitHit::NnCalls,
         LimitHit::NnBytes,
+        LimitHit::NnResources,
+        LimitHit::NnRank,
         LimitHit::RequestBody,
     ];
 

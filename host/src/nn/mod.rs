@@ -10,15 +10,19 @@
 //!   blocks an async worker and many computes of one model run at once;
 //! - input bytes move into the session without a copy; output bytes are copied once, when the
 //!   guest reads them;
-//! - every call counts against the request's [`NnBudget`] (calls, bytes copied per call and per
-//!   request): a guest over it is trapped with the limit named; tensors over the tenant's rank
-//!   or element limits are refused with `invalid-argument` before any backend sees them.
+//! - every call counts against the request's [`NnBudget`]: calls; bytes the host takes in,
+//!   holds or copies out for the guest (tensor data and dimension lists, model and input
+//!   names, every `tensor.data` copy) per call and per request; live resources. A guest over
+//!   it is trapped with the limit named. A tensor over the tenant's rank limit traps at
+//!   `tensor.new`; one over its element limit is refused with `invalid-argument` before any
+//!   backend sees it. Error messages the host keeps for the guest are cut to 1 KiB, and
+//!   guest-given names in them to 128 bytes.
 
 use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use crate::backends::models::{InferencePool, Model, ModelSet};
+use crate::backends::models::{InferencePool, Model, ModelSet, TenantShare};
 use crate::backends::tensor::{ElementType, Tensor, TensorBytes};
 use crate::backends::{ErrorKind, InferenceError};
 use crate::engine::Outcome;
@@ -56,11 +60,29 @@ pub struct ExecutionContext(Arc<Model>);
 pub struct NnCtx {
     models: Arc<ModelSet>,
     pool: Arc<InferencePool>,
+    /// The deployment's tenant's share of the pool.
+    share: TenantShare,
 }
 
 impl NnCtx {
-    pub fn new(models: Arc<ModelSet>, pool: Arc<InferencePool>) -> Self {
-        Self { models, pool }
+    /// The `wasi:nn` context of a deployment of `tenant`.
+    pub fn new(models: Arc<ModelSet>, pool: Arc<InferencePool>, tenant: &str) -> Self {
+        let share = pool.share(tenant);
+        Self {
+            models,
+            pool,
+            share,
+        }
+    }
+
+    /// The context of the only service of a process (`corral run`): it may use every slot.
+    pub fn sole(models: Arc<ModelSet>, pool: Arc<InferencePool>) -> Self {
+        let share = pool.whole();
+        Self {
+            models,
+            pool,
+            share,
+        }
     }
 }
 
@@ -71,6 +93,8 @@ pub struct NnBudget {
     outcome: Arc<Outcome>,
     calls: u32,
     bytes: u64,
+    /// `wasi:nn` resources the guest holds now.
+    resources: u32,
     /// The request's slot in its tenant's gate, held by every run it starts.
     slot: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
@@ -86,6 +110,7 @@ impl NnBudget {
             outcome,
             calls: 0,
             bytes: 0,
+            resources: 0,
             slot,
         }
     }
@@ -113,6 +138,19 @@ impl NnBudget {
         Ok(())
     }
 
+    /// Counts one more live resource; traps past the per-request limit.
+    fn add_resource(&mut self) -> wasmtime::Result<()> {
+        self.resources = self.resources.saturating_add(1);
+        if self.resources > self.limits.nn_resources_per_request {
+            return Err(self.outcome.trap(LimitHit::NnResources, &self.limits));
+        }
+        Ok(())
+    }
+
+    fn remove_resource(&mut self) {
+        self.resources = self.resources.saturating_sub(1);
+    }
+
     /// Traps when one copy of `len` bytes is over the per-call limit.
     fn check_call(&self, len: usize) -> wasmtime::Result<()> {
         if len as u64 > self.limits.nn_bytes_per_call {
@@ -121,15 +159,18 @@ impl NnBudget {
         Ok(())
     }
 
-    /// Refuses a tensor over the tenant's rank or element limits.
-    fn check_tensor(&self, name: &str, tensor: &Tensor) -> Result<(), InferenceError> {
-        let rank = tensor.shape.len();
+    /// Traps on a tensor over the tenant's rank limit: its dimension list is what the host
+    /// would hold.
+    fn check_rank(&self, rank: usize) -> wasmtime::Result<()> {
         if rank > self.limits.tensor_rank as usize {
-            return Err(InferenceError::invalid(format!(
-                "tensor '{name}' has {rank} dimensions; this service's limit is {}",
-                self.limits.tensor_rank
-            )));
+            return Err(self.outcome.trap(LimitHit::NnRank, &self.limits));
         }
+        Ok(())
+    }
+
+    /// Refuses a tensor over the tenant's element limit.
+    fn check_tensor(&self, name: &str, tensor: &Tensor) -> Result<(), InferenceError> {
+        let name = shown(name);
         let elements = tensor
             .shape
             .iter()
@@ -175,11 +216,43 @@ pub fn add_to_linker<T: Send + 'static>(
 
 type NnResult<T> = wasmtime::Result<Result<T, Resource<InferenceError>>>;
 
+/// How much of an error message the host keeps for the guest: messages echo guest-given names.
+const MAX_ERROR_MESSAGE: usize = 1024;
+/// How much of a guest-given name an error message repeats.
+const MAX_SHOWN_NAME: usize = 128;
+
+/// `name` cut to [`MAX_SHOWN_NAME`] bytes (at a character boundary) for an error message.
+fn shown(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.len() <= MAX_SHOWN_NAME {
+        return name.into();
+    }
+    let end = name.floor_char_boundary(MAX_SHOWN_NAME);
+    format!("{}... ({} bytes)", &name[..end], name.len()).into()
+}
+
 impl NnView<'_> {
-    /// Hands `error` to the guest as an `error` resource.
-    fn fail<T>(&mut self, error: InferenceError) -> NnResult<T> {
+    /// Hands `error` to the guest as an `error` resource, its message cut short.
+    fn fail<T>(&mut self, mut error: InferenceError) -> NnResult<T> {
+        if error.message.len() > MAX_ERROR_MESSAGE {
+            let end = error.message.floor_char_boundary(MAX_ERROR_MESSAGE);
+            error.message.truncate(end);
+            error.message.push_str("...");
+        }
         tracing::debug!(kind = ?error.kind, message = %error.message, "wasi:nn error returned to guest");
-        Ok(Err(self.table.push(error)?))
+        Ok(Err(self.push(error)?))
+    }
+
+    /// Puts a resource in the table, counting it against the request's budget.
+    fn push<T: Send + 'static>(&mut self, value: T) -> wasmtime::Result<Resource<T>> {
+        self.budget.add_resource()?;
+        Ok(self.table.push(value)?)
+    }
+
+    /// Takes a resource out of the table.
+    fn delete<T: 'static>(&mut self, resource: Resource<T>) -> wasmtime::Result<T> {
+        let value = self.table.delete(resource)?;
+        self.budget.remove_resource();
+        Ok(value)
     }
 }
 
@@ -193,13 +266,15 @@ impl tensor::HostTensor for NnView<'_> {
         data: Vec<u8>,
     ) -> wasmtime::Result<Resource<Tensor>> {
         self.budget.call()?;
-        self.budget.hold([data.len()])?;
+        self.budget.check_rank(dimensions.len())?;
+        self.budget
+            .hold([data.len(), std::mem::size_of_val(dimensions.as_slice())])?;
         let tensor = Tensor {
             shape: dimensions,
             ty: element_type(ty),
             bytes: TensorBytes::Host(data),
         };
-        Ok(self.table.push(tensor)?)
+        self.push(tensor)
     }
 
     fn dimensions(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<Vec<u32>> {
@@ -214,14 +289,15 @@ impl tensor::HostTensor for NnView<'_> {
 
     fn data(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<Vec<u8>> {
         self.budget.call()?;
-        // The tensor was counted when it was made or produced; reading it copies it once more.
-        let bytes = self.table.get(&tensor)?.bytes.as_slice();
-        self.budget.check_call(bytes.len())?;
-        Ok(bytes.to_vec())
+        // The tensor was counted when it was made or produced; reading it copies it once more,
+        // and every copy counts.
+        let len = self.table.get(&tensor)?.bytes.as_slice().len();
+        self.budget.hold([len])?;
+        Ok(self.table.get(&tensor)?.bytes.as_slice().to_vec())
     }
 
     fn drop(&mut self, tensor: Resource<Tensor>) -> wasmtime::Result<()> {
-        self.table.delete(tensor)?;
+        self.delete(tensor)?;
         Ok(())
     }
 }
@@ -243,9 +319,11 @@ impl graph::Host for NnView<'_> {
 
     fn load_by_name(&mut self, name: String) -> NnResult<Resource<Graph>> {
         self.budget.call()?;
+        self.budget.hold([name.len()])?;
         match self.ctx.models.get(&name) {
-            Some(model) => Ok(Ok(self.table.push(Graph(model))?)),
+            Some(model) => Ok(Ok(self.push(Graph(model))?)),
             None => {
+                let name = shown(&name);
                 let mut known: Vec<&str> = self.ctx.models.names().collect();
                 known.sort_unstable();
                 let message = if known.is_empty() {
@@ -269,11 +347,11 @@ impl graph::HostGraph for NnView<'_> {
     ) -> NnResult<Resource<ExecutionContext>> {
         self.budget.call()?;
         let model = Arc::clone(&self.table.get(&graph)?.0);
-        Ok(Ok(self.table.push(ExecutionContext(model))?))
+        Ok(Ok(self.push(ExecutionContext(model))?))
     }
 
     fn drop(&mut self, graph: Resource<Graph>) -> wasmtime::Result<()> {
-        self.table.delete(graph)?;
+        self.delete(graph)?;
         Ok(())
     }
 }
@@ -288,10 +366,13 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
     ) -> NnResult<Vec<(String, Resource<Tensor>)>> {
         self.budget.call()?;
         let model = Arc::clone(&self.table.get(&context)?.0);
+        // The names are the guest's: they count against its bytes.
+        self.budget
+            .hold(inputs.iter().map(|(name, _)| name.len()))?;
         // The tensors are owned handles passed to us: take them out of the table without copying.
         let mut tensors = Vec::with_capacity(inputs.len());
         for (name, handle) in inputs {
-            tensors.push((name, self.table.delete(handle)?));
+            tensors.push((name, self.delete(handle)?));
         }
         for (name, tensor) in &tensors {
             if let Err(error) = self.budget.check_tensor(name, tensor) {
@@ -299,7 +380,12 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             }
         }
         let slot = self.budget.slot.clone();
-        match self.ctx.pool.run(model, tensors, slot).await {
+        match self
+            .ctx
+            .pool
+            .run(&self.ctx.share, model, tensors, slot)
+            .await
+        {
             Ok(outputs) => {
                 // Outputs live in the host until the request ends: they count against the
                 // request's bytes whether or not the guest reads them.
@@ -307,7 +393,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                     .hold(outputs.iter().map(|(_, t)| t.bytes.as_slice().len()))?;
                 let mut handles = Vec::with_capacity(outputs.len());
                 for (name, tensor) in outputs {
-                    handles.push((name, self.table.push(tensor)?));
+                    handles.push((name, self.push(tensor)?));
                 }
                 Ok(Ok(handles))
             }
@@ -316,7 +402,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
     }
 
     fn drop(&mut self, context: Resource<ExecutionContext>) -> wasmtime::Result<()> {
-        self.table.delete(context)?;
+        self.delete(context)?;
         Ok(())
     }
 }
@@ -342,7 +428,7 @@ impl errors::HostError for NnView<'_> {
     }
 
     fn drop(&mut self, error: Resource<InferenceError>) -> wasmtime::Result<()> {
-        self.table.delete(error)?;
+        self.delete(error)?;
         Ok(())
     }
 }

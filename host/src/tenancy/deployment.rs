@@ -46,7 +46,11 @@ pub struct LiveDeployment {
 impl Platform {
     /// Builds a serving deployment from its record. Blocking and possibly slow (compilation,
     /// model loading): call it from a blocking pool.
-    pub fn build(&self, record: &DeploymentRecord) -> Result<LiveDeployment, Refusal> {
+    pub fn build(
+        &self,
+        tenant: &str,
+        record: &DeploymentRecord,
+    ) -> Result<LiveDeployment, Refusal> {
         let component = self
             .components
             .load(&self.engine, &self.store, &record.component)
@@ -89,7 +93,7 @@ impl Platform {
             };
             models.insert(Model::new(name.clone(), model.digest, session));
         }
-        let nn = NnCtx::new(Arc::new(models), Arc::clone(&self.inference));
+        let nn = NnCtx::new(Arc::new(models), Arc::clone(&self.inference), tenant);
         let service = Service::new(&self.engine, &component, nn).map_err(|e| match e {
             LinkError::Import(_) => Refusal::invalid("unsatisfied_import", e.to_string()),
             LinkError::Export(_) => Refusal::invalid("missing_export", e.to_string()),

@@ -541,8 +541,9 @@ impl Tenancy {
         // tenants, or a slow compile, never hold up other changes.
         let platform = Arc::clone(&self.platform);
         let candidate = record.clone();
+        let tenant_name = name.to_owned();
         let live = self
-            .within_deploy_timeout(blocking(move || platform.build(&candidate)))
+            .within_deploy_timeout(blocking(move || platform.build(&tenant_name, &candidate)))
             .await?;
         let _changing = self.changes.lock().await;
         let tenant = self.same_tenant(name, &before)?;
@@ -595,7 +596,7 @@ impl Tenancy {
                         Refusal::NotFound(format!("tenant '{store_name}' has no version {version}"))
                     })?;
                 check_trust(&store_name, &before_record, &record)?;
-                let live = platform.build(&record)?;
+                let live = platform.build(&store_name, &record)?;
                 Ok((record, live))
             }))
             .await?;
@@ -654,7 +655,7 @@ impl Tenancy {
             .store
             .read_record::<DeploymentRecord>(&records::deployment_path(name, version))?
             .ok_or_else(|| Refusal::NotFound(format!("version {version} has no record")))?;
-        self.platform.build(&record)
+        self.platform.build(name, &record)
     }
 
     /// The service serving a tenant now, if any (for tests and metrics).

@@ -1,19 +1,27 @@
 //! Upload-time checks on an ONNX file, before ONNX Runtime sees it.
 //!
 //! An ONNX tensor may keep its data in another file (`data_location = EXTERNAL`), which ONNX
-//! Runtime would open relative to the model's path. Uploaded models must be self-contained,
-//! so any tensor that points outside the file is refused, wherever it sits: graph
-//! initializers, node attributes, sub-graphs of control-flow nodes, functions.
+//! Runtime would open relative to the model's folder (for a model loaded from memory, the
+//! process's working directory). Uploaded models must be self-contained, so any tensor that
+//! points outside the file is refused, wherever it sits.
 //!
-//! This walks the protobuf wire format directly: only the fields that can hold tensors are
-//! followed, nesting is bounded, and malformed input is an error, never a panic.
+//! The walk is an allow-list over the whole ONNX schema (`onnx.proto` of onnx 1.23, IR version 14): every
+//! message is decoded with its complete table of fields, every nested message is followed, and
+//! a length-delimited field that is not in the table (a message this version of Corral does not
+//! know, which could hold a tensor) is refused rather than skipped. So the next place the
+//! schema grows a tensor is refused by default until it is added here. Tensors are found in
+//! graph initializers and sparse initializers, node attributes and their sub-graphs at any
+//! depth, function bodies and function default attributes, and training info.
+//!
+//! This walks the protobuf wire format directly: nesting is bounded, and malformed input is an
+//! error, never a panic. It allocates nothing but the name of a refused tensor.
 
 /// Why a model file is refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ModelCheckError {
     /// A tensor's data lives in another file.
     ExternalData(String),
-    /// The bytes are not a well-formed ONNX protobuf.
+    /// The bytes are not a well-formed ONNX protobuf, or use a field Corral cannot check.
     Malformed(String),
 }
 
@@ -30,46 +38,152 @@ impl std::fmt::Display for ModelCheckError {
     }
 }
 
-/// Refuses a model whose tensors reference external data.
+/// Refuses a model whose tensors reference external data, or that uses a field of the ONNX
+/// schema this check does not know.
 pub fn check_self_contained(bytes: &[u8]) -> Result<(), ModelCheckError> {
     walk(bytes, Message::Model, 0)
 }
 
-/// The ONNX messages that can (transitively) contain tensors.
-#[derive(Clone, Copy)]
+/// Every message of the ONNX schema that a model file can contain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Message {
     Model,
     Graph,
     Node,
     Attribute,
     Tensor,
+    TensorSegment,
     SparseTensor,
     Function,
+    TrainingInfo,
+    ValueInfo,
+    Type,
+    TypeTensor,
+    TypeSequence,
+    TypeMap,
+    TypeOptional,
+    TypeOpaque,
+    TensorShape,
+    Dimension,
+    StringStringEntry,
+    OperatorSetId,
+    TensorAnnotation,
+    DeviceConfiguration,
+    NodeDeviceConfiguration,
+    ShardingSpec,
+    ShardedDim,
+    SimpleShardedDim,
+    IntIntListEntry,
+}
+
+/// What a field of a message is, for the walk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    /// A scalar, string or bytes (or a packed list of scalars): holds no tensor.
+    Plain,
+    /// A nested message, walked.
+    Message(Message),
+    /// Not in the schema.
+    Unknown,
 }
 
 const MAX_DEPTH: usize = 64;
-/// `TensorProto.DataLocation.EXTERNAL`.
-const EXTERNAL: u64 = 1;
+/// How much of a refused tensor's name the error repeats.
+const MAX_NAME: usize = 200;
 
 impl Message {
-    /// The message type of field `number`, when it is one to follow.
-    fn child(self, number: u64) -> Option<Message> {
+    /// The complete field table of each message (from `onnx.proto`).
+    fn field(self, number: u64) -> Field {
+        use Field::{Message as M, Plain, Unknown};
         use Message::*;
         match (self, number) {
-            (Model, 7) => Some(Graph),
-            (Model, 25) => Some(Function),
-            (Graph, 1) | (Function, 7) => Some(Node),
-            (Graph, 5) => Some(Tensor),
-            (Graph, 15) => Some(SparseTensor),
-            (Node, 5) => Some(Attribute),
-            (Attribute, 5 | 10) => Some(Tensor),
-            (Attribute, 6 | 11) => Some(Graph),
-            (Attribute, 22 | 23) => Some(SparseTensor),
-            (SparseTensor, 1 | 2) => Some(Tensor),
-            _ => None,
+            (Model, 1..=6) => Plain,
+            (Model, 14) => M(StringStringEntry),
+            (Model, 7) => M(Graph),
+            (Model, 8) => M(OperatorSetId),
+            (Model, 20) => M(TrainingInfo),
+            (Model, 25) => M(Function),
+            (Model, 26) => M(DeviceConfiguration),
+
+            (Graph, 2 | 10) => Plain,
+            (Graph, 1) => M(Node),
+            (Graph, 5) => M(Tensor),
+            (Graph, 15) => M(SparseTensor),
+            (Graph, 11..=13) => M(ValueInfo),
+            (Graph, 14) => M(TensorAnnotation),
+            (Graph, 16) => M(StringStringEntry),
+
+            (Node, 1..=4 | 6..=8) => Plain,
+            (Node, 5) => M(Attribute),
+            (Node, 9) => M(StringStringEntry),
+            (Node, 10) => M(NodeDeviceConfiguration),
+
+            (Attribute, 1..=4 | 7..=9 | 13 | 20 | 21) => Plain,
+            (Attribute, 5 | 10) => M(Tensor),
+            (Attribute, 6 | 11) => M(Graph),
+            (Attribute, 14 | 15) => M(Type),
+            (Attribute, 22 | 23) => M(SparseTensor),
+
+            (Tensor, 1 | 2 | 4..=12 | 14) => Plain,
+            (Tensor, 3) => M(TensorSegment),
+            (Tensor, 13 | 16) => M(StringStringEntry),
+            (TensorSegment, 1 | 2) => Plain,
+
+            (SparseTensor, 1 | 2) => M(Tensor),
+            (SparseTensor, 3) => Plain,
+
+            (Function, 1 | 4..=6 | 8 | 10 | 13) => Plain,
+            (Function, 7) => M(Node),
+            (Function, 9) => M(OperatorSetId),
+            (Function, 11) => M(Attribute),
+            (Function, 12) => M(ValueInfo),
+            (Function, 14) => M(StringStringEntry),
+
+            (TrainingInfo, 1 | 2) => M(Graph),
+            (TrainingInfo, 3 | 4) => M(StringStringEntry),
+
+            (ValueInfo, 1 | 3) => Plain,
+            (ValueInfo, 2) => M(Type),
+            (ValueInfo, 4) => M(StringStringEntry),
+
+            (Type, 6) => Plain,
+            (Type, 1) => M(TypeTensor),
+            (Type, 4) => M(TypeSequence),
+            (Type, 5) => M(TypeMap),
+            (Type, 7) => M(TypeOpaque),
+            (Type, 8) => M(TypeTensor), // SparseTensor has the Tensor type's fields.
+            (Type, 9) => M(TypeOptional),
+            (TypeTensor, 1) => Plain,
+            (TypeTensor, 2) => M(TensorShape),
+            (TypeSequence | TypeOptional, 1) => M(Type),
+            (TypeMap, 1) => Plain,
+            (TypeMap, 2) => M(Type),
+            (TypeOpaque, 1 | 2) => Plain,
+            (TensorShape, 1) => M(Dimension),
+            (Dimension, 1..=3) => Plain,
+
+            (StringStringEntry | OperatorSetId, 1 | 2) => Plain,
+            (TensorAnnotation, 1) => Plain,
+            (TensorAnnotation, 2) => M(StringStringEntry),
+            (DeviceConfiguration, 1..=3) => Plain,
+            (NodeDeviceConfiguration, 1 | 3) => Plain,
+            (NodeDeviceConfiguration, 2) => M(ShardingSpec),
+            (ShardingSpec, 1 | 2) => Plain,
+            (ShardingSpec, 3) => M(IntIntListEntry),
+            (ShardingSpec, 4) => M(ShardedDim),
+            (ShardedDim, 1) => Plain,
+            (ShardedDim, 2) => M(SimpleShardedDim),
+            (SimpleShardedDim, 1..=3) => Plain,
+            (IntIntListEntry, 1 | 2) => Plain,
+            _ => Unknown,
         }
     }
 }
+
+/// `TensorProto.name`, `TensorProto.external_data` and `TensorProto.data_location`.
+const TENSOR_NAME: u64 = 8;
+const TENSOR_EXTERNAL_DATA: u64 = 13;
+const TENSOR_DATA_LOCATION: u64 = 14;
 
 fn walk(mut bytes: &[u8], message: Message, depth: usize) -> Result<(), ModelCheckError> {
     if depth > MAX_DEPTH {
@@ -77,15 +191,19 @@ fn walk(mut bytes: &[u8], message: Message, depth: usize) -> Result<(), ModelChe
             "messages nested deeper than {MAX_DEPTH}"
         )));
     }
-    let mut tensor_name = String::new();
+    let is_tensor = message == Message::Tensor;
+    let mut tensor_name: &[u8] = b"";
     let mut external = false;
     while !bytes.is_empty() {
         let key = varint(&mut bytes)?;
         let number = key >> 3;
+        let field = message.field(number);
         match key & 7 {
             0 => {
                 let value = varint(&mut bytes)?;
-                if matches!(message, Message::Tensor) && number == 14 && value == EXTERNAL {
+                // Anything but DEFAULT (0) is treated as external, including values a newer
+                // schema may add.
+                if is_tensor && number == TENSOR_DATA_LOCATION && value != 0 {
                     external = true;
                 }
             }
@@ -94,16 +212,26 @@ fn walk(mut bytes: &[u8], message: Message, depth: usize) -> Result<(), ModelChe
             2 => {
                 let len = usize::try_from(varint(&mut bytes)?)
                     .map_err(|_| ModelCheckError::Malformed("field length overflows".into()))?;
-                let field = take(&mut bytes, len)?;
-                match (message, number) {
-                    (Message::Tensor, 8) => {
-                        tensor_name = String::from_utf8_lossy(field).into_owned();
-                    }
-                    (Message::Tensor, 13) => external = true,
-                    _ => {
-                        if let Some(child) = message.child(number) {
-                            walk(field, child, depth + 1)?;
-                        }
+                let payload = take(&mut bytes, len)?;
+                if is_tensor && number == TENSOR_NAME {
+                    tensor_name = payload;
+                }
+                if is_tensor && number == TENSOR_DATA_LOCATION {
+                    return Err(ModelCheckError::Malformed(
+                        "a tensor's data_location is not a plain number".into(),
+                    ));
+                }
+                if is_tensor && number == TENSOR_EXTERNAL_DATA {
+                    external = true;
+                }
+                match field {
+                    Field::Plain => {}
+                    Field::Message(child) => walk(payload, child, depth + 1)?,
+                    Field::Unknown => {
+                        return Err(ModelCheckError::Malformed(format!(
+                            "field {number} of {message:?}Proto is not in the ONNX schema Corral \
+                             checks (onnx 1.23, IR version 14)"
+                        )));
                     }
                 }
             }
@@ -115,7 +243,10 @@ fn walk(mut bytes: &[u8], message: Message, depth: usize) -> Result<(), ModelChe
         }
     }
     if external {
-        return Err(ModelCheckError::ExternalData(tensor_name));
+        let shown = &tensor_name[..tensor_name.len().min(MAX_NAME)];
+        return Err(ModelCheckError::ExternalData(
+            String::from_utf8_lossy(shown).into_owned(),
+        ));
     }
     Ok(())
 }
@@ -151,56 +282,4 @@ fn skip(bytes: &mut &[u8], len: usize) -> Result<(), ModelCheckError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn field(number: u64, payload: &[u8]) -> Vec<u8> {
-        let mut out = vec![(number << 3 | 2) as u8, payload.len() as u8];
-        out.extend_from_slice(payload);
-        out
-    }
-
-    #[test]
-    fn the_shipped_models_are_self_contained() {
-        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        for model in [
-            "tests/fixtures/add.onnx",
-            "tests/fixtures/identity_types.onnx",
-            "examples/image-classifier/model/efficientnet-lite0.onnx",
-        ] {
-            let bytes = std::fs::read(repo.join(model)).unwrap();
-            assert_eq!(check_self_contained(&bytes), Ok(()), "{model}");
-        }
-    }
-
-    #[test]
-    fn external_data_is_found_in_initializers_and_subgraphs() {
-        // TensorProto { name: "w", data_location: EXTERNAL }
-        let mut tensor = field(8, b"w");
-        tensor.extend_from_slice(&[14 << 3, 1]);
-        let graph = field(5, &tensor);
-        let model = field(7, &graph);
-        assert_eq!(
-            check_self_contained(&model),
-            Err(ModelCheckError::ExternalData("w".into()))
-        );
-        // The same tensor as an attribute of a node inside an If's sub-graph.
-        let attribute = field(6, &graph);
-        let node = field(5, &attribute);
-        let outer = field(1, &node);
-        assert!(matches!(
-            check_self_contained(&field(7, &outer)),
-            Err(ModelCheckError::ExternalData(_))
-        ));
-    }
-
-    #[test]
-    fn truncated_or_garbage_bytes_are_malformed_not_a_panic() {
-        for bytes in [&[0x3a, 0x7f, 1][..], &[0xff; 12], &[0x0b]] {
-            assert!(matches!(
-                check_self_contained(bytes),
-                Err(ModelCheckError::Malformed(_))
-            ));
-        }
-    }
-}
+mod tests;

@@ -15,9 +15,10 @@ use std::ptr::{self, NonNull};
 use std::sync::Arc;
 
 use ort::AsPointer;
-use ort::memory::MemoryInfo;
-use ort::session::SharedSessionInner;
-use ort::sys::{ONNXTensorElementDataType, OrtStatusPtr, OrtValue};
+use ort::environment::Environment;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{RunOptions, SharedSessionInner};
+use ort::sys::{ONNXTensorElementDataType, OrtArenaCfg, OrtStatusPtr, OrtValue};
 use ort::value::TensorElementType;
 
 fn check(status: OrtStatusPtr) -> ort::Result<()> {
@@ -208,11 +209,13 @@ fn element_size(ty: TensorElementType) -> Option<usize> {
     })
 }
 
-/// Runs `session` once. Safe to call from many threads at once on the same session.
+/// Runs `session` once under `options` (which can stop it). Safe to call from many threads at
+/// once on the same session.
 ///
 /// `input_names` and `output_names` are NUL-terminated and as long as their value lists.
 pub(super) fn run(
     session: &Arc<SharedSessionInner>,
+    options: &RunOptions,
     input_names: &[&CStr],
     inputs: &[InputValue<'_>],
     output_names: &[&CStr],
@@ -227,11 +230,12 @@ pub(super) fn run(
     // concurrent `Run` calls on one session as supported; Corral only registers the CPU
     // execution provider. All arrays have the lengths passed alongside them and outlive the
     // call; the output slots start null, so ONNX Runtime allocates every output and hands us
-    // ownership of it.
+    // ownership of it. The run options outlive the call; another thread may set their
+    // terminate flag meanwhile, which ONNX Runtime documents as supported.
     let status = unsafe {
         (ort::api().Run)(
             session.ptr().cast_mut(),
-            ptr::null(),
+            options.ptr(),
             input_name_ptrs.as_ptr(),
             input_ptrs.as_ptr(),
             input_ptrs.len(),
@@ -260,6 +264,38 @@ pub(super) fn run(
         ));
     }
     Ok(result)
+}
+
+/// Registers the process-wide CPU arena that every session's runs allocate their tensors from
+/// (sessions opt in with `session.use_env_allocators`), capped at `max_bytes`: past that, an
+/// allocation fails and so does the run, with an error, instead of the process running out of
+/// memory. The arena grows by what is asked (not by powers of two), so the cap is what a run
+/// can really take.
+pub(super) fn register_run_arena(environment: &Environment, max_bytes: usize) -> ort::Result<()> {
+    const SAME_AS_REQUESTED: usize = 1;
+    let keys = [c"max_mem".as_ptr(), c"arena_extend_strategy".as_ptr()];
+    let values = [max_bytes, SAME_AS_REQUESTED];
+    let memory = MemoryInfo::new(
+        AllocationDevice::CPU,
+        0,
+        AllocatorType::Arena,
+        MemoryType::Default,
+    )?;
+    let api = ort::api();
+    let mut config: *mut OrtArenaCfg = ptr::null_mut();
+    // SAFETY: `keys` and `values` have the length passed and outlive the call; `config` is a
+    // valid out pointer.
+    check(unsafe {
+        (api.CreateArenaCfgV2)(keys.as_ptr(), values.as_ptr(), keys.len(), &mut config)
+    })?;
+    // SAFETY: the environment and the memory description are valid for the call; ONNX Runtime
+    // copies what it needs from `config`, which is released right after, once.
+    let status = unsafe {
+        (api.CreateAndRegisterAllocator)(environment.ptr().cast_mut(), memory.ptr(), config)
+    };
+    // SAFETY: `config` was created above and is not used again.
+    unsafe { (api.ReleaseArenaCfg)(config) };
+    check(status)
 }
 
 /// Releases an output value nobody took ownership of.

@@ -4,6 +4,7 @@
 mod check;
 mod ffi;
 mod runtime;
+pub mod testing;
 
 use std::ffi::CString;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use ort::session::{Session, SharedSessionInner};
 use ort::value::{TensorElementType, ValueType};
 
 use super::tensor::{ElementType, Tensor, TensorBytes};
-use super::{ErrorKind, InferenceError};
+use super::{ErrorKind, InferenceError, RunControl};
 
 pub use check::{ModelCheckError, check_self_contained};
 pub use ffi::OutputTensor;
@@ -52,6 +53,14 @@ impl OnnxSession {
                 format!("ONNX Runtime cannot load the model: {e}"),
             )
         })?;
+        Self::from_session(runtime, session)
+    }
+
+    /// Reads a loaded session's inputs and outputs.
+    fn from_session(
+        runtime: &'static OnnxRuntime,
+        session: Session,
+    ) -> Result<Self, InferenceError> {
         let mut inputs = Vec::new();
         for outlet in session.inputs() {
             let ValueType::Tensor { ty, shape, .. } = outlet.dtype() else {
@@ -98,6 +107,7 @@ impl OnnxSession {
     pub fn run(
         &self,
         inputs: Vec<(String, Tensor)>,
+        control: &RunControl,
     ) -> Result<Vec<(String, Tensor)>, InferenceError> {
         let ordered = self.check_inputs(&inputs)?;
         // Most buffers are already aligned (the allocator gives at least 8 bytes); the rest,
@@ -117,9 +127,20 @@ impl OnnxSession {
             names.push(spec.c_name.as_c_str());
         }
         let output_names: Vec<_> = self.output_c_names.iter().map(|n| n.as_c_str()).collect();
-        let outputs = ffi::run(&self.inner, &names, &values, &output_names).map_err(|e| {
-            InferenceError::runtime(format!("ONNX Runtime failed to run the model: {e}"))
+        let options = Arc::new(runtime::run_options().map_err(|e| {
+            InferenceError::runtime(format!("cannot create ONNX Runtime run options: {e}"))
+        })?);
+        control.attach_onnx(Arc::clone(&options)).map_err(|e| {
+            InferenceError::runtime(format!("cannot stop the ONNX Runtime run: {e}"))
         })?;
+        let outputs =
+            ffi::run(&self.inner, &options, &names, &values, &output_names).map_err(|e| {
+                if control.is_stopped() {
+                    InferenceError::stopped()
+                } else {
+                    InferenceError::runtime(format!("ONNX Runtime failed to run the model: {e}"))
+                }
+            })?;
         drop(values);
 
         self.output_names

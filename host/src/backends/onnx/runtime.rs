@@ -61,7 +61,17 @@ impl OnnxRuntime {
             MemoryType::Default,
         )
         .context("cannot describe CPU memory to ONNX Runtime")?;
-        tracing::info!(library = %library.display(), "ONNX Runtime loaded");
+        let settings = SETTINGS.get_or_init(OnnxSettings::default);
+        let run_memory = match settings.run_memory_bytes {
+            0 => physical_memory() / 2,
+            bytes => bytes,
+        };
+        super::ffi::register_run_arena(
+            &environment,
+            usize::try_from(run_memory).unwrap_or(usize::MAX),
+        )
+        .context("cannot create ONNX Runtime's run memory arena")?;
+        tracing::info!(library = %library.display(), run_memory, "ONNX Runtime loaded");
         Ok(Self {
             environment,
             memory,
@@ -74,9 +84,26 @@ impl OnnxRuntime {
         &self.library
     }
 
+    /// A session for model bytes, as Corral serves them. The model is parsed as ONNX only
+    /// (never as ONNX Runtime's own format, which the upload check does not read), and any
+    /// external data it still names would be looked up under [`EXTERNAL_DATA_FOLDER`], where
+    /// nothing can exist: the upload check refuses such models, and this makes sure that a
+    /// model that slipped past it reads no file of the server's.
     pub(super) fn session_from_memory(&self, bytes: &[u8]) -> ort::Result<Session> {
+        self.session_in(bytes, Path::new(EXTERNAL_DATA_FOLDER))
+    }
+
+    /// [`OnnxRuntime::session_from_memory`] with external data resolved under `folder`: only
+    /// tests use another folder, to show what the defence stops.
+    pub(super) fn session_in(&self, bytes: &[u8], folder: &Path) -> ort::Result<Session> {
         let settings = SETTINGS.get_or_init(OnnxSettings::default);
         let mut builder = Session::builder(&self.environment)?
+            .with_config_entry("session.load_model_format", "ONNX")?
+            .with_config_entry(
+                "session.model_external_initializers_file_folder_path",
+                folder.to_string_lossy(),
+            )?
+            .with_env_allocators()?
             .with_intra_op_spinning(settings.intra_op_spinning)?;
         if settings.intra_op_threads > 0 {
             builder = builder.with_intra_threads(settings.intra_op_threads)?;
@@ -87,6 +114,30 @@ impl OnnxRuntime {
         builder.commit_from_memory(bytes)
     }
 }
+
+/// Run options that hand the memory a run freed back to the system when it ends (the shared
+/// arena otherwise keeps its largest run's memory for good).
+pub(super) fn run_options() -> ort::Result<ort::session::RunOptions> {
+    let mut options = ort::session::RunOptions::new()?;
+    options.set("memory.enable_memory_arena_shrinkage", "cpu:0")?;
+    Ok(options)
+}
+
+/// The machine's physical memory, in bytes (4 GiB if it cannot be read).
+fn physical_memory() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    meminfo
+        .lines()
+        .find_map(|line| {
+            let kib = line.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?;
+            kib.trim().parse::<u64>().ok()
+        })
+        .map_or(4 << 30, |kib| kib * 1024)
+}
+
+/// Where ONNX Runtime looks for a model's external data: a path under `/dev/null`, a character
+/// device, can never name a file, whatever the working directory holds.
+pub const EXTERNAL_DATA_FOLDER: &str = "/dev/null";
 
 /// Finds `libonnxruntime.so`: `ORT_DYLIB_PATH` if set, else `.corral/onnxruntime/` in the
 /// current directory, the executable's directory, or any directory above either.

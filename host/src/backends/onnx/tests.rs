@@ -25,3 +25,56 @@ fn empty_buffers_get_an_aligned_address() {
     assert!(aligned.as_slice().is_empty());
     assert!((aligned.as_slice().as_ptr() as usize).is_multiple_of(8));
 }
+
+/// The process's ONNX Runtime, or `None` (with a note) when it is not installed locally; under
+/// `CI=true` a missing runtime fails the test.
+fn runtime() -> Option<&'static super::OnnxRuntime> {
+    match super::OnnxRuntime::global() {
+        Ok(runtime) => Some(runtime),
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipped: {e:#}");
+            None
+        }
+        Err(e) => panic!("ONNX Runtime must be installed under CI: {e:#}"),
+    }
+}
+
+/// The security issue's model, with the file it reads placed in a folder of the test's own.
+fn secret_beside_model(test: &str) -> (std::path::PathBuf, Vec<u8>) {
+    let folder = std::env::temp_dir().join(format!("corral-onnx-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(folder.join("corral-data")).unwrap();
+    std::fs::write(folder.join("corral-data/admin-token"), b"operator-secret").unwrap();
+    let model = super::testing::function_default_attribute_model("corral-data/admin-token", 15);
+    (folder, model)
+}
+
+/// Shows what the defence below stops: handed the model with its external data resolved in a
+/// folder that holds the file, ONNX Runtime reads the file and returns it as the output.
+#[test]
+fn onnx_runtime_reads_a_function_default_attribute_from_disk() {
+    let Some(runtime) = runtime() else { return };
+    let (folder, model) = secret_beside_model("reads");
+    let session = runtime
+        .session_in(&model, &folder)
+        .expect("the model loads");
+    let session = super::OnnxSession::from_session(runtime, session).unwrap();
+    let outputs = session
+        .run(Vec::new(), &crate::backends::RunControl::default())
+        .expect("the model runs");
+    assert_eq!(outputs[0].1.bytes.as_slice(), b"operator-secret");
+    let _ = std::fs::remove_dir_all(folder);
+}
+
+/// Corral's own sessions resolve external data under /dev/null, where no file can be, so the
+/// same model fails to load even if the upload check were bypassed.
+#[test]
+fn corral_sessions_read_no_external_data() {
+    let Some(runtime) = runtime() else { return };
+    let (folder, model) = secret_beside_model("refuses");
+    let error = runtime.session_from_memory(&model).unwrap_err().to_string();
+    assert!(
+        error.contains("/dev/null/corral-data/admin-token"),
+        "ONNX Runtime looked elsewhere: {error}"
+    );
+    let _ = std::fs::remove_dir_all(folder);
+}

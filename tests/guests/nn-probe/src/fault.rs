@@ -103,6 +103,51 @@ pub async fn run(name: &str, query: &str) -> Option<(StatusCode, Value)> {
                 ])
                 .map(|_| json!({}))
         })),
+        // A Loop whose trip count is 2^63 - 1: the run never ends unless the host stops it.
+        "spin" => nn(Model::load("spin").and_then(|model| {
+            model
+                .run(vec![("n", Tensor::i64(&[], &[i64::MAX]))])
+                .map(|_| json!({}))
+        })),
+        // ConstantOfShape asked for `n` floats: ONNX Runtime allocates whatever is asked.
+        "fill" => {
+            let n: i64 = query
+                .strip_prefix("n=")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000);
+            nn(Model::load("fill").and_then(|model| {
+                let outputs = model.run(vec![("shape", Tensor::i64(&[1], &[n]))])?;
+                let y = outputs.get("y").map(|y| y.shape()).unwrap_or_default();
+                Ok(json!({ "shape": y }))
+            }))
+        }
+        // One tensor whose dimension list is a million entries long (4 MB in the host).
+        "many-dims" => {
+            let dims = vec![1u32; 1_000_000];
+            let tensor = Tensor::from_bytes(&dims, TensorType::Fp32, &[0u8; 4]);
+            black_box(&tensor);
+            (StatusCode::OK, json!({ "fault": name, "ok": true }))
+        }
+        // Tensors kept alive, one more each time, until the host says no.
+        "many-tensors" => {
+            let held: Vec<Tensor> = (0..100_000).map(|_| Tensor::f32(&[1], &[0.0])).collect();
+            (
+                StatusCode::OK,
+                json!({ "fault": name, "ok": true, "held": held.len() }),
+            )
+        }
+        // A model name of 4 MiB: the error the host keeps must not repeat it.
+        "long-name" => nn(Model::load(&"n".repeat(4 << 20)).map(|_| json!({}))),
+        // One output read again and again: every copy counts.
+        "reread" => nn(Model::load("fill").and_then(|model| {
+            let outputs = model.run(vec![("shape", Tensor::i64(&[1], &[1000]))])?;
+            let y = outputs.get("y").expect("fill has output y");
+            let mut copied = 0usize;
+            for _ in 0..1500 {
+                copied += y.bytes().len();
+            }
+            Ok(json!({ "copied": copied }))
+        })),
         "never-respond" => {
             wstd::task::sleep(wstd::time::Duration::from_secs(3600)).await;
             (StatusCode::OK, json!({ "fault": name }))
