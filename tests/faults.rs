@@ -613,6 +613,46 @@ async fn a_run_that_never_ends_is_stopped_and_starves_no_one() {
     }
 }
 
+/// Time spent waiting for one of the tenant's slots counts toward the request's timeout: a
+/// request never runs for its queue wait plus a whole fresh `timeout_ms`.
+#[tokio::test]
+async fn waiting_for_a_slot_counts_toward_the_timeout() {
+    let dir = DataDir::new("queued-deadline");
+    let corral = Arc::new(Corral::start(&dir, ""));
+    let (status, body) = corral
+        .operator(
+            "PUT",
+            "/v1/tenants/slow",
+            json!({ "hosts": ["slow.test"], "limits": {
+                "timeout_ms": 1500, "concurrent_requests": 1, "queued_requests": 1 } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let token = body["token"].as_str().unwrap().to_owned();
+    let (status, body) = corral.deploy("slow", &token, &guest("nn-probe"), &[]).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let first = {
+        let corral = corral.clone();
+        tokio::spawn(async move { corral.call_full("slow.test", "/fault/sleep?ms=1000").await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Waits ~800 ms for the slot, then needs 1000 ms more: past its 1500 ms.
+    let started = std::time::Instant::now();
+    let (status, _, body) = corral.call_full("slow.test", "/fault/sleep?ms=1000").await;
+    let elapsed = started.elapsed();
+    assert_eq!(
+        status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(
+        elapsed < Duration::from_millis(1800),
+        "answered after {elapsed:?}"
+    );
+    assert_eq!(first.await.unwrap().0, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn a_pooled_slot_reused_by_another_tenant_holds_nothing_of_the_last_one() {
     let dir = DataDir::new("leak");

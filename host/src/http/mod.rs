@@ -175,7 +175,9 @@ async fn serve_target(
             LimitHit::RequestBody.describe(&limits),
         ));
     }
+    // One deadline for the whole request: time spent waiting for a slot counts.
     let timeout = Duration::from_millis(limits.timeout_ms);
+    let deadline = tokio::time::Instant::now() + timeout;
     let permit = match &target.gate {
         Some(gate) => Some(gate.enter(timeout).await?),
         None => None,
@@ -185,8 +187,8 @@ async fn serve_target(
         &target.sandbox,
         permit,
         request,
-        scheme,
-        id,
+        (scheme, id),
+        deadline,
     )
     .await?;
     Ok(response.map(|body| Bounded::response(body, limits.response_body_bytes).boxed_unsync()))
@@ -197,8 +199,8 @@ async fn run_guest(
     sandbox: &RequestSandbox,
     permit: Option<OwnedSemaphorePermit>,
     request: Request<Incoming>,
-    scheme: Scheme,
-    id: &str,
+    (scheme, id): (Scheme, &str),
+    deadline: tokio::time::Instant,
 ) -> Result<Response<HyperOutgoingBody>, HostError> {
     let limits = Arc::clone(&sandbox.limits);
     let outcome = Arc::new(Outcome::default());
@@ -227,7 +229,6 @@ async fn run_guest(
     // the tenant's slot is held until it ends.
     // The whole task, body streaming included, ends at the request's deadline.
     let timeout = Duration::from_millis(limits.timeout_ms);
-    let deadline = tokio::time::Instant::now() + timeout;
     let task = tokio::spawn(
         async move {
             // The store holds the tenant slot (through its wasi:nn budget) until it is dropped.
