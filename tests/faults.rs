@@ -705,3 +705,125 @@ async fn a_pooled_slot_reused_by_another_tenant_holds_nothing_of_the_last_one() 
         );
     }
 }
+
+/// Uploads that trickle one byte every couple of seconds hold no thread each: 600 of them at
+/// once leave another tenant's inference answering and an operator's deploy succeeding, and
+/// each is refused (`408 upload_too_slow`) once a rate window passes below the minimum,
+/// leaving no file behind.
+#[tokio::test]
+async fn slow_uploads_hold_no_thread_and_starve_no_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const UPLOADS: usize = 600;
+    let dir = DataDir::new("slow-uploads");
+    let corral = Arc::new(Corral::start(&dir, ""));
+    let slow = corral.create_tenant("slow", "slow.test").await;
+    let healthy = corral.create_tenant("healthy", "healthy.test").await;
+    let (status, body) = corral
+        .deploy(
+            "healthy",
+            &healthy,
+            &guest("nn-probe"),
+            &[("add", &fixture("add.onnx"))],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let head = format!(
+        "POST /v1/tenants/slow/deployments HTTP/1.1\r\nhost: admin\r\nauthorization: Bearer {slow}\r\n\
+         content-type: multipart/form-data; boundary=x\r\ncontent-length: 1000000\r\n\r\n\
+         --x\r\ncontent-disposition: form-data; name=\"component\"; filename=\"c.wasm\"\r\n\r\n"
+    );
+    let mut uploads = Vec::new();
+    for _ in 0..UPLOADS {
+        let mut stream = tokio::net::TcpStream::connect(corral.admin).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        uploads.push(tokio::spawn(async move {
+            // One byte every two seconds until the server answers.
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 1024];
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tokio::select! {
+                    read = stream.read(&mut buf) => match read {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            answer.extend_from_slice(&buf[..n]);
+                            if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+                                break;
+                            }
+                        }
+                    },
+                    _ = tick.tick() => {
+                        let _ = stream.write_all(b"a").await;
+                    }
+                }
+            }
+            String::from_utf8_lossy(&answer).into_owned()
+        }));
+    }
+    // Every upload is being written (one temporary file each) ...
+    let tmp = dir.data().join("tmp");
+    let started = std::time::Instant::now();
+    while std::fs::read_dir(&tmp).unwrap().count() < UPLOADS {
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "only {} of {UPLOADS} uploads started",
+            std::fs::read_dir(&tmp).unwrap().count()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ... without a thread each, ...
+    let threads = corral.threads();
+    assert!(
+        threads < 100,
+        "{threads} server threads with {UPLOADS} uploads in progress"
+    );
+    // ... while another tenant's requests answer and an operator deploys.
+    let mut answered = 0;
+    while answered < 20 {
+        let (status, body) = corral
+            .call("healthy.test", "GET", "/case/add", Vec::new())
+            .await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        uploads.iter().all(|u| !u.is_finished()),
+        "slow uploads were cut before their first rate window ended"
+    );
+    let token = corral.token.clone();
+    let (status, body) = corral
+        .deploy(
+            "healthy",
+            &token,
+            &guest("nn-probe"),
+            &[("add", &fixture("add.onnx"))],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    for upload in uploads {
+        let answer = tokio::time::timeout(Duration::from_secs(30), upload)
+            .await
+            .expect("a slow upload is refused")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("\"upload_too_slow\""), "{answer}");
+    }
+    for _ in 0..50 {
+        if std::fs::read_dir(&tmp).unwrap().count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "refused uploads left temporary files"
+    );
+    let (status, _) = corral
+        .call("healthy.test", "GET", "/case/add", Vec::new())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}

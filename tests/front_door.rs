@@ -390,3 +390,69 @@ async fn rapid_reset(addr: SocketAddr, streams: u32) -> Option<u32> {
     }
     None
 }
+
+/// A request that names two hosts is refused, never routed by one of them: two Host headers,
+/// an HTTP/1.1 absolute-form target whose Host differs, an HTTP/2 `:authority` whose Host
+/// differs. The same names spelled alike are served.
+#[tokio::test]
+async fn a_request_naming_two_hosts_is_refused() {
+    let dir = DataDir::new("two-hosts");
+    let corral = Corral::start(&dir, "");
+    for (tenant, host) in [("acme", HOST), ("other", "other.localhost")] {
+        let token = corral.create_tenant(tenant, host).await;
+        let (status, body) = corral
+            .deploy(
+                tenant,
+                &token,
+                &guest("nn-probe"),
+                &[("add", &fixture("add.onnx"))],
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let addr = corral.data;
+    let h1 = |target: &str, hosts: &[&str]| {
+        let mut head = format!("GET {target} HTTP/1.1\r\nconnection: close\r\n");
+        for host in hosts {
+            head.push_str(&format!("host: {host}\r\n"));
+        }
+        head + "\r\n"
+    };
+    let cases = [
+        (h1("/case/add", &[HOST]), 200),
+        (h1("/case/add", &[HOST, "other.localhost"]), 400),
+        (h1("/case/add", &[HOST, HOST]), 400),
+        (h1(&format!("http://{HOST}/case/add"), &[HOST]), 200),
+        (
+            h1(&format!("http://{HOST}:80/case/add"), &["ACME.localhost"]),
+            200,
+        ),
+        (
+            h1(&format!("http://{HOST}/case/add"), &["other.localhost"]),
+            400,
+        ),
+    ];
+    for (head, status) in cases {
+        assert_eq!(raw_status(addr, &head).await, status, "{head}");
+    }
+    for (host_header, status) in [
+        (None, 200),
+        (Some(HOST), 200),
+        (Some("other.localhost"), 400),
+    ] {
+        let (mut client, _connection) = h2_client(addr).await;
+        let mut request = Request::get(format!("http://{HOST}/case/add"));
+        if let Some(host) = host_header {
+            request = request.header("host", host);
+        }
+        let (response, _) = client
+            .send_request(request.body(()).unwrap(), true)
+            .unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(
+            response.status().as_u16(),
+            status,
+            "h2 with Host {host_header:?}"
+        );
+    }
+}

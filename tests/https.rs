@@ -549,3 +549,50 @@ async fn an_operator_default_certificate_serves_names_without_their_own() {
         "{stderr}"
     );
 }
+
+/// A tenant with its own certificate gets a new host name only when the certificate covers it:
+/// otherwise clients of that name would be handed a certificate that fails verification.
+#[tokio::test]
+async fn a_host_the_tenants_certificate_does_not_cover_is_refused() {
+    let dir = DataDir::new("https-new-host");
+    let corral = Corral::start(&dir, "");
+    let acme = corral.create_tenant("acme", "acme.localhost").await;
+    let ca = TestCa::new("Test CA");
+    let narrow = ca.leaf(&["acme.localhost"], -1, 30);
+    assert_eq!(
+        put_certificate(&corral, &acme, &narrow).await.0,
+        StatusCode::OK
+    );
+    let hosts = json!({ "hosts": ["acme.localhost", "www.acme.localhost"] });
+    let (status, body) = corral
+        .operator("PUT", "/v1/tenants/acme", hosts.clone())
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "certificate_mismatch", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("www.acme.localhost"),
+        "{body}"
+    );
+    let (_, tenant) = corral.operator("GET", "/v1/tenants/acme", json!({})).await;
+    assert_eq!(
+        tenant["hosts"],
+        json!(["acme.localhost"]),
+        "nothing changed"
+    );
+
+    // With a certificate for both names first, the name is added.
+    let wide = ca.leaf(&["acme.localhost", "www.acme.localhost"], -1, 30);
+    assert_eq!(
+        put_certificate(&corral, &acme, &wide).await.0,
+        StatusCode::OK
+    );
+    let (status, body) = corral.operator("PUT", "/v1/tenants/acme", hosts).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["hosts"],
+        json!(["acme.localhost", "www.acme.localhost"])
+    );
+}

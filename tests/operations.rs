@@ -183,6 +183,17 @@ async fn a_request_has_an_id_in_its_logs_and_produces_its_metrics() {
             .contains("corral_deployments_total{tenant=\"acme\",result=\"invalid_component\"} 1\n"),
         "{metrics}"
     );
+
+    // A deleted tenant's series go, and so does the compute histogram of a model no
+    // deployment holds any more: metrics do not grow with every tenant and model ever seen.
+    let (status, _) = corral
+        .operator("DELETE", "/v1/tenants/acme", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let metrics = corral.metrics_text().await;
+    assert!(!metrics.contains("tenant=\"acme\""), "{metrics}");
+    assert!(!metrics.contains(&compute), "{metrics}");
+    assert_eq!(corral.metric("corral_model_sessions").await, 0.0);
 }
 
 fn sha256(bytes: &[u8]) -> String {

@@ -168,6 +168,8 @@ async fn two_tenants_are_isolated_by_host_token_and_model_names_and_share_identi
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(corral.metric("corral_model_sessions").await, 4.0);
+    let metrics = corral.metrics_text().await;
+    assert!(metrics.contains("corral_requests_total{tenant=\"gamma\",status=\"503\"} 1\n"));
     let (status, _) = corral
         .operator("DELETE", "/v1/tenants/gamma", json!({}))
         .await;
@@ -181,7 +183,8 @@ async fn two_tenants_are_isolated_by_host_token_and_model_names_and_share_identi
         metrics.contains("corral_requests_total{tenant=\"alpha\",status=\"200\"} 1\n"),
         "{metrics}"
     );
-    assert!(metrics.contains("corral_requests_total{tenant=\"gamma\",status=\"503\"} 1\n"));
+    // A deleted tenant's series are gone with it.
+    assert!(!metrics.contains("tenant=\"gamma\""), "{metrics}");
     assert!(metrics.contains("corral_requests_total{tenant=\"\",status=\"404\"} 2\n"));
 }
 

@@ -231,5 +231,51 @@ mod torch {
             )
             .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        // ... and the TorchScript version that was active stops serving at once.
+        let (status, body) = corral
+            .call("vision.localhost", "POST", "/", sample("dog.jpg"))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        let (_, list) = corral
+            .admin("GET", "/v1/tenants/vision/deployments", Some(&token), None)
+            .await;
+        assert_eq!(list["active"], Value::Null, "{list}");
+
+        // A restore checks trust again: a record changed while the server was stopped never
+        // serves TorchScript its tenant is not trusted with.
+        let (status, _) = corral
+            .operator(
+                "PUT",
+                "/v1/tenants/vision",
+                json!({ "trusted_models": true }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, body) = corral
+            .admin(
+                "POST",
+                "/v1/tenants/vision/deployments/2/activate",
+                Some(&token),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        corral.kill();
+        let record_path = dir.data().join("tenants/vision/tenant.json");
+        let mut record: Value =
+            serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+        assert_eq!(record["active"], 2);
+        record["trusted_models"] = Value::Bool(false);
+        std::fs::write(&record_path, record.to_string()).unwrap();
+        let corral = Corral::start(&dir, "");
+        let (status, _) = corral
+            .call("vision.localhost", "POST", "/", sample("dog.jpg"))
+            .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -73,7 +73,9 @@ impl AdminClient {
         component: &Path,
         models: &[(String, PathBuf)],
     ) -> anyhow::Result<Value> {
-        let boundary = format!("corral-{}", crate::tenancy::records::new_token("b")?);
+        // RFC 2046 boundaries are at most 70 characters.
+        let mut boundary = format!("corral-{}", crate::tenancy::records::new_token("b")?);
+        boundary.truncate(48);
         let mut segments = VecDeque::new();
         let mut total = 0u64;
         let mut part = |name: &str, path: &Path| -> anyhow::Result<()> {

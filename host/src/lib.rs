@@ -19,7 +19,7 @@ pub mod admin;
 pub mod backends;
 pub mod cli;
 pub mod client;
-pub mod config;
+pub use corral_parsers::config;
 pub mod dev;
 pub mod engine;
 pub mod http;

@@ -120,6 +120,14 @@ impl Metrics {
         Arc::clone(&self.tenants.entry(tenant.to_owned()).or_default())
     }
 
+    /// Forgets a deleted tenant's series (a tenant created again under its name starts from
+    /// zero, which Prometheus reads as a counter reset).
+    pub fn forget_tenant(&self, tenant: &str) {
+        self.requests.remove(tenant);
+        self.tenants.remove(tenant);
+        self.deployments.retain(|(name, _), _| name != tenant);
+    }
+
     /// Counts one deployment upload: `result` is `ok` or the error code it was refused with.
     pub fn record_deployment(&self, tenant: &str, result: &'static str) {
         self.deployments

@@ -1,9 +1,7 @@
 //! `corral serve`: the multi-tenant server. Restores tenants from the data directory, then
 //! serves the data plane (routed by host name) and the admin API on their own listeners.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +21,9 @@ use crate::http::listener::{ConnectionStats, Listener};
 use crate::http::{self, Router, Target};
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::tenancy::records::{new_token, normalize_host, token_hash};
+use corral_parsers::hostname::{Unroutable, routed_name};
+
+use crate::tenancy::records::{new_token, token_hash};
 use crate::tenancy::{Platform, Route, Tenancy};
 use crate::tls::{self, CertResolver};
 
@@ -65,8 +65,8 @@ impl Server {
             let (token, source) = match given_token {
                 Some(token) => (token, TokenSource::Given),
                 None => {
-                    let path = data_dir.join(TOKEN_FILE);
-                    (operator_token_file(&path)?, TokenSource::File(path))
+                    let token = operator_token_file(&store)?;
+                    (token, TokenSource::File(data_dir.join(TOKEN_FILE)))
                 }
             };
             anyhow::Ok((store, token, source))
@@ -146,7 +146,11 @@ impl Server {
             tenancy: Arc::clone(&tenancy),
             metrics,
             operator_token_sha256: token_hash(operator_token.trim()),
-            max_upload_bytes: options.max_upload_bytes,
+            uploads: admin::UploadSettings {
+                max_bytes: options.max_upload_bytes,
+                min_bytes_per_sec: options.upload_min_bytes_per_sec,
+            },
+            body_timeout: Duration::from_millis(options.http.header_read_timeout_ms),
             data_addr,
             tls_addr,
             connections: vec![
@@ -190,6 +194,7 @@ impl Server {
         }
         tasks.push(tokio::spawn(admin::serve(
             admin_listener,
+            options.http.clone(),
             admin,
             until_stopped(stopped),
             drain,
@@ -257,23 +262,25 @@ impl Router for TenantRouter {
         sni: Option<&str>,
     ) -> (Arc<str>, Result<Target, HostError>) {
         let unrouted = || Arc::<str>::from("");
-        let Some(name) = host.and_then(normalize_host) else {
-            return (
-                unrouted(),
-                Err(HostError::UnknownHost(host.map(str::to_owned))),
-            );
-        };
         // A connection opened for one tenant (SNI) must not carry requests for another: the
         // client picked the certificate, and so the trust, for the first.
-        if let Some(sni) = sni.and_then(normalize_host)
-            && sni != name
-        {
-            let host_tenant = self.tenancy.tenant_of_host(&name);
-            if self.tenancy.tenant_of_host(&sni) != host_tenant {
-                let label = host_tenant.unwrap_or_else(unrouted);
-                return (label, Err(HostError::Misdirected { sni, host: name }));
+        let name = match routed_name(host, sni, |name| self.tenancy.tenant_of_host(name)) {
+            Ok(name) => name,
+            Err(Unroutable::BadHost) => {
+                return (
+                    unrouted(),
+                    Err(HostError::UnknownHost(host.map(str::to_owned))),
+                );
             }
-        }
+            Err(Unroutable::Misdirected {
+                sni,
+                host,
+                host_tenant,
+            }) => {
+                let label = host_tenant.unwrap_or_else(unrouted);
+                return (label, Err(HostError::Misdirected { sni, host }));
+            }
+        };
         match self.tenancy.route(&name) {
             Route::Serve {
                 tenant,
@@ -298,24 +305,17 @@ impl Router for TenantRouter {
 }
 
 /// Reads the operator token from `path`, creating it (mode 0600) on first start.
-fn operator_token_file(path: &Path) -> anyhow::Result<String> {
-    match std::fs::read_to_string(path) {
+fn operator_token_file(store: &Store) -> anyhow::Result<String> {
+    let path = store.path(TOKEN_FILE.as_ref())?;
+    match std::fs::read_to_string(&path) {
         Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
-        // An empty file is what a crash right after creating it leaves: write it again.
+        // Written atomically, so an empty file is one someone else left: write it again.
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
     let token = new_token("corral_op")?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    writeln!(file, "{token}")
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    // A temporary file (mode 0600), synced, then renamed: never a torn or empty token.
+    store.write_file(TOKEN_FILE.as_ref(), format!("{token}\n").as_bytes())?;
     Ok(token)
 }

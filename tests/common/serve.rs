@@ -279,6 +279,15 @@ impl Corral {
             * 1024
     }
 
+    /// The server process's thread count, from /proc.
+    pub fn threads(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:")?.trim().parse().ok())
+            .expect("Threads")
+    }
+
     /// A data-plane GET over HTTP/2 (cleartext), naming the host in `:authority` only.
     pub async fn call_h2(&self, host: &str, path: &str) -> (StatusCode, Bytes) {
         let stream = tokio::net::TcpStream::connect(self.data)

@@ -10,6 +10,8 @@
 
 mod upload;
 
+pub use corral_parsers::multipart;
+
 use std::future::Future;
 use std::sync::Arc;
 
@@ -37,13 +39,24 @@ pub struct Admin {
     pub tenancy: Arc<Tenancy>,
     pub metrics: Arc<Metrics>,
     pub operator_token_sha256: Digest,
-    /// Largest deployment upload accepted, in bytes.
-    pub max_upload_bytes: u64,
+    /// How large and how slow a deployment upload may be.
+    pub uploads: UploadSettings,
+    /// Time a JSON body has to arrive once its request head has.
+    pub body_timeout: std::time::Duration,
     /// The data-plane listeners (cleartext, HTTPS), for the URLs a deployment answers with.
     pub data_addr: Option<std::net::SocketAddr>,
     pub tls_addr: Option<std::net::SocketAddr>,
     /// The data-plane listeners' connection counts, for /metrics.
     pub connections: Vec<(&'static str, Arc<ConnectionStats>)>,
+}
+
+/// Bounds on deployment uploads.
+#[derive(Clone, Copy, Debug)]
+pub struct UploadSettings {
+    /// Largest upload, in bytes (`413 upload_too_large`).
+    pub max_bytes: u64,
+    /// Each 10 s of an upload carries at least ten times this (`408 upload_too_slow`).
+    pub min_bytes_per_sec: u64,
 }
 
 /// An admin API failure, answered as JSON.
@@ -104,10 +117,11 @@ enum Caller {
     Tenant(String),
 }
 
-/// Serves the admin API on `listener` until `shutdown` resolves, then drains for at most
-/// `drain`.
+/// Serves the admin API on `socket` under the front door's `settings` until `shutdown`
+/// resolves, then drains for at most `drain`.
 pub async fn serve(
     socket: TcpListener,
+    settings: HttpSettings,
     admin: Arc<Admin>,
     shutdown: impl Future<Output = ()>,
     drain: std::time::Duration,
@@ -120,7 +134,7 @@ pub async fn serve(
         name: "admin",
         socket,
         tls: None,
-        settings: HttpSettings::default(),
+        settings,
         stats: Arc::default(),
     };
     crate::http::listener::serve(listener, handler, shutdown, drain).await;
@@ -163,7 +177,9 @@ impl Admin {
                     instances_in_use: crate::engine::live_instances(),
                     instance_slots: platform.engine_settings.instances,
                     inference_runs: platform.inference.runs_in_flight(),
-                    compute_times: platform.inference.compute_times(),
+                    compute_times: platform
+                        .inference
+                        .compute_times(&platform.sessions.live_digests()),
                     connections: self.connections.clone(),
                 };
                 Ok(text_response(
@@ -202,7 +218,7 @@ impl Admin {
             }
             (&Method::PUT, [tenant]) => {
                 operator_only(&caller)?;
-                let update: TenantUpdate = read_json(request).await?;
+                let update: TenantUpdate = read_json(request, self.body_timeout).await?;
                 let (record, token) = self.tenancy.put_tenant(tenant, update).await?;
                 let mut answer = tenant_json(&record);
                 match token {
@@ -267,7 +283,7 @@ impl Admin {
                 self.tenancy.get(tenant)?;
                 let platform = Arc::clone(self.tenancy.platform());
                 let deployed = async {
-                    let upload = upload::receive(&platform, request, self.max_upload_bytes).await?;
+                    let upload = upload::receive(&platform, request, self.uploads).await?;
                     let record = self
                         .tenancy
                         .deploy(tenant, upload.component, upload.models)
@@ -290,7 +306,7 @@ impl Admin {
                     cert: String,
                     key: String,
                 }
-                let upload: Upload = read_json(request).await?;
+                let upload: Upload = read_json(request, self.body_timeout).await?;
                 let info = self
                     .tenancy
                     .put_certificate(tenant, upload.cert, upload.key)
@@ -412,11 +428,21 @@ fn method_not_allowed(method: &Method) -> ApiError {
 
 async fn read_json<T: serde::de::DeserializeOwned>(
     request: Request<Incoming>,
+    timeout: std::time::Duration,
 ) -> Result<T, ApiError> {
     let limited = http_body_util::Limited::new(request.into_body(), MAX_JSON_BODY);
-    let bytes = limited
-        .collect()
+    let bytes = tokio::time::timeout(timeout, limited.collect())
         .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the JSON body did not arrive within {} ms",
+                    timeout.as_millis()
+                ),
+            )
+        })?
         .map_err(|_| {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -3,23 +3,40 @@
 //! name does not.
 //!
 //! Parts stream straight into the store's content-addressed blobs (never whole in memory),
-//! the request is bounded by the configured upload size, and a part cut short is never
-//! stored. Blobs of a refused upload stay unreferenced; nothing refers to them.
+//! and nothing waits on the client while holding a thread: the body is read on the async
+//! side, parsed by [`super::multipart`] (its headers and part count bounded), and written in
+//! pieces of at most [`WRITE_BYTES`] through [`STORE_WRITES`], a few blocking slots of their
+//! own. An upload is bounded by the configured size, must keep a minimum rate
+//! ([`UploadSettings::min_bytes_per_sec`] over each [`RATE_WINDOW`]), and a part cut short is
+//! never stored. Blobs of a refused upload stay unreferenced; nothing refers to them.
 
-use std::collections::BTreeMap;
-use std::io::{self, Read};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::BodyDataStream;
+use http_body_util::BodyExt;
 use hyper::Request;
 use hyper::body::Incoming;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
-use super::ApiError;
+use super::multipart::{self, Event, Parser};
+use super::{ApiError, UploadSettings};
 use crate::backends::models::ModelFormat;
-use crate::store::Digest;
+use crate::store::{BlobWriter, Digest};
 use crate::tenancy::Platform;
 use crate::tenancy::records::{ModelRef, check_model_name};
+
+/// Upload bytes gathered before one write to the store.
+const WRITE_BYTES: usize = 64 * 1024;
+
+/// Store writes for uploads running at once, across the process: uploads never take more
+/// blocking threads than this, whatever their number.
+static STORE_WRITES: Semaphore = Semaphore::const_new(4);
+
+/// The period over which an upload's rate is measured.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 /// The blobs of an upload, all stored.
 #[derive(Debug)]
@@ -32,14 +49,15 @@ pub struct Upload {
 pub async fn receive(
     platform: &Arc<Platform>,
     request: Request<Incoming>,
-    limit: u64,
+    settings: UploadSettings,
 ) -> Result<Upload, ApiError> {
+    let limit = settings.max_bytes;
     let content_type = request
         .headers()
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let boundary = multer::parse_boundary(content_type).map_err(|_| {
+    let boundary = multipart::boundary(content_type).ok_or_else(|| {
         ApiError::bad_request(
             "expected a multipart/form-data body with parts 'component' and 'model.NAME'",
         )
@@ -51,166 +69,335 @@ pub async fn receive(
     if declared.is_some_and(|len| len > limit) {
         return Err(too_large(limit));
     }
-    let constraints =
-        multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(limit));
-    let stream = BodyDataStream::new(request.into_body());
-    let mut multipart = multer::Multipart::with_constraints(stream, boundary, constraints);
-
-    let mut component = None;
-    let mut models: BTreeMap<String, (Digest, Option<ModelFormat>)> = BTreeMap::new();
-    let mut formats: BTreeMap<String, String> = BTreeMap::new();
-    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
-        let name = field.name().unwrap_or_default().to_owned();
-        if name == "component" {
-            if component.is_some() {
-                return Err(ApiError::bad_request("the part 'component' is given twice"));
+    let mut body = Paced::new(request.into_body(), settings.min_bytes_per_sec);
+    let mut parser = Parser::new(&boundary, multipart::Bounds::default());
+    let mut parts = Parts::default();
+    let mut received = 0u64;
+    loop {
+        match body.next_chunk().await? {
+            Some(chunk) => {
+                received += chunk.len() as u64;
+                if received > limit {
+                    return Err(too_large(limit));
+                }
+                parser.push(&chunk);
             }
-            component = Some(store_part(platform, &mut field).await?);
+            None => parser.finish(),
+        }
+        while let Some(event) = parser.next_event().map_err(malformed)? {
+            match event {
+                Event::Part(head) => parts.begin(platform, head).await?,
+                Event::Data(data) => parts.data(&data).await?,
+                Event::End => {
+                    parts.end().await?;
+                    return parts.into_upload();
+                }
+            }
+        }
+    }
+}
+
+/// The parts read so far and the one being read.
+#[derive(Default)]
+struct Parts {
+    names: BTreeSet<String>,
+    component: Option<Digest>,
+    models: BTreeMap<String, (Digest, Option<ModelFormat>)>,
+    formats: BTreeMap<String, String>,
+    current: Option<Current>,
+}
+
+/// Where the current part's bytes go.
+enum Current {
+    Component(BlobSink),
+    Model {
+        name: String,
+        format: Option<ModelFormat>,
+        sink: BlobSink,
+    },
+    /// A `format.NAME` part: a few bytes of text.
+    Format {
+        name: String,
+        value: Vec<u8>,
+    },
+}
+
+/// Longest `format.NAME` value.
+const MAX_FORMAT_BYTES: usize = 64;
+
+impl Parts {
+    async fn begin(
+        &mut self,
+        platform: &Arc<Platform>,
+        head: multipart::PartHead,
+    ) -> Result<(), ApiError> {
+        self.end().await?;
+        let name = head.name;
+        if !self.names.insert(name.clone()) {
+            return Err(ApiError::bad_request(format!(
+                "the part '{}' is given twice",
+                name.escape_debug()
+            )));
+        }
+        self.current = Some(if name == "component" {
+            Current::Component(BlobSink::open(platform).await?)
         } else if let Some(model) = name.strip_prefix("model.") {
             check_model_name(model).map_err(|m| ApiError::invalid("invalid_model_name", m))?;
-            if models.contains_key(model) {
-                return Err(ApiError::bad_request(format!(
-                    "the part 'model.{model}' is given twice"
-                )));
-            }
-            let format = field
-                .file_name()
+            let format = head
+                .file_name
                 .and_then(|f| ModelFormat::from_path(f.as_ref()).ok());
-            let digest = store_part(platform, &mut field).await?;
-            models.insert(model.to_owned(), (digest, format));
+            Current::Model {
+                name: model.to_owned(),
+                format,
+                sink: BlobSink::open(platform).await?,
+            }
         } else if let Some(model) = name.strip_prefix("format.") {
-            let value = small_text(&mut field, &name).await?;
-            formats.insert(model.to_owned(), value);
+            Current::Format {
+                name: model.to_owned(),
+                value: Vec::new(),
+            }
         } else {
             return Err(ApiError::bad_request(format!(
                 "unexpected part '{}': expected 'component', 'model.NAME' or 'format.NAME'",
                 name.escape_debug()
             )));
+        });
+        Ok(())
+    }
+
+    async fn data(&mut self, data: &[u8]) -> Result<(), ApiError> {
+        match &mut self.current {
+            Some(Current::Component(sink) | Current::Model { sink, .. }) => sink.write(data).await,
+            Some(Current::Format { name, value }) => {
+                if value.len() + data.len() > MAX_FORMAT_BYTES {
+                    return Err(ApiError::bad_request(format!(
+                        "the part 'format.{}' is longer than {MAX_FORMAT_BYTES} bytes",
+                        name.escape_debug()
+                    )));
+                }
+                value.extend_from_slice(data);
+                Ok(())
+            }
+            None => Err(ApiError::internal(anyhow::anyhow!(
+                "multipart data outside a part"
+            ))),
         }
     }
-    let component = component.ok_or_else(|| {
-        ApiError::invalid(
-            "missing_component",
-            "the upload has no 'component' part (the .wasm file)",
-        )
-    })?;
-    if let Some(orphan) = formats.keys().find(|m| !models.contains_key(*m)) {
-        return Err(ApiError::bad_request(format!(
-            "'format.{orphan}' names no model part 'model.{orphan}'"
-        )));
-    }
-    let mut resolved = BTreeMap::new();
-    for (name, (digest, from_file)) in models {
-        let format = match formats.get(&name) {
-            Some(value) => ModelFormat::from_name(value).ok_or_else(|| {
-                ApiError::invalid(
-                    "unknown_format",
-                    format!(
-                        "model '{name}': unknown format '{value}'; Corral serves 'onnx' and \
-                         'pytorch' (TorchScript)"
-                    ),
-                )
-            })?,
-            None => from_file.ok_or_else(|| {
-                ApiError::invalid(
-                    "unknown_format",
-                    format!(
-                        "model '{name}': cannot tell its format from the file name; name the \
-                         file *.onnx (or *.pt, *.torchscript) or add a part 'format.{name}' \
-                         with value 'onnx' (or 'pytorch')"
-                    ),
-                )
-            })?,
-        };
-        resolved.insert(name, ModelRef { digest, format });
-    }
-    Ok(Upload {
-        component,
-        models: resolved,
-    })
-}
 
-/// A short text part, read without buffering more than a few bytes of it.
-async fn small_text(field: &mut multer::Field<'_>, name: &str) -> Result<String, ApiError> {
-    const MAX: usize = 64;
-    let mut value = Vec::new();
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-        if value.len() + chunk.len() > MAX {
+    /// Completes the current part, if any: its blob is committed.
+    async fn end(&mut self) -> Result<(), ApiError> {
+        match self.current.take() {
+            None => {}
+            Some(Current::Component(sink)) => self.component = Some(sink.commit().await?),
+            Some(Current::Model { name, format, sink }) => {
+                let digest = sink.commit().await?;
+                self.models.insert(name, (digest, format));
+            }
+            Some(Current::Format { name, value }) => {
+                let value = String::from_utf8(value).map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "the part 'format.{}' is not UTF-8",
+                        name.escape_debug()
+                    ))
+                })?;
+                self.formats.insert(name, value.trim().to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    fn into_upload(self) -> Result<Upload, ApiError> {
+        let component = self.component.ok_or_else(|| {
+            ApiError::invalid(
+                "missing_component",
+                "the upload has no 'component' part (the .wasm file)",
+            )
+        })?;
+        if let Some(orphan) = self.formats.keys().find(|m| !self.models.contains_key(*m)) {
             return Err(ApiError::bad_request(format!(
-                "the part '{}' is longer than {MAX} bytes",
-                name.escape_debug()
+                "'format.{}' names no model part 'model.{}'",
+                orphan.escape_debug(),
+                orphan.escape_debug()
             )));
         }
-        value.extend_from_slice(&chunk);
-    }
-    String::from_utf8(value)
-        .map(|v| v.trim().to_owned())
-        .map_err(|_| {
-            ApiError::bad_request(format!("the part '{}' is not UTF-8", name.escape_debug()))
+        let mut resolved = BTreeMap::new();
+        for (name, (digest, from_file)) in self.models {
+            let format = match self.formats.get(&name) {
+                Some(value) => ModelFormat::from_name(value).ok_or_else(|| {
+                    ApiError::invalid(
+                        "unknown_format",
+                        format!(
+                            "model '{name}': unknown format '{}'; Corral serves 'onnx' and \
+                             'pytorch' (TorchScript)",
+                            value.escape_debug()
+                        ),
+                    )
+                })?,
+                None => from_file.ok_or_else(|| {
+                    ApiError::invalid(
+                        "unknown_format",
+                        format!(
+                            "model '{name}': cannot tell its format from the file name; name the \
+                             file *.onnx (or *.pt, *.torchscript) or add a part 'format.{name}' \
+                             with value 'onnx' (or 'pytorch')"
+                        ),
+                    )
+                })?,
+            };
+            resolved.insert(name, ModelRef { digest, format });
+        }
+        Ok(Upload {
+            component,
+            models: resolved,
         })
+    }
 }
 
-/// Streams one part into the store on the blocking pool.
-async fn store_part(
-    platform: &Arc<Platform>,
-    field: &mut multer::Field<'_>,
-) -> Result<Digest, ApiError> {
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, ()>>(8);
-    let writer_platform = Arc::clone(platform);
-    let writer = tokio::task::spawn_blocking(move || {
-        let reader = ChannelReader {
-            receiver,
-            current: Bytes::new(),
-        };
-        writer_platform.store.put_blob_from(reader, u64::MAX)
-    });
-    let mut failure = None;
-    loop {
-        match field.chunk().await {
-            Ok(Some(chunk)) => {
-                if sender.send(Ok(chunk)).await.is_err() {
-                    break;
-                }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                let _ = sender.send(Err(())).await;
-                failure = Some(multipart_error(e));
-                break;
+/// A part on its way into the store: bytes gather on the async side and go to the file in
+/// pieces, each on a [`STORE_WRITES`] slot; dropped before [`BlobSink::commit`], it leaves
+/// nothing behind.
+struct BlobSink {
+    writer: Option<BlobWriter>,
+    pending: Vec<u8>,
+}
+
+impl BlobSink {
+    async fn open(platform: &Arc<Platform>) -> Result<Self, ApiError> {
+        let platform = Arc::clone(platform);
+        let writer = on_store(move || platform.store.blob_writer()).await?;
+        Ok(Self {
+            writer: Some(writer),
+            pending: Vec::with_capacity(WRITE_BYTES),
+        })
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<(), ApiError> {
+        let mut data = data;
+        while !data.is_empty() {
+            let take = data.len().min(WRITE_BYTES - self.pending.len());
+            self.pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.pending.len() == WRITE_BYTES {
+                self.flush().await?;
             }
         }
+        Ok(())
     }
-    drop(sender);
-    let stored = writer
+
+    async fn flush(&mut self) -> Result<(), ApiError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut writer = self.writer.take().ok_or_else(closed)?;
+        let mut pending = std::mem::take(&mut self.pending);
+        let (writer, pending) = on_store(move || {
+            writer.write(&pending)?;
+            pending.clear();
+            Ok((writer, pending))
+        })
+        .await?;
+        self.writer = Some(writer);
+        self.pending = pending;
+        Ok(())
+    }
+
+    async fn commit(mut self) -> Result<Digest, ApiError> {
+        self.flush().await?;
+        let writer = self.writer.take().ok_or_else(closed)?;
+        let (digest, _) = on_store(move || writer.commit()).await?;
+        Ok(digest)
+    }
+}
+
+fn closed() -> ApiError {
+    ApiError::internal(anyhow::anyhow!("an upload's blob was used after it failed"))
+}
+
+/// Runs a store call on the blocking pool, holding one of [`STORE_WRITES`].
+async fn on_store<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let _slot = STORE_WRITES
+        .acquire()
         .await
-        .map_err(|e| ApiError::internal(anyhow::anyhow!("upload task failed: {e}")))?;
-    if let Some(failure) = failure {
-        return Err(failure);
+        .map_err(|e| ApiError::internal(e.into()))?;
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("upload task failed: {e}")))?
+        .map_err(ApiError::internal)
+}
+
+/// The request body, refused once a [`RATE_WINDOW`] passes carrying less than the minimum
+/// rate: a client trickling bytes cannot hold a connection (and the blob it is writing)
+/// for ever.
+struct Paced {
+    body: Incoming,
+    min_per_window: u64,
+    window_end: Instant,
+    in_window: u64,
+}
+
+impl Paced {
+    fn new(body: Incoming, min_bytes_per_sec: u64) -> Self {
+        Self {
+            body,
+            min_per_window: min_bytes_per_sec.saturating_mul(RATE_WINDOW.as_secs()),
+            window_end: Instant::now() + RATE_WINDOW,
+            in_window: 0,
+        }
     }
-    let (digest, _) = stored.map_err(ApiError::internal)?;
-    Ok(digest)
-}
 
-/// A blocking reader over chunks sent from the async side; an `Err` chunk fails the read, so
-/// a part cut short is never committed.
-struct ChannelReader {
-    receiver: tokio::sync::mpsc::Receiver<Result<Bytes, ()>>,
-    current: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.receiver.blocking_recv() {
-                Some(Ok(chunk)) => self.current = chunk,
-                Some(Err(())) => return Err(io::Error::other("the upload was cut short")),
-                None => return Ok(0),
+    /// The next bytes of the body; `None` at its end.
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, ApiError> {
+        loop {
+            match tokio::time::timeout_at(self.window_end, self.body.frame()).await {
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.in_window += data.len() as u64;
+                        self.check_window()?;
+                        return Ok(Some(data));
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    return Err(ApiError::bad_request(format!(
+                        "the upload could not be read: {e}"
+                    )));
+                }
+                Ok(None) => return Ok(None),
+                Err(_) => self.check_window()?,
             }
         }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
     }
+
+    /// At the end of a window: refuses the upload if it fell below the rate, else starts the
+    /// next window.
+    fn check_window(&mut self) -> Result<(), ApiError> {
+        let now = Instant::now();
+        if now < self.window_end {
+            return Ok(());
+        }
+        if self.in_window < self.min_per_window {
+            return Err(ApiError::new(
+                hyper::StatusCode::REQUEST_TIMEOUT,
+                "upload_too_slow",
+                format!(
+                    "the upload sent {} bytes in {} s; this server needs at least {} bytes \
+                     every {} s",
+                    self.in_window,
+                    RATE_WINDOW.as_secs(),
+                    self.min_per_window,
+                    RATE_WINDOW.as_secs()
+                ),
+            ));
+        }
+        self.window_end = now + RATE_WINDOW;
+        self.in_window = 0;
+        Ok(())
+    }
+}
+
+fn malformed(e: multipart::Error) -> ApiError {
+    ApiError::bad_request(format!("malformed multipart body: {e}"))
 }
 
 fn too_large(limit: u64) -> ApiError {
@@ -219,12 +406,4 @@ fn too_large(limit: u64) -> ApiError {
         "upload_too_large",
         format!("the upload is larger than this server's limit of {limit} bytes"),
     )
-}
-
-fn multipart_error(e: multer::Error) -> ApiError {
-    match e {
-        multer::Error::StreamSizeExceeded { limit } => too_large(limit),
-        multer::Error::FieldSizeExceeded { limit, .. } => too_large(limit),
-        other => ApiError::bad_request(format!("malformed multipart body: {other}")),
-    }
 }

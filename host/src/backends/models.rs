@@ -140,19 +140,43 @@ impl SessionPool {
         if let Some(session) = self.get(digest, format) {
             return Ok((digest, session));
         }
-        let lock = Arc::clone(&self.loading.entry((digest, format)).or_default());
-        let _loading = lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(session) = self.get(digest, format) {
-            return Ok((digest, session));
-        }
         let key = (digest, format);
-        let session = Arc::new(Session::load(bytes, format)?);
+        let lock = Arc::clone(&self.loading.entry(key).or_default());
+        let loaded = {
+            let _loading = lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match self.get(digest, format) {
+                Some(session) => Ok(session),
+                None => Session::load(bytes, format).map(|session| {
+                    let session = Arc::new(session);
+                    self.sessions
+                        .insert(key, (Arc::downgrade(&session), bytes.len() as u64));
+                    self.sessions.retain(|_, (weak, _)| weak.strong_count() > 0);
+                    session
+                }),
+            }
+        };
+        // The last loader of these bytes forgets their lock (the map holds one reference,
+        // `lock` the other), so the map holds only loads in progress.
+        drop(lock);
+        self.loading
+            .remove_if(&key, |_, lock| Arc::strong_count(lock) == 1);
+        Ok((digest, loaded?))
+    }
+
+    /// Loads in progress (for tests: the per-model locks do not outlive their loads).
+    pub fn loads_in_progress(&self) -> usize {
+        self.loading.len()
+    }
+
+    /// The digests of every live session.
+    pub fn live_digests(&self) -> std::collections::HashSet<ModelDigest> {
         self.sessions
-            .insert(key, (Arc::downgrade(&session), bytes.len() as u64));
-        self.sessions.retain(|_, (weak, _)| weak.strong_count() > 0);
-        Ok((digest, session))
+            .iter()
+            .filter(|entry| entry.value().0.strong_count() > 0)
+            .map(|entry| entry.key().0)
+            .collect()
     }
 
     /// The live session for a digest, if some deployment holds one.
@@ -353,8 +377,13 @@ impl InferencePool {
         self.share_limit
     }
 
-    /// Run-time histograms by model digest.
-    pub fn compute_times(&self) -> Vec<(String, Arc<Histogram>)> {
+    /// Run-time histograms by model digest, of the models in `live`; the others' (models no
+    /// deployment holds any more) are dropped.
+    pub fn compute_times(
+        &self,
+        live: &std::collections::HashSet<ModelDigest>,
+    ) -> Vec<(String, Arc<Histogram>)> {
+        self.compute_times.retain(|digest, _| live.contains(digest));
         let mut all: Vec<(String, Arc<Histogram>)> = self
             .compute_times
             .iter()

@@ -7,42 +7,7 @@
 use super::InferenceError;
 use super::onnx::OutputTensor;
 
-/// The element types `wasi:nn` can describe; every one of them reaches the backends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ElementType {
-    F16,
-    Bf16,
-    F32,
-    F64,
-    U8,
-    I32,
-    I64,
-}
-
-impl ElementType {
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            Self::U8 => 1,
-            Self::F16 | Self::Bf16 => 2,
-            Self::F32 | Self::I32 => 4,
-            Self::F64 | Self::I64 => 8,
-        }
-    }
-
-    /// The lower-case name used in error messages (`f32`, `bf16`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::F16 => "f16",
-            Self::Bf16 => "bf16",
-            Self::F32 => "f32",
-            Self::F64 => "f64",
-            Self::U8 => "u8",
-            Self::I32 => "i32",
-            Self::I64 => "i64",
-        }
-    }
-}
+pub use corral_parsers::tensor::{ElementType, byte_len, element_count};
 
 /// Where a tensor's bytes live: a buffer lifted from the guest, or a backend's own output
 /// buffer (read in place; copied only when the guest asks for the data).
@@ -92,13 +57,6 @@ impl Tensor {
         }
         Ok(())
     }
-}
-
-/// `product(shape) * size(ty)`, or `None` when it does not fit in `usize`.
-pub fn byte_len(shape: &[u32], ty: ElementType) -> Option<usize> {
-    shape.iter().try_fold(ty.size(), |acc, &dim| {
-        acc.checked_mul(usize::try_from(dim).ok()?)
-    })
 }
 
 #[cfg(test)]

@@ -31,56 +31,13 @@ mod instance;
 pub mod log;
 
 pub use cache::{CompileError, ComponentCache, check_component_header};
+pub use corral_parsers::config::EngineSettings;
 pub use instance::{InstanceState, Outcome, live_instances};
 use instance::{Limiter, OutgoingHttp};
 use log::{GuestOutput, GuestStream};
 
 /// How often the epoch advances; guest CPU time is measured in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
-
-/// The engine's fixed resources: the pooling allocator's slots, sized once at start.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EngineSettings {
-    /// Component instances that may exist at once, across all tenants (the pool's slots).
-    pub instances: u32,
-    /// The most linear memory any instance may have, in bytes: a tenant's `memory_bytes`
-    /// limit cannot exceed it. Each slot reserves this much address space (not memory).
-    pub max_memory_bytes: u64,
-    /// WebAssembly stack per instance, in bytes: deeper recursion traps.
-    pub stack_bytes: u64,
-    /// Linear memory an instance slot keeps mapped when its request ends, in bytes: zeroed in
-    /// place instead of returned to the kernel, so the next request in that slot does not
-    /// page-fault it in again. Costs up to this much resident memory per recently used slot;
-    /// capped at `max_memory_bytes`.
-    pub keep_resident_bytes: u64,
-}
-
-impl Default for EngineSettings {
-    fn default() -> Self {
-        Self {
-            instances: 1000,
-            max_memory_bytes: 1 << 30,
-            stack_bytes: 1 << 20,
-            keep_resident_bytes: 2 << 20,
-        }
-    }
-}
-
-impl EngineSettings {
-    pub fn check(&self) -> Result<(), String> {
-        if self.instances == 0 {
-            return Err("engine.instances must be at least 1".into());
-        }
-        if !(64 << 10..=4 << 30).contains(&self.max_memory_bytes) {
-            return Err("engine.max_memory_bytes must be between 64 KiB and 4 GiB".into());
-        }
-        if !(64 << 10..=64 << 20).contains(&self.stack_bytes) {
-            return Err("engine.stack_bytes must be between 64 KiB and 64 MiB".into());
-        }
-        Ok(())
-    }
-}
 
 /// Builds the process's engine (pooling allocator, copy-on-write memory images, epoch
 /// interruption) and starts the one thread that advances its epoch.

@@ -60,12 +60,34 @@ impl Router for SingleService {
 }
 
 /// The host a request names: `:authority` (HTTP/2, absolute-form URIs), else the Host header.
-pub fn request_host<B>(request: &Request<B>) -> Option<&str> {
-    request
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| request.headers().get(hyper::header::HOST)?.to_str().ok())
+/// A request that names two hosts (two Host headers, or a Host header that differs from its
+/// `:authority`) is refused: a proxy in front may route by one and Corral by the other.
+pub fn request_host<B>(request: &Request<B>) -> Result<Option<&str>, HostError> {
+    let mut hosts = request.headers().get_all(hyper::header::HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(HostError::BadRequest(
+            "the request has more than one Host header".into(),
+        ));
+    }
+    let header = header
+        .map(|value| {
+            value
+                .to_str()
+                .map_err(|_| HostError::BadRequest("the Host header is not ASCII".into()))
+        })
+        .transpose()?;
+    match (request.uri().authority().map(|a| a.as_str()), header) {
+        (Some(authority), Some(header))
+            if !corral_parsers::hostname::same_host(authority, header) =>
+        {
+            Err(HostError::BadRequest(
+                "the Host header names a different host than the request's authority".into(),
+            ))
+        }
+        (Some(authority), _) => Ok(Some(authority)),
+        (None, header) => Ok(header),
+    }
 }
 
 /// Serves requests on `listener`, routed by `router`, until `shutdown` resolves; then lets
@@ -120,7 +142,10 @@ pub async fn handle(
 ) -> Response<HyperOutgoingBody> {
     let started = std::time::Instant::now();
     let id = request_id(&request);
-    let (label, mut target) = router.route(request_host(&request), connection.sni.as_deref());
+    let (label, mut target) = match request_host(&request) {
+        Ok(host) => router.route(host, connection.sni.as_deref()),
+        Err(refused) => (Arc::from(""), Err(refused)),
+    };
     // HTTP/1.1 heads are bounded by hyper; this bounds HTTP/2's too.
     if request.headers().len() > max_headers {
         target = Err(HostError::HeadersTooLarge(format!(

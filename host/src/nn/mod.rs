@@ -171,10 +171,7 @@ impl NnBudget {
     /// Refuses a tensor over the tenant's element limit.
     fn check_tensor(&self, name: &str, tensor: &Tensor) -> Result<(), InferenceError> {
         let name = shown(name);
-        let elements = tensor
-            .shape
-            .iter()
-            .try_fold(1u64, |n, d| n.checked_mul(u64::from(*d)));
+        let elements = crate::backends::tensor::element_count(&tensor.shape);
         match elements {
             Some(n) if n <= self.limits.tensor_elements => Ok(()),
             Some(_) => Err(InferenceError::invalid(format!(

@@ -11,8 +11,6 @@
 //!
 //! All calls block on the file system: call them from a blocking pool.
 
-mod digest;
-
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -24,17 +22,20 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest as _, Sha256};
 
-pub use digest::Digest;
+pub use corral_parsers::digest::Digest;
 
-/// A data directory.
+/// A data directory, held by one process at a time.
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
     next_temp: AtomicU64,
+    /// The open `lock` file, locked exclusively for as long as the store is open.
+    _lock: File,
 }
 
 const BLOBS: &str = "blobs/sha256";
 const TEMP: &str = "tmp";
+const LOCK: &str = "lock";
 
 impl Store {
     /// Opens (creating if needed) the data directory at `root`, clearing temporary files a
@@ -46,6 +47,8 @@ impl Store {
             fs::create_dir_all(&path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
         }
+        // Before anything is cleared: another process using this directory keeps its files.
+        let lock = lock(&root)?;
         let temp = root.join(TEMP);
         for entry in
             fs::read_dir(&temp).with_context(|| format!("cannot list {}", temp.display()))?
@@ -57,6 +60,7 @@ impl Store {
         Ok(Self {
             root,
             next_temp: AtomicU64::new(0),
+            _lock: lock,
         })
     }
 
@@ -77,43 +81,33 @@ impl Store {
         mut reader: impl Read,
         limit: u64,
     ) -> anyhow::Result<(Digest, u64)> {
-        let (temp, mut file) = self.temp_file()?;
-        let result = (|| {
-            let mut hasher = Sha256::new();
-            let mut len = 0u64;
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = reader.read(&mut buf).context("cannot read the upload")?;
-                if n == 0 {
-                    break;
-                }
-                len += n as u64;
-                if len > limit {
-                    bail!("the blob is larger than the limit of {limit} bytes");
-                }
-                hasher.update(&buf[..n]);
-                file.write_all(&buf[..n])
-                    .with_context(|| format!("cannot write {}", temp.display()))?;
+        let mut writer = self.blob_writer()?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = reader.read(&mut buf).context("cannot read the upload")?;
+            if n == 0 {
+                break;
             }
-            file.sync_all()
-                .with_context(|| format!("cannot sync {}", temp.display()))?;
-            Ok((Digest::from_bytes(hasher.finalize().into()), len))
-        })();
-        drop(file);
-        let (digest, len) = match result {
-            Ok(done) => done,
-            Err(e) => {
-                let _ = fs::remove_file(&temp);
-                return Err(e);
+            if writer.len() + n as u64 > limit {
+                bail!("the blob is larger than the limit of {limit} bytes");
             }
-        };
-        let path = self.blob_path(&digest);
-        if path.is_file() {
-            fs::remove_file(&temp).with_context(|| format!("cannot remove {}", temp.display()))?;
-        } else {
-            self.commit(&temp, &path)?;
+            writer.write(&buf[..n])?;
         }
-        Ok((digest, len))
+        writer.commit()
+    }
+
+    /// A blob written piece by piece (each call blocks only for its own write): nothing is
+    /// stored until [`BlobWriter::commit`], and a writer dropped before it leaves nothing.
+    pub fn blob_writer(&self) -> anyhow::Result<BlobWriter> {
+        let (temp, file) = self.temp_file()?;
+        Ok(BlobWriter {
+            temp,
+            file,
+            hasher: Sha256::new(),
+            len: 0,
+            blobs: self.root.join(BLOBS),
+            committed: false,
+        })
     }
 
     /// Reads a blob, checking it still has the digest it is stored under.
@@ -243,7 +237,9 @@ impl Store {
         let plain = relative
             .components()
             .all(|c| matches!(c, std::path::Component::Normal(_)));
-        let reserved = relative.starts_with("blobs") || relative.starts_with(TEMP);
+        let reserved = relative.starts_with("blobs")
+            || relative.starts_with(TEMP)
+            || relative.starts_with(LOCK);
         if !plain || reserved || relative.as_os_str().is_empty() {
             bail!("{} is not a record path", relative.display());
         }
@@ -273,6 +269,98 @@ impl Store {
             .with_context(|| format!("cannot move {} into place", path.display()))?;
         sync_dir(path.parent().unwrap_or(&self.root))
     }
+}
+
+/// A blob being written; see [`Store::blob_writer`].
+#[derive(Debug)]
+pub struct BlobWriter {
+    temp: PathBuf,
+    file: File,
+    hasher: Sha256,
+    len: u64,
+    blobs: PathBuf,
+    committed: bool,
+}
+
+impl BlobWriter {
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends `bytes` (blocks on the file system).
+    pub fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.file
+            .write_all(bytes)
+            .with_context(|| format!("cannot write {}", self.temp.display()))?;
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Syncs the bytes and moves them into place under their digest (storing bytes the store
+    /// already holds is a no-op). Returns the digest and length.
+    pub fn commit(mut self) -> anyhow::Result<(Digest, u64)> {
+        self.file
+            .sync_all()
+            .with_context(|| format!("cannot sync {}", self.temp.display()))?;
+        let digest = Digest::from_bytes(std::mem::take(&mut self.hasher).finalize().into());
+        let path = self.blobs.join(digest.hex());
+        if !path.is_file() {
+            fs::rename(&self.temp, &path)
+                .with_context(|| format!("cannot move {} into place", path.display()))?;
+            self.committed = true;
+            sync_dir(&self.blobs)?;
+        }
+        Ok((digest, self.len))
+    }
+}
+
+impl Drop for BlobWriter {
+    /// Removes the temporary file unless it was moved into place.
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Locks the data directory at `root` for this process (an advisory lock the kernel drops
+/// when the process exits, however it exits), recording the process id in the lock file for
+/// the message another process gets.
+fn lock(root: &Path) -> anyhow::Result<File> {
+    let path = root.join(LOCK);
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "the data directory {} is in use by another Corral process (pid {}); \
+                 stop it first, or give this one its own --data",
+                root.display(),
+                holder.trim()
+            );
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    file.set_len(0)
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(file)
 }
 
 fn sync_dir(dir: &Path) -> anyhow::Result<()> {

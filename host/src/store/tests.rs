@@ -141,3 +141,23 @@ fn digests_round_trip_through_text_and_refuse_garbage() {
         assert!(bad.parse::<Digest>().is_err(), "{bad} accepted");
     }
 }
+
+#[test]
+fn one_process_at_a_time_holds_a_data_directory() {
+    let dir = TempDir::new("lock");
+    let first = Store::open(&dir.0).unwrap();
+    fs::write(dir.0.join(TEMP).join("in-flight"), b"another's upload").unwrap();
+    let err = Store::open(&dir.0).unwrap_err().to_string();
+    assert!(
+        err.contains("in use by another Corral process")
+            && err.contains(&std::process::id().to_string()),
+        "{err}"
+    );
+    assert!(
+        dir.0.join(TEMP).join("in-flight").is_file(),
+        "a refused open clears nothing"
+    );
+    drop(first);
+    Store::open(&dir.0).unwrap();
+    assert!(!dir.0.join(TEMP).join("in-flight").exists());
+}

@@ -143,7 +143,7 @@ impl Tenancy {
                 continue;
             };
             let live = match record.active {
-                Some(version) => match tenancy.load_version(&name, version) {
+                Some(version) => match tenancy.load_version(&record, version) {
                     Ok(live) => Some(Arc::new(live)),
                     Err(e) => {
                         tracing::error!(tenant = %name, version, error = ?e, "cannot restore the active deployment; the tenant answers 503 until one is activated");
@@ -418,6 +418,25 @@ impl Tenancy {
         let (record, token) = match &existing {
             Some(tenant) => {
                 let mut record = (**tenant.record.load()).clone();
+                // Every name of a tenant with its own certificate is covered by it: a new name
+                // needs a certificate for it first.
+                if let Some(certificate) = tenant.certificate.load().as_ref() {
+                    let added: Vec<String> = normalized
+                        .iter()
+                        .filter(|h| !record.hosts.contains(h))
+                        .cloned()
+                        .collect();
+                    certs::check_covers(certificate, &added).map_err(|why| {
+                        Refusal::invalid(
+                            "certificate_mismatch",
+                            format!(
+                                "tenant '{name}' has its own certificate and {why}; upload one \
+                                 that also covers the new host names \
+                                 (PUT /v1/tenants/{name}/certificate) or remove it first"
+                            ),
+                        )
+                    })?;
+                }
                 record.hosts = normalized;
                 if let Some(limits) = limits {
                     record.limits = limits;
@@ -447,7 +466,12 @@ impl Tenancy {
         };
         // Validate everything before writing, so a refusal changes nothing.
         let limits = self.effective_limits(&record.limits)?;
+        let mut record = record;
+        let revoked = self.revoke_untrusted(name, &mut record).await?;
         self.write_tenant(&record).await?;
+        if revoked && let Some(tenant) = &existing {
+            tenant.live.store(None);
+        }
         match existing {
             Some(tenant) => {
                 let old = tenant.record.load_full();
@@ -469,6 +493,37 @@ impl Tenancy {
             None => self.insert(record.clone(), None, None),
         }
         Ok((record, token))
+    }
+
+    /// When `record` (about to be written) no longer trusts its tenant's models and its
+    /// active deployment holds TorchScript, that deployment stops serving: it is made
+    /// inactive in `record` (the tenant answers 503 until it activates a version without
+    /// TorchScript, or is trusted again and re-activates). Returns whether it was.
+    async fn revoke_untrusted(
+        &self,
+        name: &str,
+        record: &mut TenantRecord,
+    ) -> Result<bool, Refusal> {
+        let Some(version) = record.active.filter(|_| !record.trusted_models) else {
+            return Ok(false);
+        };
+        let platform = Arc::clone(&self.platform);
+        let store_name = name.to_owned();
+        let deployment = blocking(move || {
+            Ok(platform
+                .store
+                .read_record::<DeploymentRecord>(&records::deployment_path(&store_name, version))?)
+        })
+        .await?;
+        let Some(deployment) = deployment else {
+            return Ok(false);
+        };
+        if check_trust(name, record, &deployment).is_ok() {
+            return Ok(false);
+        }
+        tracing::warn!(tenant = %name, version, "the tenant's models are no longer trusted; its TorchScript deployment stops serving");
+        record.active = None;
+        Ok(true)
     }
 
     /// Deletes a tenant and all its deployment records. Requests in flight finish.
@@ -495,6 +550,7 @@ impl Tenancy {
         self.tokens.remove(&record.token_sha256);
         self.tenants.remove(name);
         tenant.live.store(None);
+        self.platform.metrics.forget_tenant(name);
         Ok(())
     }
 
@@ -547,6 +603,8 @@ impl Tenancy {
             .await?;
         let _changing = self.changes.lock().await;
         let tenant = self.same_tenant(name, &before)?;
+        // Trust may have been revoked while this deployment was being validated.
+        check_trust(name, &tenant.record.load(), &record)?;
         let platform = Arc::clone(&self.platform);
         let store_name = name.to_owned();
         record.version = blocking(move || {
@@ -602,6 +660,7 @@ impl Tenancy {
             .await?;
         let _changing = self.changes.lock().await;
         let tenant = self.same_tenant(name, &before)?;
+        check_trust(name, &tenant.record.load(), &record)?;
         self.activate_live(&tenant, live).await?;
         tracing::info!(tenant = %name, version, "deployment activated");
         Ok(record)
@@ -649,12 +708,17 @@ impl Tenancy {
         .await
     }
 
-    fn load_version(&self, name: &str, version: u32) -> Result<LiveDeployment, Refusal> {
+    /// Builds a stored version for restore, checking the tenant's trust again: a record
+    /// changed while the server was stopped never serves TorchScript the operator has not
+    /// trusted.
+    fn load_version(&self, tenant: &TenantRecord, version: u32) -> Result<LiveDeployment, Refusal> {
+        let name = &tenant.name;
         let record = self
             .platform
             .store
             .read_record::<DeploymentRecord>(&records::deployment_path(name, version))?
             .ok_or_else(|| Refusal::NotFound(format!("version {version} has no record")))?;
+        check_trust(name, tenant, &record)?;
         self.platform.build(name, &record)
     }
 

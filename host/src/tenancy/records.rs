@@ -128,24 +128,7 @@ pub fn check_model_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Normalizes a host name as routing compares it: lower case, no port, no trailing dot.
-/// `None` when it is not a plausible DNS name.
-pub fn normalize_host(host: &str) -> Option<String> {
-    let host = host.trim();
-    let host = match host.rsplit_once(':') {
-        Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    };
-    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-    let valid = (1..=253).contains(&host.len())
-        && host.split('.').all(|label| {
-            (1..=63).contains(&label.len())
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
-    valid.then_some(host)
-}
+pub use corral_parsers::hostname::normalize_host;
 
 /// A new secret token: 32 random bytes as hex, prefixed so it is recognizable in a leak scan.
 pub fn new_token(prefix: &str) -> anyhow::Result<String> {
@@ -176,28 +159,6 @@ mod tests {
         }
         for bad in ["", "Acme", "a_b", "a.b", "../x", &"x".repeat(64), "é"] {
             assert!(check_tenant_name(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn hosts_are_compared_without_case_port_or_trailing_dot() {
-        assert_eq!(
-            normalize_host("Acme.Example.com:8443").as_deref(),
-            Some("acme.example.com")
-        );
-        assert_eq!(
-            normalize_host("acme.localhost.").as_deref(),
-            Some("acme.localhost")
-        );
-        for bad in [
-            "",
-            "a..b",
-            "a b",
-            "a/b",
-            "x:",
-            &format!("{}.com", "y".repeat(64)),
-        ] {
-            assert_eq!(normalize_host(bad), None, "{bad}");
         }
     }
 

@@ -11,7 +11,7 @@
 //! and is routed by its Host header alone.
 
 pub mod ca;
-pub mod certs;
+pub use corral_parsers::certs;
 
 use std::path::Path;
 use std::sync::Arc;

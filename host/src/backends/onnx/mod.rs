@@ -1,10 +1,8 @@
 //! The ONNX backend: ONNX Runtime loaded at run time (`ort`'s `load-dynamic`), one session per
 //! model shared by every instance and request, many runs of it in flight at once.
 
-mod check;
 mod ffi;
 mod runtime;
-pub mod testing;
 
 use std::ffi::CString;
 use std::sync::Arc;
@@ -15,7 +13,7 @@ use ort::value::{TensorElementType, ValueType};
 use super::tensor::{ElementType, Tensor, TensorBytes};
 use super::{ErrorKind, InferenceError, RunControl};
 
-pub use check::{ModelCheckError, check_self_contained};
+pub use corral_parsers::onnx::{ModelCheckError, check_self_contained, testing};
 pub use ffi::OutputTensor;
 pub use runtime::{OnnxRuntime, find_library};
 

@@ -78,3 +78,37 @@ fn corral_sessions_read_no_external_data() {
     );
     let _ = std::fs::remove_dir_all(folder);
 }
+
+/// A model loaded from several threads at once is loaded once, and the per-model lock that
+/// serialises those loads is gone once they end (whether the load worked or failed): the pool
+/// keeps nothing for models that were only ever loading.
+#[test]
+fn loading_locks_do_not_outlive_their_loads() {
+    use crate::backends::models::{ModelFormat, SessionPool};
+    if runtime().is_none() {
+        return;
+    }
+    let add = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/add.onnx"
+    ))
+    .unwrap();
+    let pool = SessionPool::default();
+    let sessions: Vec<_> = std::thread::scope(|scope| {
+        let loads: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| pool.load(&add, ModelFormat::Onnx).unwrap().1))
+            .collect();
+        loads.into_iter().map(|load| load.join().unwrap()).collect()
+    });
+    assert!(
+        sessions
+            .iter()
+            .all(|s| std::sync::Arc::ptr_eq(s, &sessions[0]))
+    );
+    assert_eq!(pool.loads_in_progress(), 0);
+    for n in 0..100u8 {
+        assert!(pool.load(&[8, 7, n], ModelFormat::Onnx).is_err());
+    }
+    assert_eq!(pool.loads_in_progress(), 0);
+    assert_eq!(pool.live_sessions(), 1);
+}

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::EngineSettings;
 use crate::limits::Limits;
 
 /// The whole configuration.
@@ -32,6 +31,9 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Largest deployment upload, in bytes.
     pub max_upload_bytes: u64,
+    /// Slowest upload accepted: each 10 s of an upload must carry at least 10 × this many
+    /// bytes (`408 upload_too_slow` otherwise).
+    pub upload_min_bytes_per_sec: u64,
     /// Model runs that may execute at once, across all tenants and models (0: 2 × CPUs).
     pub max_parallel_inference: usize,
     /// Seconds validating an upload (compiling, loading models) may take.
@@ -59,6 +61,7 @@ impl Default for Config {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
             admin_token: None,
             max_upload_bytes: 2 << 30,
+            upload_min_bytes_per_sec: 16 * 1024,
             max_parallel_inference: 0,
             deploy_timeout_secs: 300,
             drain_timeout_secs: 30,
@@ -103,7 +106,8 @@ impl Default for TlsSettings {
     }
 }
 
-/// Limits on every data-plane connection, enforced before any tenant code runs.
+/// Limits on every connection (data plane and admin API), enforced before any tenant code
+/// runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSettings {
@@ -201,6 +205,50 @@ impl Default for OnnxSettings {
     }
 }
 
+/// The engine's fixed resources: the pooling allocator's slots, sized once at start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSettings {
+    /// Component instances that may exist at once, across all tenants (the pool's slots).
+    pub instances: u32,
+    /// The most linear memory any instance may have, in bytes: a tenant's `memory_bytes`
+    /// limit cannot exceed it. Each slot reserves this much address space (not memory).
+    pub max_memory_bytes: u64,
+    /// WebAssembly stack per instance, in bytes: deeper recursion traps.
+    pub stack_bytes: u64,
+    /// Linear memory an instance slot keeps mapped when its request ends, in bytes: zeroed in
+    /// place instead of returned to the kernel, so the next request in that slot does not
+    /// page-fault it in again. Costs up to this much resident memory per recently used slot;
+    /// capped at `max_memory_bytes`.
+    pub keep_resident_bytes: u64,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            instances: 1000,
+            max_memory_bytes: 1 << 30,
+            stack_bytes: 1 << 20,
+            keep_resident_bytes: 2 << 20,
+        }
+    }
+}
+
+impl EngineSettings {
+    pub fn check(&self) -> Result<(), String> {
+        if self.instances == 0 {
+            return Err("engine.instances must be at least 1".into());
+        }
+        if !(64 << 10..=4 << 30).contains(&self.max_memory_bytes) {
+            return Err("engine.max_memory_bytes must be between 64 KiB and 4 GiB".into());
+        }
+        if !(64 << 10..=64 << 20).contains(&self.stack_bytes) {
+            return Err("engine.stack_bytes must be between 64 KiB and 64 MiB".into());
+        }
+        Ok(())
+    }
+}
+
 /// Top-level keys that are not sections (sections' keys come from their defaults).
 const TOP_LEVEL: &[&str] = &[
     "data_dir",
@@ -209,6 +257,7 @@ const TOP_LEVEL: &[&str] = &[
     "admin_listen",
     "admin_token",
     "max_upload_bytes",
+    "upload_min_bytes_per_sec",
     "max_parallel_inference",
     "deploy_timeout_secs",
     "drain_timeout_secs",
@@ -289,6 +338,7 @@ impl Config {
     fn check(&self) -> anyhow::Result<()> {
         let positive = [
             ("max_upload_bytes", self.max_upload_bytes),
+            ("upload_min_bytes_per_sec", self.upload_min_bytes_per_sec),
             ("deploy_timeout_secs", self.deploy_timeout_secs),
             ("drain_timeout_secs", self.drain_timeout_secs),
         ];

@@ -2,10 +2,10 @@
 //! ONNX schema, with its data inline (accepted) and external (refused).
 
 use super::*;
-use crate::backends::onnx::testing::{field, number};
+use crate::onnx::testing::{field, number};
 
 fn external_tensor(name: &str) -> Vec<u8> {
-    crate::backends::onnx::testing::external_tensor(name, "corral-data/admin-token", 1)
+    crate::onnx::testing::external_tensor(name, "corral-data/admin-token", 1)
 }
 
 /// `TensorProto { name, dims: [1], raw_data }`, self-contained.
@@ -32,7 +32,7 @@ fn refused(model: &[u8]) -> bool {
 
 #[test]
 fn the_shipped_models_are_self_contained() {
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     for model in [
         "tests/fixtures/add.onnx",
         "tests/fixtures/identity_types.onnx",
@@ -132,7 +132,7 @@ fn every_place_a_tensor_can_sit_is_checked() {
 
 #[test]
 fn the_function_default_attribute_model_is_refused() {
-    let model = crate::backends::onnx::testing::function_default_attribute_model("x", 1);
+    let model = crate::onnx::testing::function_default_attribute_model("x", 1);
     assert_eq!(
         check_self_contained(&model),
         Err(ModelCheckError::ExternalData("w".into()))
