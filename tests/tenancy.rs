@@ -590,3 +590,279 @@ async fn deploying_and_rolling_back_under_load_loses_no_request() {
     assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
     assert!(ok >= 20, "the clients kept sending ({ok} requests)");
 }
+
+/// Whether the data directory holds the blob of `bytes`.
+fn has_blob(dir: &DataDir, bytes: &[u8]) -> bool {
+    let digest = corral::store::Digest::of(bytes);
+    dir.data().join("blobs/sha256").join(digest.hex()).is_file()
+}
+
+/// Waits (a little) for the blob of `bytes` to be collected; whether it was.
+async fn collected(dir: &DataDir, bytes: &[u8]) -> bool {
+    for _ in 0..100 {
+        if !has_blob(dir, bytes) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Deploys the probe with `model` as `add` for `tenant`.
+async fn deploy_probe(
+    corral: &Corral,
+    tenant: &str,
+    token: &str,
+    model: &[u8],
+) -> (StatusCode, serde_json::Value) {
+    let upload = multipart(&[
+        Part::file("component", &guest("nn-probe")),
+        Part::bytes("model.add", "add.onnx", model.to_vec()),
+    ]);
+    let path = format!("/v1/tenants/{tenant}/deployments");
+    corral.admin("POST", &path, Some(token), Some(upload)).await
+}
+
+/// Disk has an owner: a refused upload leaves no blob, deployments beyond `keep_deployments`
+/// and deleted ones are collected with the blobs only they used, a deleted tenant's blobs go
+/// (never one another tenant still uses), blobs a crash orphaned go at the next start, and a
+/// tenant's storage is bounded by `limits.storage_bytes` (`507`).
+#[tokio::test]
+async fn disk_has_an_owner() {
+    let dir = DataDir::new("disk-owner");
+    let config = "[store]\nkeep_deployments = 2\n";
+    let corral = Corral::start(&dir, config);
+    let acme = corral.create_tenant("acme", "acme.test").await;
+    let other = corral.create_tenant("other", "other.test").await;
+    let component = std::fs::read(guest("nn-probe")).unwrap();
+    let model = |name: &str| std::fs::read(fixture(name)).unwrap();
+    let (add, reshape, identity) = (
+        model("add.onnx"),
+        model("reshape.onnx"),
+        model("identity_types.onnx"),
+    );
+
+    // A refused upload leaves nothing behind.
+    let garbage = b"\x08\x07 not a model, refused at upload".to_vec();
+    let (status, body) = deploy_probe(&corral, "acme", &acme, &garbage).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        collected(&dir, &garbage).await,
+        "the refused model's blob stays"
+    );
+    assert!(
+        collected(&dir, &component).await,
+        "the refused upload's component stays"
+    );
+
+    // Three versions, two kept: the oldest goes with the model only it used.
+    for (version, bytes) in [(1, &add), (2, &reshape), (3, &identity)] {
+        let (status, body) = deploy_probe(&corral, "acme", &acme, bytes).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["version"], version);
+    }
+    let (_, list) = corral
+        .admin("GET", "/v1/tenants/acme/deployments", Some(&acme), None)
+        .await;
+    let versions: Vec<u64> = list["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [2, 3], "{list}");
+    assert!(collected(&dir, &add).await, "version 1's model stays");
+    assert!(has_blob(&dir, &reshape) && has_blob(&dir, &identity) && has_blob(&dir, &component));
+
+    // A deployment is deleted on request, never the active one.
+    let (status, body) = corral
+        .admin(
+            "DELETE",
+            "/v1/tenants/acme/deployments/3",
+            Some(&acme),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, body) = corral
+        .admin(
+            "DELETE",
+            "/v1/tenants/acme/deployments/2",
+            Some(&acme),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(collected(&dir, &reshape).await, "version 2's model stays");
+
+    // The quota counts what the deployments hold plus the upload: one more probe does not fit.
+    let used = (component.len() + identity.len()) as u64;
+    let (status, body) = corral
+        .operator(
+            "PUT",
+            "/v1/tenants/acme",
+            json!({ "limits": { "storage_bytes": used + 1000 } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = deploy_probe(&corral, "acme", &acme, &add).await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    assert_eq!(body["error"]["code"], "storage_quota_exceeded", "{body}");
+    assert!(collected(&dir, &add).await);
+    let (_, list) = corral
+        .admin("GET", "/v1/tenants/acme/deployments", Some(&acme), None)
+        .await;
+    assert_eq!(list["active"], 3, "a refused upload changes nothing");
+
+    // Deleting a tenant removes its blobs, but not the component another tenant still uses.
+    let (status, body) = deploy_probe(&corral, "other", &other, &add).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = corral
+        .operator("DELETE", "/v1/tenants/acme", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        collected(&dir, &identity).await,
+        "the deleted tenant's model stays"
+    );
+    assert!(has_blob(&dir, &component) && has_blob(&dir, &add));
+
+    // A blob a crash orphaned (here: written while the server is down) goes at the next start.
+    corral.kill();
+    let orphan = b"an orphaned blob".to_vec();
+    std::fs::write(
+        dir.data()
+            .join("blobs/sha256")
+            .join(corral::store::Digest::of(&orphan).hex()),
+        &orphan,
+    )
+    .unwrap();
+    let corral = Corral::start(&dir, config);
+    assert!(!has_blob(&dir, &orphan), "the orphan survived a restart");
+    assert!(has_blob(&dir, &component) && has_blob(&dir, &add));
+    let (status, _) = corral
+        .call("other.test", "GET", "/case/add", Vec::new())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// Deploys being validated are bounded across the process: with one slot, uploads that
+/// arrive while another validates get `503 deploys_busy` with `Retry-After`, and nothing of
+/// theirs is kept.
+#[tokio::test]
+async fn deploys_beyond_the_slots_are_busy() {
+    let dir = DataDir::new("deploy-slots");
+    let corral = Arc::new(Corral::start(&dir, "[store]\nconcurrent_deploys = 1\n"));
+    let token = corral.create_tenant("vision", "vision.test").await;
+    let mut deploys = Vec::new();
+    for _ in 0..6 {
+        let corral = Arc::clone(&corral);
+        let token = token.clone();
+        deploys.push(tokio::spawn(async move {
+            let (content_type, body) = multipart(&[
+                Part::file("component", &guest("image-classifier")),
+                Part::file("model.classifier", &example_model()),
+            ]);
+            let headers = [
+                ("authorization", format!("Bearer {token}")),
+                ("content-type", content_type),
+            ];
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            common::serve::send_full(
+                corral.admin,
+                "POST",
+                "/v1/tenants/vision/deployments",
+                "admin",
+                &headers,
+                body,
+            )
+            .await
+        }));
+    }
+    let (mut created, mut busy) = (0, 0);
+    for deploy in deploys {
+        let (status, headers, body) = deploy.await.unwrap();
+        let body = String::from_utf8_lossy(&body);
+        match status {
+            StatusCode::CREATED => created += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(body.contains("\"deploys_busy\""), "{body}");
+                assert!(headers.contains_key("retry-after"), "{headers:?}");
+                busy += 1;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(created >= 1 && busy >= 1, "{created} created, {busy} busy");
+    let (_, list) = corral
+        .admin("GET", "/v1/tenants/vision/deployments", Some(&token), None)
+        .await;
+    assert_eq!(list["deployments"].as_array().unwrap().len(), created);
+}
+
+/// After a restart, a tenant whose deployment cannot be built answers `503
+/// deployment_unavailable` with the reason in its status, while every other tenant serves;
+/// a new deploy brings it back.
+#[tokio::test]
+async fn a_deployment_that_cannot_be_restored_holds_up_no_other_tenant() {
+    let dir = DataDir::new("restore");
+    let corral = Corral::start(&dir, "");
+    let good = corral.create_tenant("good", "good.test").await;
+    let broken = corral.create_tenant("broken", "broken.test").await;
+    let add = std::fs::read(fixture("add.onnx")).unwrap();
+    let reshape = std::fs::read(fixture("reshape.onnx")).unwrap();
+    for (tenant, token, model) in [("good", &good, &add), ("broken", &broken, &reshape)] {
+        let (status, body) = deploy_probe(&corral, tenant, token, model).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    corral.kill();
+    // The broken tenant's model is damaged on disk while the server is down.
+    let blob = dir
+        .data()
+        .join("blobs/sha256")
+        .join(corral::store::Digest::of(&reshape).hex());
+    std::fs::write(&blob, b"damaged").unwrap();
+
+    let corral = Corral::start(&dir, "");
+    let (status, _) = corral
+        .call("good.test", "GET", "/case/add", Vec::new())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = corral.call("broken.test", "GET", "/", Vec::new()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let body = json(&body);
+    assert_eq!(body["error"]["code"], "deployment_unavailable", "{body}");
+    assert!(
+        !body.to_string().contains(&blob.display().to_string()),
+        "end users never see server paths: {body}"
+    );
+    let (_, tenant) = corral
+        .admin("GET", "/v1/tenants/broken", Some(&broken), None)
+        .await;
+    assert_eq!(tenant["status"]["state"], "unavailable", "{tenant}");
+    assert!(
+        tenant["status"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("damaged"),
+        "{tenant}"
+    );
+    let (_, tenant) = corral
+        .admin("GET", "/v1/tenants/good", Some(&good), None)
+        .await;
+    assert_eq!(tenant["status"]["state"], "serving", "{tenant}");
+
+    // A new upload of the model brings the tenant back.
+    std::fs::remove_file(&blob).unwrap();
+    let (status, body) = deploy_probe(&corral, "broken", &broken, &add).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = corral
+        .call("broken.test", "GET", "/case/add", Vec::new())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, tenant) = corral
+        .admin("GET", "/v1/tenants/broken", Some(&broken), None)
+        .await;
+    assert_eq!(tenant["status"]["state"], "serving", "{tenant}");
+}

@@ -17,6 +17,7 @@
 //! | `tensor_rank` | `wasi:nn` `tensor.new` (the dimension list is what the host holds) | trap, `500 nn_limit` |
 //! | `tensor_elements` | `wasi:nn` compute, before the backend | `invalid-argument` error value |
 //! | `log_bytes_per_minute` | guest stdout/stderr | excess dropped and counted |
+//! | `storage_bytes` | deployment uploads, counted while they stream | `507 storage_quota_exceeded` |
 
 pub use corral_parsers::limits::{LimitOverrides, Limits};
 

@@ -91,6 +91,11 @@ impl Server {
             default_limits: options.limits.clone(),
             metrics: Arc::clone(&metrics),
             deploy_timeout: Duration::from_secs(options.deploy_timeout_secs),
+            deploy_slots: Arc::new(tokio::sync::Semaphore::new(
+                options.store.concurrent_deploys as usize,
+            )),
+            deploy_slots_total: options.store.concurrent_deploys as usize,
+            keep_deployments: options.store.keep_deployments as usize,
         });
         let tenancy = tokio::task::spawn_blocking(move || Tenancy::open(platform)).await??;
         let tenancy = Arc::new(tenancy);
@@ -199,6 +204,10 @@ impl Server {
             until_stopped(stopped),
             drain,
         )));
+        // Tenants' deployments are built while the listeners already answer (503 for a
+        // tenant not built yet, /readyz 503 until all are).
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        tokio::spawn(Arc::clone(&tenancy).restore(parallel));
         Ok(Self {
             data_addr,
             tls_addr,
@@ -295,6 +304,9 @@ impl Router for TenantRouter {
                 (tenant, Ok(target))
             }
             Route::NoDeployment { tenant } => (tenant, Err(HostError::NoDeployment)),
+            Route::Unavailable { tenant, restoring } => {
+                (tenant, Err(HostError::DeploymentUnavailable { restoring }))
+            }
             Route::UnknownHost => (unrouted(), Err(HostError::UnknownHost(Some(name)))),
         }
     }

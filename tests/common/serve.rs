@@ -115,6 +115,7 @@ impl Corral {
             .unwrap()
             .trim()
             .to_owned();
+        wait_ready(admin, &log);
         Self {
             child,
             data,
@@ -338,6 +339,30 @@ impl Drop for Corral {
     }
 }
 
+/// Waits until `/readyz` answers 200: every tenant's deployment has been restored (or has
+/// failed to), as an orchestrator waits before sending traffic.
+fn wait_ready(admin: SocketAddr, log: &Path) {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let mut answer = String::new();
+        if let Ok(mut stream) = std::net::TcpStream::connect(admin) {
+            let _ = stream
+                .write_all(b"GET /readyz HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+            let _ = stream.read_to_string(&mut answer);
+        }
+        if answer.starts_with("HTTP/1.1 200") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "corral serve never became ready; its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// One part of a multipart/form-data body.
 pub struct Part {
     pub name: String,
@@ -401,7 +426,7 @@ pub async fn send(
     (status, body)
 }
 
-async fn send_full(
+pub async fn send_full(
     addr: SocketAddr,
     method: &str,
     path: &str,

@@ -48,6 +48,8 @@ pub struct Config {
     pub onnx: OnnxSettings,
     /// The engine's instance pool (`[engine]`).
     pub engine: EngineSettings,
+    /// Deployments kept and validated (`[store]`).
+    pub store: StoreSettings,
     /// Default per-tenant limits (`[limits]`); tenants may be given their own.
     pub limits: Limits,
 }
@@ -69,6 +71,7 @@ impl Default for Config {
             http: HttpSettings::default(),
             onnx: OnnxSettings::default(),
             engine: EngineSettings::default(),
+            store: StoreSettings::default(),
             limits: Limits::default(),
         }
     }
@@ -249,6 +252,27 @@ impl EngineSettings {
     }
 }
 
+/// What the store keeps, and how many uploads are validated at once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// Deployments kept per tenant, newest first (the active one always); older ones and the
+    /// blobs only they use are removed after each deploy.
+    pub keep_deployments: u32,
+    /// Deployments being validated (compiled, models loaded) at once across the process;
+    /// more get `503 deploys_busy`.
+    pub concurrent_deploys: u32,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            keep_deployments: 10,
+            concurrent_deploys: 2,
+        }
+    }
+}
+
 /// Top-level keys that are not sections (sections' keys come from their defaults).
 const TOP_LEVEL: &[&str] = &[
     "data_dir",
@@ -348,6 +372,9 @@ impl Config {
             }
         }
         self.engine.check().map_err(anyhow::Error::msg)?;
+        if self.store.keep_deployments == 0 || self.store.concurrent_deploys == 0 {
+            anyhow::bail!("[store]: keep_deployments and concurrent_deploys must be at least 1");
+        }
         self.http
             .check()
             .map_err(|m| anyhow::anyhow!("[http]: {m}"))?;

@@ -81,4 +81,7 @@ limits! {
     tensor_elements: u64 = 1 << 26;
     /// Guest stdout + stderr bytes per minute; the excess is dropped and counted.
     log_bytes_per_minute: u64 = 64 << 10;
+    /// Bytes of blobs (components, models) the tenant's stored deployments hold, counting an
+    /// upload in progress; beyond it, `507 storage_quota_exceeded`.
+    storage_bytes: u64 = 10 << 30;
 }

@@ -28,7 +28,7 @@ use crate::http::listener::{ConnectionStats, Listener};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::Digest;
 use crate::tenancy::records::{DeploymentRecord, TenantRecord, token_hash};
-use crate::tenancy::{Refusal, Tenancy, TenantUpdate};
+use crate::tenancy::{Refusal, Tenancy, TenantUpdate, Unavailable};
 
 /// Largest JSON body the admin API reads.
 const MAX_JSON_BODY: usize = 64 * 1024;
@@ -94,7 +94,14 @@ impl ApiError {
     }
 
     fn into_response(self) -> Response<HyperOutgoingBody> {
-        json_error(self.status, self.code, &self.message)
+        let mut response = json_error(self.status, self.code, &self.message);
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                hyper::header::HeaderValue::from_static("5"),
+            );
+        }
+        response
     }
 }
 
@@ -105,6 +112,9 @@ impl From<Refusal> for ApiError {
             Refusal::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
             Refusal::Invalid { code, message } => Self::invalid(code, message),
             Refusal::Forbidden { code, message } => Self::new(StatusCode::FORBIDDEN, code, message),
+            Refusal::Busy { code, message } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+            }
             Refusal::Internal(e) => Self::internal(e),
         }
     }
@@ -163,6 +173,10 @@ impl Admin {
             (&Method::GET, ["healthz"]) => {
                 Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
             }
+            (&Method::GET, ["readyz"]) if !self.tenancy.restored() => Ok(json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "restoring", "tenants": self.tenancy.tenant_count()}),
+            )),
             (&Method::GET, ["readyz"]) => Ok(json_response(
                 StatusCode::OK,
                 &json!({"status": "ready", "tenants": self.tenancy.tenant_count()}),
@@ -256,6 +270,14 @@ impl Admin {
             (&Method::GET, []) => {
                 let record = self.tenancy.get(tenant)?;
                 let mut answer = tenant_json(&record);
+                answer["status"] = match self.tenancy.unavailable(tenant) {
+                    Some(Unavailable::Restoring) => json!({ "state": "restoring" }),
+                    Some(Unavailable::Failed(reason)) => {
+                        json!({ "state": "unavailable", "reason": reason })
+                    }
+                    None if record.active.is_some() => json!({ "state": "serving" }),
+                    None => json!({ "state": "no_deployment" }),
+                };
                 answer["limits"] = serde_json::to_value(self.tenancy.limits(tenant)?)
                     .map_err(|e| ApiError::internal(e.into()))?;
                 answer["limit_overrides"] = serde_json::to_value(&record.limits)
@@ -283,12 +305,19 @@ impl Admin {
                 self.tenancy.get(tenant)?;
                 let platform = Arc::clone(self.tenancy.platform());
                 let deployed = async {
-                    let upload = upload::receive(&platform, request, self.uploads).await?;
+                    let quota = upload::Quota {
+                        limit: self.tenancy.limits(tenant)?.storage_bytes,
+                        used: self.tenancy.storage_used(tenant).await?,
+                    };
+                    let upload = upload::receive(&platform, request, self.uploads, quota).await?;
                     let record = self
                         .tenancy
                         .deploy(tenant, upload.component, upload.models)
-                        .await?;
-                    Ok::<_, ApiError>(record)
+                        .await;
+                    // Recorded (the deployment now holds its blobs) or refused (they go unless
+                    // something else holds them): the upload's pins are no longer needed.
+                    drop(upload.pins);
+                    Ok::<_, ApiError>(record?)
                 }
                 .await;
                 let result = deployed.as_ref().map_or_else(|e| e.code, |_| "ok");
@@ -334,13 +363,16 @@ impl Admin {
                     &json!({ "tenant": tenant, "deleted": "certificate" }),
                 ))
             }
+            (&Method::DELETE, ["deployments", version]) => {
+                let version = parse_version(version)?;
+                self.tenancy.delete_deployment(tenant, version).await?;
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({ "tenant": tenant, "deleted": version }),
+                ))
+            }
             (&Method::POST, ["deployments", version, "activate"]) => {
-                let version: u32 = version.parse().map_err(|_| {
-                    ApiError::bad_request(format!(
-                        "'{}' is not a version number",
-                        version.escape_debug()
-                    ))
-                })?;
+                let version = parse_version(version)?;
                 let record = self.tenancy.activate(tenant, version).await?;
                 let mut answer = deployment_json(&record);
                 answer["active"] = Value::Bool(true);
@@ -424,6 +456,15 @@ fn method_not_allowed(method: &Method) -> ApiError {
         "method_not_allowed",
         format!("{method} is not allowed on this route"),
     )
+}
+
+fn parse_version(version: &str) -> Result<u32, ApiError> {
+    version.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "'{}' is not a version number",
+            version.escape_debug()
+        ))
+    })
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(

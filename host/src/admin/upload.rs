@@ -38,18 +38,76 @@ static STORE_WRITES: Semaphore = Semaphore::const_new(4);
 /// The period over which an upload's rate is measured.
 const RATE_WINDOW: Duration = Duration::from_secs(10);
 
-/// The blobs of an upload, all stored.
+/// The blobs of an upload, all stored, and pinned while this lives.
 #[derive(Debug)]
 pub struct Upload {
     pub component: Digest,
     pub models: BTreeMap<String, ModelRef>,
+    pub pins: Pins,
 }
 
-/// Reads a deployment upload into the store.
+/// Blobs an upload committed, pinned so that no collection removes them before its deployment
+/// is recorded. Dropped, they are unpinned, and removed at once unless a stored deployment
+/// (or another upload) holds them: a refused upload leaves nothing behind.
+#[derive(Debug)]
+pub struct Pins {
+    platform: Arc<Platform>,
+    digests: Vec<Digest>,
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let digests = std::mem::take(&mut self.digests);
+        if digests.is_empty() {
+            return;
+        }
+        let platform = Arc::clone(&self.platform);
+        let unpin = move || {
+            for digest in &digests {
+                platform.store.unpin(digest);
+            }
+        };
+        // Removing a large file can block: off the async threads when there are some.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(unpin)),
+            Err(_) => unpin(),
+        }
+    }
+}
+
+/// The tenant's storage quota (`limits.storage_bytes`) and what its deployments use of it.
+#[derive(Clone, Copy, Debug)]
+pub struct Quota {
+    pub limit: u64,
+    pub used: u64,
+}
+
+impl Quota {
+    fn left(self) -> u64 {
+        self.limit.saturating_sub(self.used)
+    }
+
+    fn exceeded(self) -> ApiError {
+        ApiError::new(
+            hyper::StatusCode::INSUFFICIENT_STORAGE,
+            "storage_quota_exceeded",
+            format!(
+                "the tenant's deployments use {} of its {} bytes of storage and this upload \
+                 does not fit; delete old deployments (DELETE \
+                 /v1/tenants/{{tenant}}/deployments/{{version}}) or ask the operator for more",
+                self.used, self.limit
+            ),
+        )
+    }
+}
+
+/// Reads a deployment upload into the store. Its blobs stay pinned (never collected) while
+/// the returned [`Upload`] lives.
 pub async fn receive(
     platform: &Arc<Platform>,
     request: Request<Incoming>,
     settings: UploadSettings,
+    quota: Quota,
 ) -> Result<Upload, ApiError> {
     let limit = settings.max_bytes;
     let content_type = request
@@ -69,9 +127,12 @@ pub async fn receive(
     if declared.is_some_and(|len| len > limit) {
         return Err(too_large(limit));
     }
+    if declared.is_some_and(|len| len > quota.left()) {
+        return Err(quota.exceeded());
+    }
     let mut body = Paced::new(request.into_body(), settings.min_bytes_per_sec);
     let mut parser = Parser::new(&boundary, multipart::Bounds::default());
-    let mut parts = Parts::default();
+    let mut parts = Parts::new(platform);
     let mut received = 0u64;
     loop {
         match body.next_chunk().await? {
@@ -80,13 +141,16 @@ pub async fn receive(
                 if received > limit {
                     return Err(too_large(limit));
                 }
+                if received > quota.left() {
+                    return Err(quota.exceeded());
+                }
                 parser.push(&chunk);
             }
             None => parser.finish(),
         }
         while let Some(event) = parser.next_event().map_err(malformed)? {
             match event {
-                Event::Part(head) => parts.begin(platform, head).await?,
+                Event::Part(head) => parts.begin(head).await?,
                 Event::Data(data) => parts.data(&data).await?,
                 Event::End => {
                     parts.end().await?;
@@ -98,8 +162,9 @@ pub async fn receive(
 }
 
 /// The parts read so far and the one being read.
-#[derive(Default)]
 struct Parts {
+    platform: Arc<Platform>,
+    pins: Pins,
     names: BTreeSet<String>,
     component: Option<Digest>,
     models: BTreeMap<String, (Digest, Option<ModelFormat>)>,
@@ -126,12 +191,24 @@ enum Current {
 const MAX_FORMAT_BYTES: usize = 64;
 
 impl Parts {
-    async fn begin(
-        &mut self,
-        platform: &Arc<Platform>,
-        head: multipart::PartHead,
-    ) -> Result<(), ApiError> {
+    fn new(platform: &Arc<Platform>) -> Self {
+        Self {
+            platform: Arc::clone(platform),
+            pins: Pins {
+                platform: Arc::clone(platform),
+                digests: Vec::new(),
+            },
+            names: BTreeSet::new(),
+            component: None,
+            models: BTreeMap::new(),
+            formats: BTreeMap::new(),
+            current: None,
+        }
+    }
+
+    async fn begin(&mut self, head: multipart::PartHead) -> Result<(), ApiError> {
         self.end().await?;
+        let platform = &self.platform;
         let name = head.name;
         if !self.names.insert(name.clone()) {
             return Err(ApiError::bad_request(format!(
@@ -188,9 +265,14 @@ impl Parts {
     async fn end(&mut self) -> Result<(), ApiError> {
         match self.current.take() {
             None => {}
-            Some(Current::Component(sink)) => self.component = Some(sink.commit().await?),
+            Some(Current::Component(sink)) => {
+                let digest = sink.commit(&self.platform).await?;
+                self.pins.digests.push(digest);
+                self.component = Some(digest);
+            }
             Some(Current::Model { name, format, sink }) => {
-                let digest = sink.commit().await?;
+                let digest = sink.commit(&self.platform).await?;
+                self.pins.digests.push(digest);
                 self.models.insert(name, (digest, format));
             }
             Some(Current::Format { name, value }) => {
@@ -249,6 +331,7 @@ impl Parts {
         Ok(Upload {
             component,
             models: resolved,
+            pins: self.pins,
         })
     }
 }
@@ -301,10 +384,12 @@ impl BlobSink {
         Ok(())
     }
 
-    async fn commit(mut self) -> Result<Digest, ApiError> {
+    /// Commits the blob, pinned (see [`Pins`]).
+    async fn commit(mut self, platform: &Arc<Platform>) -> Result<Digest, ApiError> {
         self.flush().await?;
         let writer = self.writer.take().ok_or_else(closed)?;
-        let (digest, _) = on_store(move || writer.commit()).await?;
+        let platform = Arc::clone(platform);
+        let (digest, _) = on_store(move || platform.store.commit_pinned(writer)).await?;
         Ok(digest)
     }
 }

@@ -28,6 +28,8 @@ pub enum HostError {
     UnknownHost(Option<String>),
     /// The tenant has no active deployment.
     NoDeployment,
+    /// The tenant's active deployment is being restored (`true`) or could not be.
+    DeploymentUnavailable { restoring: bool },
     /// The TLS handshake named one tenant's host and the request another's.
     Misdirected { sni: String, host: String },
     /// The request head has more header fields than the front door allows.
@@ -85,6 +87,18 @@ impl HostError {
                 "unknown_host",
                 "the request names no host (Host header or :authority)".into(),
             ),
+            Self::DeploymentUnavailable { restoring } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "deployment_unavailable",
+                if *restoring {
+                    "this service's deployment is being restored after a restart; retry shortly"
+                        .into()
+                } else {
+                    "this service's deployment could not be restored; its owner can see why in \
+                     its status"
+                        .into()
+                },
+            ),
             Self::NoDeployment => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_active_deployment",
@@ -111,7 +125,10 @@ impl HostError {
     pub fn into_response(self) -> Response<HyperOutgoingBody> {
         let (status, code, message) = self.parts();
         let mut response = json_error(status, code, &message);
-        if matches!(self, Self::Overloaded) {
+        if matches!(
+            self,
+            Self::Overloaded | Self::DeploymentUnavailable { restoring: true }
+        ) {
             response.headers_mut().insert(
                 hyper::header::RETRY_AFTER,
                 hyper::header::HeaderValue::from_static("1"),

@@ -11,10 +11,12 @@
 //!
 //! All calls block on the file system: call them from a blocking pool.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, bail};
@@ -29,6 +31,8 @@ pub use corral_parsers::digest::Digest;
 pub struct Store {
     root: PathBuf,
     next_temp: AtomicU64,
+    /// Who holds each blob; a blob nobody holds is removed.
+    owners: Mutex<Owners>,
     /// The open `lock` file, locked exclusively for as long as the store is open.
     _lock: File,
 }
@@ -60,6 +64,7 @@ impl Store {
         Ok(Self {
             root,
             next_temp: AtomicU64::new(0),
+            owners: Mutex::default(),
             _lock: lock,
         })
     }
@@ -108,6 +113,112 @@ impl Store {
             blobs: self.root.join(BLOBS),
             committed: false,
         })
+    }
+
+    /// Commits `writer` and pins its blob, so that no collection removes it until
+    /// [`Store::unpin`] (for an upload whose deployment is not recorded yet). Blocking.
+    pub fn commit_pinned(&self, writer: BlobWriter) -> anyhow::Result<(Digest, u64)> {
+        let mut owners = self.owners();
+        let (digest, len) = writer.commit()?;
+        *owners.pins.entry(digest).or_default() += 1;
+        Ok((digest, len))
+    }
+
+    /// Releases a pin from [`Store::commit_pinned`]; the blob is removed if nothing else holds
+    /// it. Blocking.
+    pub fn unpin(&self, digest: &Digest) {
+        let mut owners = self.owners();
+        if let Some(count) = owners.pins.get_mut(digest) {
+            *count -= 1;
+            if *count == 0 {
+                owners.pins.remove(digest);
+            }
+        }
+        self.remove_if_unheld(&owners, digest);
+    }
+
+    /// Records that a stored record (a deployment) refers to `digests`.
+    pub fn refer(&self, digests: impl IntoIterator<Item = Digest>) {
+        let mut owners = self.owners();
+        for digest in digests {
+            *owners.refs.entry(digest).or_default() += 1;
+        }
+    }
+
+    /// Records that a record referring to `digests` is gone, removing each blob nothing holds
+    /// any more. Blocking.
+    pub fn release(&self, digests: impl IntoIterator<Item = Digest>) {
+        let mut owners = self.owners();
+        for digest in digests {
+            if let Some(count) = owners.refs.get_mut(&digest) {
+                *count -= 1;
+                if *count == 0 {
+                    owners.refs.remove(&digest);
+                }
+            }
+            self.remove_if_unheld(&owners, &digest);
+        }
+    }
+
+    /// Removes every blob no record refers to and no upload pins (those of refused uploads,
+    /// deleted tenants and collected deployments a crash kept). Call once every record has
+    /// been [`Store::refer`]red. Returns the blobs and bytes removed. Blocking.
+    pub fn sweep(&self) -> anyhow::Result<(usize, u64)> {
+        let owners = self.owners();
+        let dir = self.root.join(BLOBS);
+        let (mut removed, mut bytes) = (0, 0);
+        for entry in fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
+            let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+            let Some(digest) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| format!("sha256:{name}").parse::<Digest>().ok())
+            else {
+                continue;
+            };
+            let len = entry.metadata().map_or(0, |m| m.len());
+            if self.remove_if_unheld(&owners, &digest) {
+                removed += 1;
+                bytes += len;
+            }
+        }
+        Ok((removed, bytes))
+    }
+
+    /// Size of a stored blob, in bytes (0 if it is not stored).
+    pub fn blob_len(&self, digest: &Digest) -> u64 {
+        fs::metadata(self.blob_path(digest)).map_or(0, |m| m.len())
+    }
+
+    /// Stops every removal of blobs: some record could not be read, so what it refers to is
+    /// unknown (collection resumes at the next start with every record readable).
+    pub fn keep_all_blobs(&self) {
+        self.owners().keep_all = true;
+    }
+
+    fn owners(&self) -> std::sync::MutexGuard<'_, Owners> {
+        self.owners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Removes the blob if nothing holds it; whether it did.
+    fn remove_if_unheld(&self, owners: &Owners, digest: &Digest) -> bool {
+        if owners.keep_all || owners.refs.contains_key(digest) || owners.pins.contains_key(digest) {
+            return false;
+        }
+        let path = self.blob_path(digest);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::debug!(blob = %digest, "blob collected");
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an unused blob");
+                false
+            }
+        }
     }
 
     /// Reads a blob, checking it still has the digest it is stored under.
@@ -269,6 +380,16 @@ impl Store {
             .with_context(|| format!("cannot move {} into place", path.display()))?;
         sync_dir(path.parent().unwrap_or(&self.root))
     }
+}
+
+/// The holders of blobs: how many stored records refer to each, and how many uploads pin
+/// each until their deployment is recorded or refused.
+#[derive(Debug, Default)]
+struct Owners {
+    refs: HashMap<Digest, usize>,
+    pins: HashMap<Digest, usize>,
+    /// Set when some record could not be read: its blobs are unknown, so none is removed.
+    keep_all: bool,
 }
 
 /// A blob being written; see [`Store::blob_writer`].

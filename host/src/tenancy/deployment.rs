@@ -32,6 +32,12 @@ pub struct Platform {
     pub metrics: Arc<Metrics>,
     /// How long validating an upload (compiling, loading models) may take.
     pub deploy_timeout: std::time::Duration,
+    /// Deployments being validated at once (`[store] concurrent_deploys`); a slot is held
+    /// until the validation's work has ended.
+    pub deploy_slots: Arc<tokio::sync::Semaphore>,
+    pub deploy_slots_total: usize,
+    /// Deployments kept per tenant (`[store] keep_deployments`).
+    pub keep_deployments: usize,
 }
 
 /// A deployment that serves requests: the version and its linked, pre-instantiated component.

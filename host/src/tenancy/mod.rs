@@ -43,6 +43,9 @@ pub enum Refusal {
     Invalid { code: &'static str, message: String },
     /// The caller may not do this (`403`), e.g. deploy code its tenant is not trusted with.
     Forbidden { code: &'static str, message: String },
+    /// Corral cannot take this on now (`503` with `Retry-After`), e.g. every deploy slot is
+    /// validating another upload.
+    Busy { code: &'static str, message: String },
     /// Corral itself failed (I/O, a host bug).
     Internal(anyhow::Error),
 }
@@ -67,6 +70,8 @@ impl From<anyhow::Error> for Refusal {
 struct Tenant {
     record: ArcSwap<TenantRecord>,
     live: ArcSwapOption<LiveDeployment>,
+    /// Why the active deployment could not be restored, if it could not.
+    unavailable: ArcSwapOption<String>,
     bounds: ArcSwap<TenantBounds>,
     /// The tenant's own TLS certificate, served for its host names.
     certificate: ArcSwapOption<Certificate>,
@@ -81,6 +86,15 @@ pub struct TenantBounds {
     pub gate: Arc<Gate>,
 }
 
+/// Why an active deployment does not serve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unavailable {
+    /// It is being built after a restart.
+    Restoring,
+    /// Its restore failed, for this reason.
+    Failed(String),
+}
+
 /// What a request's host name resolves to.
 #[derive(Debug)]
 pub enum Route {
@@ -88,6 +102,8 @@ pub enum Route {
     UnknownHost,
     /// The tenant exists but has no active deployment.
     NoDeployment { tenant: Arc<str> },
+    /// The tenant's active deployment cannot serve now: being restored, or its restore failed.
+    Unavailable { tenant: Arc<str>, restoring: bool },
     Serve {
         tenant: Arc<str>,
         deployment: Arc<LiveDeployment>,
@@ -112,6 +128,8 @@ pub struct Tenancy {
     /// Token hash → tenant name.
     tokens: DashMap<Digest, String>,
     changes: tokio::sync::Mutex<()>,
+    /// Set once [`Tenancy::restore`] has ended.
+    restored: std::sync::atomic::AtomicBool,
 }
 
 impl Tenancy {
@@ -125,6 +143,7 @@ impl Tenancy {
             hosts: DashMap::new(),
             tokens: DashMap::new(),
             changes: tokio::sync::Mutex::new(()),
+            restored: std::sync::atomic::AtomicBool::new(false),
         };
         let store = &tenancy.platform.store;
         for name in store.list("tenants".as_ref())? {
@@ -132,7 +151,8 @@ impl Tenancy {
                 Ok(record) => record,
                 Err(e) => {
                     // One unreadable record must not keep every other tenant down.
-                    tracing::error!(tenant = %name, error = ?e, "cannot read the tenant record; the tenant is not served");
+                    tracing::error!(tenant = %name, error = ?e, "cannot read the tenant record; the tenant is not served, and no blob is collected");
+                    store.keep_all_blobs();
                     continue;
                 }
             };
@@ -142,25 +162,116 @@ impl Tenancy {
                 store.remove_dir(&records::tenant_dir(&name))?;
                 continue;
             };
-            let live = match record.active {
-                Some(version) => match tenancy.load_version(&record, version) {
-                    Ok(live) => Some(Arc::new(live)),
-                    Err(e) => {
-                        tracing::error!(tenant = %name, version, error = ?e, "cannot restore the active deployment; the tenant answers 503 until one is activated");
-                        None
+            // Every stored deployment holds its blobs, active or not.
+            match versions(&tenancy.platform, &name).and_then(|all| {
+                all.into_iter()
+                    .map(|v| {
+                        store.read_record::<DeploymentRecord>(&records::deployment_path(&name, v))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()
+            }) {
+                Ok(deployments) => {
+                    for deployment in deployments.into_iter().flatten() {
+                        store.refer(deployment.blobs());
                     }
-                },
-                None => None,
-            };
+                }
+                Err(e) => {
+                    tracing::error!(tenant = %name, error = ?e, "cannot read the tenant's deployments; no blob is collected until they read again");
+                    store.keep_all_blobs();
+                }
+            }
+            // Active deployments are built by `restore`, in parallel, once the server serves.
             let certificate = restore_certificate(store, &name);
-            tracing::info!(tenant = %name, hosts = ?record.hosts, active = ?live.as_ref().map(|l| l.version), certificate = certificate.is_some(), "tenant restored");
-            tenancy.insert(record, live, certificate);
+            tracing::info!(tenant = %name, hosts = ?record.hosts, active = ?record.active, certificate = certificate.is_some(), "tenant read");
+            tenancy.insert(record, None, certificate);
+        }
+        // Blobs of refused uploads, deleted tenants and collected deployments that a crash
+        // (or an older version of Corral) left behind.
+        match store.sweep() {
+            Ok((0, _)) => {}
+            Ok((blobs, bytes)) => tracing::info!(blobs, bytes, "unused blobs collected"),
+            Err(e) => tracing::error!(error = ?e, "cannot collect unused blobs"),
         }
         Ok(tenancy)
     }
 
     pub fn platform(&self) -> &Arc<Platform> {
         &self.platform
+    }
+
+    /// Builds every tenant's active deployment, `parallel` at a time, each within the deploy
+    /// timeout. Until its own is built a tenant answers `503 deployment_unavailable`
+    /// ("restoring"); one that cannot be built keeps answering it, with the reason in its
+    /// status, and holds up no other. Returns when every build has ended.
+    pub async fn restore(self: Arc<Self>, parallel: usize) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+        let mut builds = tokio::task::JoinSet::new();
+        let pending: Vec<(String, u32)> = self
+            .tenants
+            .iter()
+            .filter_map(|t| Some((t.key().clone(), t.value().record.load().active?)))
+            .collect();
+        for (name, version) in pending {
+            let tenancy = Arc::clone(&self);
+            let slots = Arc::clone(&slots);
+            builds.spawn(async move {
+                let Ok(_slot) = slots.acquire_owned().await else {
+                    return;
+                };
+                tenancy.restore_one(&name, version).await;
+            });
+        }
+        while builds.join_next().await.is_some() {}
+        self.restored
+            .store(true, std::sync::atomic::Ordering::Release);
+        tracing::info!(tenants = self.tenants.len(), "every tenant restored");
+    }
+
+    async fn restore_one(&self, name: &str, version: u32) {
+        let Ok(tenant) = self.tenant(name) else {
+            return;
+        };
+        let record = tenant.record.load_full();
+        let platform = Arc::clone(&self.platform);
+        let built = self
+            .within_deploy_timeout(blocking(move || load_version(&platform, &record, version)))
+            .await;
+        // Activated, rolled back or deleted meanwhile: what the operator did since wins.
+        let _changing = self.changes.lock().await;
+        let Ok(tenant) = self.same_tenant(name, &tenant) else {
+            return;
+        };
+        if tenant.record.load().active != Some(version) || tenant.live.load().is_some() {
+            return;
+        }
+        match built {
+            Ok(live) => {
+                tracing::info!(tenant = %name, version, "deployment restored");
+                tenant.live.store(Some(Arc::new(live)));
+            }
+            Err(refusal) => {
+                let reason = refusal_text(&refusal);
+                tracing::error!(tenant = %name, version, reason = %reason, "cannot restore the active deployment; the tenant answers 503 until one is activated");
+                tenant.unavailable.store(Some(Arc::new(reason)));
+            }
+        }
+    }
+
+    /// Whether the restore at start has ended (for `/readyz`).
+    pub fn restored(&self) -> bool {
+        self.restored.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Why the tenant's active deployment does not serve, if it does not.
+    pub fn unavailable(&self, name: &str) -> Option<Unavailable> {
+        let tenant = self.tenants.get(name)?;
+        if tenant.live.load().is_some() || tenant.record.load().active.is_none() {
+            return None;
+        }
+        Some(match tenant.unavailable.load_full() {
+            Some(reason) => Unavailable::Failed((*reason).clone()),
+            None => Unavailable::Restoring,
+        })
     }
 
     fn insert(
@@ -184,6 +295,7 @@ impl Tenancy {
             Arc::new(Tenant {
                 record: ArcSwap::from_pointee(record),
                 live: ArcSwapOption::new(live),
+                unavailable: ArcSwapOption::empty(),
                 bounds: ArcSwap::from_pointee(bounds),
                 certificate: ArcSwapOption::new(certificate.map(Arc::new)),
             }),
@@ -246,7 +358,17 @@ impl Tenancy {
                 deployment,
                 bounds: entry.bounds.load_full(),
             },
-            None => Route::NoDeployment { tenant },
+            None => match self.unavailable(&tenant) {
+                Some(Unavailable::Restoring) => Route::Unavailable {
+                    tenant,
+                    restoring: true,
+                },
+                Some(Unavailable::Failed(_)) => Route::Unavailable {
+                    tenant,
+                    restoring: false,
+                },
+                None => Route::NoDeployment { tenant },
+            },
         }
     }
 
@@ -532,14 +654,29 @@ impl Tenancy {
         let tenant = self.tenant(name)?;
         let store_name = name.to_owned();
         let platform = Arc::clone(&self.platform);
-        // The record goes first: a crash after it leaves a directory that `open` removes.
+        // The record goes first: a crash after it leaves a directory that `open` removes (and
+        // blobs that the next start collects).
         blocking(move || {
+            let mut blobs = Vec::new();
+            for version in versions(&platform, &store_name)? {
+                if let Some(deployment) =
+                    platform
+                        .store
+                        .read_record::<DeploymentRecord>(&records::deployment_path(
+                            &store_name,
+                            version,
+                        ))?
+                {
+                    blobs.extend(deployment.blobs());
+                }
+            }
             platform
                 .store
                 .remove_record(&records::tenant_path(&store_name))?;
             platform
                 .store
                 .remove_dir(&records::tenant_dir(&store_name))?;
+            platform.store.release(blobs);
             Ok(())
         })
         .await?;
@@ -594,12 +731,17 @@ impl Tenancy {
         };
         check_trust(name, &before.record.load(), &record)?;
         // Validation (compilation, model loading) runs before the lock: uploads to different
-        // tenants, or a slow compile, never hold up other changes.
+        // tenants, or a slow compile, never hold up other changes. It holds a deploy slot
+        // until the work has really ended, even past the deploy timeout.
+        let slot = self.deploy_slot()?;
         let platform = Arc::clone(&self.platform);
         let candidate = record.clone();
         let tenant_name = name.to_owned();
         let live = self
-            .within_deploy_timeout(blocking(move || platform.build(&tenant_name, &candidate)))
+            .within_deploy_timeout(blocking(move || {
+                let _slot = slot;
+                platform.build(&tenant_name, &candidate)
+            }))
             .await?;
         let _changing = self.changes.lock().await;
         let tenant = self.same_tenant(name, &before)?;
@@ -620,6 +762,7 @@ impl Tenancy {
                 &records::deployment_path(&store_name, to_store.version),
                 &to_store,
             )?;
+            platform.store.refer(to_store.blobs());
             Ok(())
         })
         .await?;
@@ -633,17 +776,112 @@ impl Tenancy {
         )
         .await?;
         tracing::info!(tenant = %name, version = record.version, component = %record.component, "deployment activated");
+        self.collect_old_deployments(&tenant).await?;
         Ok(record)
+    }
+
+    /// A deploy slot ([`Platform::deploy_slots`]), or `503 deploys_busy`.
+    fn deploy_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Refusal> {
+        Arc::clone(&self.platform.deploy_slots)
+            .try_acquire_owned()
+            .map_err(|_| Refusal::Busy {
+                code: "deploys_busy",
+                message: format!(
+                    "this server is validating {} deployments already; retry shortly",
+                    self.platform.deploy_slots_total
+                ),
+            })
+    }
+
+    /// Removes the tenant's deployments beyond the newest [`Platform::keep_deployments`]
+    /// (never the active one), then the blobs nothing else holds. Call with the changes lock
+    /// held. A crash part-way leaves records that are still whole and blobs that the next
+    /// start collects.
+    async fn collect_old_deployments(&self, tenant: &Tenant) -> Result<(), Refusal> {
+        let record = tenant.record.load_full();
+        let keep = self.platform.keep_deployments;
+        let platform = Arc::clone(&self.platform);
+        blocking(move || {
+            let versions = versions(&platform, &record.name)?;
+            let old = versions.len().saturating_sub(keep);
+            for &version in &versions[..old] {
+                if record.active == Some(version) {
+                    continue;
+                }
+                let path = records::deployment_path(&record.name, version);
+                let Some(deployment) = platform.store.read_record::<DeploymentRecord>(&path)?
+                else {
+                    continue;
+                };
+                platform.store.remove_record(&path)?;
+                platform.store.release(deployment.blobs());
+                tracing::info!(tenant = %record.name, version, "old deployment collected");
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes a stored deployment that is not the active one, and the blobs only it used.
+    pub async fn delete_deployment(&self, name: &str, version: u32) -> Result<(), Refusal> {
+        let _changing = self.changes.lock().await;
+        let tenant = self.tenant(name)?;
+        if tenant.record.load().active == Some(version) {
+            return Err(Refusal::Conflict(format!(
+                "version {version} is the active deployment of '{name}'; activate another first"
+            )));
+        }
+        let platform = Arc::clone(&self.platform);
+        let store_name = name.to_owned();
+        blocking(move || {
+            let path = records::deployment_path(&store_name, version);
+            let deployment = platform
+                .store
+                .read_record::<DeploymentRecord>(&path)?
+                .ok_or_else(|| {
+                    Refusal::NotFound(format!("tenant '{store_name}' has no version {version}"))
+                })?;
+            platform.store.remove_record(&path)?;
+            platform.store.release(deployment.blobs());
+            Ok(())
+        })
+        .await
+    }
+
+    /// Bytes of the blobs the tenant's stored deployments hold (each distinct blob once).
+    pub async fn storage_used(&self, name: &str) -> Result<u64, Refusal> {
+        self.tenant(name)?;
+        let platform = Arc::clone(&self.platform);
+        let store_name = name.to_owned();
+        blocking(move || {
+            let mut blobs = std::collections::BTreeSet::new();
+            for version in versions(&platform, &store_name)? {
+                if let Some(deployment) =
+                    platform
+                        .store
+                        .read_record::<DeploymentRecord>(&records::deployment_path(
+                            &store_name,
+                            version,
+                        ))?
+                {
+                    blobs.extend(deployment.blobs());
+                }
+            }
+            Ok(blobs.iter().map(|d| platform.store.blob_len(d)).sum())
+        })
+        .await
     }
 
     /// Makes an existing version the active one (roll back or forward).
     pub async fn activate(&self, name: &str, version: u32) -> Result<DeploymentRecord, Refusal> {
         let before = self.tenant(name)?;
         let before_record = before.record.load_full();
+        let slot = self.deploy_slot()?;
         let platform = Arc::clone(&self.platform);
         let store_name = name.to_owned();
         let (record, live) = self
             .within_deploy_timeout(blocking(move || {
+                let _slot = slot;
                 let record = platform
                     .store
                     .read_record::<DeploymentRecord>(&records::deployment_path(
@@ -692,6 +930,7 @@ impl Tenancy {
         self.write_tenant(&record).await?;
         tenant.record.store(Arc::new(record));
         tenant.live.store(Some(Arc::new(live)));
+        tenant.unavailable.store(None);
         Ok(())
     }
 
@@ -708,26 +947,39 @@ impl Tenancy {
         .await
     }
 
-    /// Builds a stored version for restore, checking the tenant's trust again: a record
-    /// changed while the server was stopped never serves TorchScript the operator has not
-    /// trusted.
-    fn load_version(&self, tenant: &TenantRecord, version: u32) -> Result<LiveDeployment, Refusal> {
-        let name = &tenant.name;
-        let record = self
-            .platform
-            .store
-            .read_record::<DeploymentRecord>(&records::deployment_path(name, version))?
-            .ok_or_else(|| Refusal::NotFound(format!("version {version} has no record")))?;
-        check_trust(name, tenant, &record)?;
-        self.platform.build(name, &record)
-    }
-
     /// The service serving a tenant now, if any (for tests and metrics).
     pub fn active_service(&self, name: &str) -> Option<Arc<Service>> {
         self.tenants
             .get(name)
             .and_then(|t| t.live.load_full())
             .map(|live| Arc::clone(&live.service))
+    }
+}
+
+/// Builds a stored version for restore, checking the tenant's trust again: a record changed
+/// while the server was stopped never serves TorchScript the operator has not trusted.
+fn load_version(
+    platform: &Platform,
+    tenant: &TenantRecord,
+    version: u32,
+) -> Result<LiveDeployment, Refusal> {
+    let name = &tenant.name;
+    let record = platform
+        .store
+        .read_record::<DeploymentRecord>(&records::deployment_path(name, version))?
+        .ok_or_else(|| Refusal::NotFound(format!("version {version} has no record")))?;
+    check_trust(name, tenant, &record)?;
+    platform.build(name, &record)
+}
+
+/// A refusal as one line for a tenant's status.
+fn refusal_text(refusal: &Refusal) -> String {
+    match refusal {
+        Refusal::NotFound(message) | Refusal::Conflict(message) => message.clone(),
+        Refusal::Invalid { message, .. }
+        | Refusal::Forbidden { message, .. }
+        | Refusal::Busy { message, .. } => message.clone(),
+        Refusal::Internal(e) => format!("{e:#}"),
     }
 }
 

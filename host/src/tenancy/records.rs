@@ -56,6 +56,15 @@ pub struct DeploymentRecord {
     pub created: u64,
 }
 
+impl DeploymentRecord {
+    /// Every blob the deployment refers to (a digest once per reference).
+    pub fn blobs(&self) -> Vec<Digest> {
+        std::iter::once(self.component)
+            .chain(self.models.values().map(|m| m.digest))
+            .collect()
+    }
+}
+
 /// A model of a deployment: its bytes and how to load them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
