@@ -118,6 +118,8 @@ impl Store {
     /// Commits `writer` and pins its blob, so that no collection removes it until
     /// [`Store::unpin`] (for an upload whose deployment is not recorded yet). Blocking.
     pub fn commit_pinned(&self, writer: BlobWriter) -> anyhow::Result<(Digest, u64)> {
+        // The slow part (syncing a large file) outside the lock every collection takes.
+        writer.sync()?;
         let mut owners = self.owners();
         let (digest, len) = writer.commit()?;
         *owners.pins.entry(digest).or_default() += 1;
@@ -413,6 +415,13 @@ impl BlobWriter {
         self.len == 0
     }
 
+    /// Makes the bytes written so far durable (blocks on the file system).
+    pub fn sync(&self) -> anyhow::Result<()> {
+        self.file
+            .sync_all()
+            .with_context(|| format!("cannot sync {}", self.temp.display()))
+    }
+
     /// Appends `bytes` (blocks on the file system).
     pub fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         self.file
@@ -426,9 +435,7 @@ impl BlobWriter {
     /// Syncs the bytes and moves them into place under their digest (storing bytes the store
     /// already holds is a no-op). Returns the digest and length.
     pub fn commit(mut self) -> anyhow::Result<(Digest, u64)> {
-        self.file
-            .sync_all()
-            .with_context(|| format!("cannot sync {}", self.temp.display()))?;
+        self.sync()?;
         let digest = Digest::from_bytes(std::mem::take(&mut self.hasher).finalize().into());
         let path = self.blobs.join(digest.hex());
         if !path.is_file() {

@@ -161,3 +161,42 @@ fn one_process_at_a_time_holds_a_data_directory() {
     Store::open(&dir.0).unwrap();
     assert!(!dir.0.join(TEMP).join("in-flight").exists());
 }
+
+/// A blob stays while a record refers to it or an upload pins it, and goes the moment neither
+/// does; a sweep removes exactly the blobs nothing holds.
+#[test]
+fn a_blob_lives_exactly_as_long_as_something_holds_it() {
+    let dir = TempDir::new("owners");
+    let store = Store::open(&dir.0).unwrap();
+    let commit = |bytes: &[u8]| {
+        let mut writer = store.blob_writer().unwrap();
+        writer.write(bytes).unwrap();
+        store.commit_pinned(writer).unwrap().0
+    };
+    let model = commit(b"model");
+    let component = commit(b"component");
+    store.refer([model, component]);
+    store.unpin(&model);
+    store.unpin(&component);
+    assert!(store.has_blob(&model) && store.has_blob(&component));
+
+    // A second upload of the same bytes pins them again; the record going does not remove
+    // them while that upload lasts.
+    assert_eq!(commit(b"model"), model);
+    store.release([model, component]);
+    assert!(store.has_blob(&model), "pinned by the second upload");
+    assert!(!store.has_blob(&component), "nothing holds it");
+    store.unpin(&model);
+    assert!(!store.has_blob(&model));
+
+    // A sweep takes what a crash orphaned and nothing held.
+    let orphan = store.put_blob(b"orphan").unwrap();
+    let held = commit(b"held");
+    assert_eq!(store.sweep().unwrap(), (1, 6));
+    assert!(!store.has_blob(&orphan) && store.has_blob(&held));
+
+    // Once some record could not be read, nothing is removed.
+    store.keep_all_blobs();
+    store.unpin(&held);
+    assert!(store.has_blob(&held));
+}
