@@ -456,3 +456,48 @@ async fn a_request_naming_two_hosts_is_refused() {
         );
     }
 }
+
+/// The admin listener has the front door's limits too: a request head trickled past
+/// `header_read_timeout_ms` is cut off, a JSON body that does not arrive within it gets
+/// `408 body_timeout`, and more connections than `max_connections` are closed at once.
+#[tokio::test]
+async fn the_admin_listener_has_the_front_doors_limits() {
+    let dir = DataDir::new("admin-front-door");
+    let corral = Corral::start(&dir, CONFIG);
+    let admin = corral.admin;
+
+    let mut slow = TcpStream::connect(admin).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: admin\r\n")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(3)).await,
+        "a head that never ends keeps its admin connection"
+    );
+
+    let mut stalled = TcpStream::connect(admin).await.unwrap();
+    let head = format!(
+        "PUT /v1/tenants/slow HTTP/1.1\r\nhost: admin\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"hosts\":",
+        corral.token
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"body_timeout\""), "{answer}");
+
+    // `max_connections = 8`: the ninth open connection is closed as soon as it is accepted.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(TcpStream::connect(admin).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut ninth = TcpStream::connect(admin).await.unwrap();
+    assert!(closed_within(&mut ninth, Duration::from_secs(2)).await);
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, _) = corral.admin("GET", "/healthz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -8,7 +8,8 @@
 //! pieces of at most [`WRITE_BYTES`] through [`STORE_WRITES`], a few blocking slots of their
 //! own. An upload is bounded by the configured size, must keep a minimum rate
 //! ([`UploadSettings::min_bytes_per_sec`] over each [`RATE_WINDOW`]), and a part cut short is
-//! never stored. Blobs of a refused upload stay unreferenced; nothing refers to them.
+//! never stored. Blobs of a refused upload are removed at once unless something else holds
+//! them ([`Pins`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -215,10 +215,10 @@ impl Tenancy {
             let tenancy = Arc::clone(&self);
             let slots = Arc::clone(&slots);
             builds.spawn(async move {
-                let Ok(_slot) = slots.acquire_owned().await else {
+                let Ok(slot) = slots.acquire_owned().await else {
                     return;
                 };
-                tenancy.restore_one(&name, version).await;
+                tenancy.restore_one(&name, version, slot).await;
             });
         }
         while builds.join_next().await.is_some() {}
@@ -227,14 +227,19 @@ impl Tenancy {
         tracing::info!(tenants = self.tenants.len(), "every tenant restored");
     }
 
-    async fn restore_one(&self, name: &str, version: u32) {
+    /// Builds one tenant's active deployment; `slot` is held until the build has really
+    /// ended, even past the deploy timeout.
+    async fn restore_one(&self, name: &str, version: u32, slot: tokio::sync::OwnedSemaphorePermit) {
         let Ok(tenant) = self.tenant(name) else {
             return;
         };
         let record = tenant.record.load_full();
         let platform = Arc::clone(&self.platform);
         let built = self
-            .within_deploy_timeout(blocking(move || load_version(&platform, &record, version)))
+            .within_deploy_timeout(blocking(move || {
+                let _slot = slot;
+                load_version(&platform, &record, version)
+            }))
             .await;
         // Activated, rolled back or deleted meanwhile: what the operator did since wins.
         let _changing = self.changes.lock().await;
