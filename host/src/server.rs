@@ -1,5 +1,6 @@
-//! `corral serve`: the multi-tenant server. Restores tenants from the data directory, then
-//! serves the data plane (routed by host name) and the admin API on their own listeners.
+//! `corral serve`: the multi-tenant server. Reads tenants from the data directory, serves the
+//! data plane (routed by host name) and the admin API on their own listeners, and builds the
+//! tenants' active deployments in parallel meanwhile.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use corral_parsers::hostname::{Unroutable, routed_name};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -21,8 +23,6 @@ use crate::http::listener::{ConnectionStats, Listener};
 use crate::http::{self, Router, Target};
 use crate::metrics::Metrics;
 use crate::store::Store;
-use corral_parsers::hostname::{Unroutable, routed_name};
-
 use crate::tenancy::records::{new_token, token_hash};
 use crate::tenancy::{Platform, Route, Tenancy};
 use crate::tls::{self, CertResolver};

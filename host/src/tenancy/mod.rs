@@ -781,7 +781,10 @@ impl Tenancy {
         )
         .await?;
         tracing::info!(tenant = %name, version = record.version, component = %record.component, "deployment activated");
-        self.collect_old_deployments(&tenant).await?;
+        // The deployment is active: a failure to collect old ones is the next deploy's work.
+        if let Err(refusal) = self.collect_old_deployments(&tenant).await {
+            tracing::warn!(tenant = %name, reason = %refusal_text(&refusal), "cannot collect old deployments");
+        }
         Ok(record)
     }
 
