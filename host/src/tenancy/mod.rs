@@ -163,15 +163,9 @@ impl Tenancy {
                 continue;
             };
             // Every stored deployment holds its blobs, active or not.
-            match versions(&tenancy.platform, &name).and_then(|all| {
-                all.into_iter()
-                    .map(|v| {
-                        store.read_record::<DeploymentRecord>(&records::deployment_path(&name, v))
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()
-            }) {
+            match stored_deployments(&tenancy.platform, &name) {
                 Ok(deployments) => {
-                    for deployment in deployments.into_iter().flatten() {
+                    for deployment in deployments {
                         store.refer(deployment.blobs());
                     }
                 }
@@ -662,19 +656,10 @@ impl Tenancy {
         // The record goes first: a crash after it leaves a directory that `open` removes (and
         // blobs that the next start collects).
         blocking(move || {
-            let mut blobs = Vec::new();
-            for version in versions(&platform, &store_name)? {
-                if let Some(deployment) =
-                    platform
-                        .store
-                        .read_record::<DeploymentRecord>(&records::deployment_path(
-                            &store_name,
-                            version,
-                        ))?
-                {
-                    blobs.extend(deployment.blobs());
-                }
-            }
+            let blobs: Vec<Digest> = stored_deployments(&platform, &store_name)?
+                .iter()
+                .flat_map(DeploymentRecord::blobs)
+                .collect();
             platform
                 .store
                 .remove_record(&records::tenant_path(&store_name))?;
@@ -701,19 +686,7 @@ impl Tenancy {
         let tenant = self.tenant(name)?;
         let platform = Arc::clone(&self.platform);
         let dir_name = name.to_owned();
-        let deployments =
-            blocking(move || {
-                let mut all = Vec::new();
-                for version in versions(&platform, &dir_name)? {
-                    if let Some(record) = platform.store.read_record::<DeploymentRecord>(
-                        &records::deployment_path(&dir_name, version),
-                    )? {
-                        all.push(record);
-                    }
-                }
-                Ok(all)
-            })
-            .await?;
+        let deployments = blocking(move || Ok(stored_deployments(&platform, &dir_name)?)).await?;
         Ok(DeploymentList {
             deployments,
             active: tenant.record.load().active,
@@ -862,19 +835,11 @@ impl Tenancy {
         let platform = Arc::clone(&self.platform);
         let store_name = name.to_owned();
         blocking(move || {
-            let mut blobs = std::collections::BTreeSet::new();
-            for version in versions(&platform, &store_name)? {
-                if let Some(deployment) =
-                    platform
-                        .store
-                        .read_record::<DeploymentRecord>(&records::deployment_path(
-                            &store_name,
-                            version,
-                        ))?
-                {
-                    blobs.extend(deployment.blobs());
-                }
-            }
+            let blobs: std::collections::BTreeSet<Digest> =
+                stored_deployments(&platform, &store_name)?
+                    .iter()
+                    .flat_map(DeploymentRecord::blobs)
+                    .collect();
             Ok(blobs.iter().map(|d| platform.store.blob_len(d)).sum())
         })
         .await
@@ -1055,6 +1020,20 @@ fn versions(platform: &Platform, tenant: &str) -> anyhow::Result<Vec<u32>> {
         .collect();
     versions.sort_unstable();
     Ok(versions)
+}
+
+/// Every stored deployment record of a tenant, by version. Blocking.
+fn stored_deployments(platform: &Platform, tenant: &str) -> anyhow::Result<Vec<DeploymentRecord>> {
+    let mut all = Vec::new();
+    for version in versions(platform, tenant)? {
+        if let Some(record) = platform
+            .store
+            .read_record::<DeploymentRecord>(&records::deployment_path(tenant, version))?
+        {
+            all.push(record);
+        }
+    }
+    Ok(all)
 }
 
 /// Refuses a deployment with TorchScript models for a tenant the operator has not trusted:
