@@ -513,8 +513,10 @@ async fn an_onnx_model_cannot_read_the_servers_files() {
 }
 
 /// A tenant's model that never ends, sent 8 times at once: each request gets its 504, its
-/// runs are stopped (the pool's runs in flight go back to zero), and it never holds more than
-/// half the inference slots, so another tenant's requests keep answering meanwhile.
+/// runs are stopped (the runs in flight go back to zero), and while another tenant has models
+/// it never holds more than all run threads but one, so that tenant's requests keep answering
+/// meanwhile. (The configuration uses the deprecated `max_parallel_inference`, which still
+/// starts a server: it is read as `[inference] runs`.)
 #[tokio::test]
 async fn a_run_that_never_ends_is_stopped_and_starves_no_one() {
     let dir = DataDir::new("spin");

@@ -6,7 +6,8 @@ mod common;
 use std::sync::OnceLock;
 
 use common::*;
-use corral::backends::models::{ModelSet, SessionPool};
+use corral::dev::load_files;
+use corral::inference::Inference;
 use hyper::StatusCode;
 
 static SERVER: OnceLock<Shared> = OnceLock::new();
@@ -101,11 +102,17 @@ async fn every_guest_mistake_is_an_error_value_and_the_next_request_succeeds() {
     }
 }
 
+fn inference() -> Inference {
+    Inference::new(corral::server::inference_options(
+        &corral::config::Config::default(),
+    ))
+}
+
 #[test]
-fn identical_model_files_share_one_session() {
-    let pool = SessionPool::default();
-    let models = ModelSet::load_files(
-        &pool,
+fn identical_model_files_share_one_loaded_model() {
+    let inference = inference();
+    let models = load_files(
+        &inference,
         &[
             ("first".into(), fixture("add.onnx")),
             ("second".into(), fixture("add.onnx")),
@@ -113,28 +120,23 @@ fn identical_model_files_share_one_session() {
         ],
     )
     .expect("fixtures load");
-    assert_eq!(pool.live_sessions(), 2);
+    assert_eq!(inference.cache().residents().len(), 2);
+    assert_eq!(inference.cache().loads_total(), 2);
     assert_eq!(
-        models.get("first").unwrap().digest,
-        models.get("second").unwrap().digest
-    );
-    drop(models);
-    assert_eq!(
-        pool.live_sessions(),
-        0,
-        "sessions are released with the last deployment using them"
+        models.get("first").unwrap().key,
+        models.get("second").unwrap().key
     );
 }
 
 #[test]
 fn a_model_that_is_not_onnx_is_refused_naming_the_file() {
-    let pool = SessionPool::default();
-    let err = ModelSet::load_files(&pool, &[("m".into(), fixture("make_models.py"))]).unwrap_err();
+    let inference = inference();
+    let err = load_files(&inference, &[("m".into(), fixture("make_models.py"))]).unwrap_err();
     assert!(format!("{err:#}").contains("make_models.py"), "{err:#}");
     let not_a_model =
         std::env::temp_dir().join(format!("corral-not-a-model-{}.onnx", std::process::id()));
     std::fs::write(&not_a_model, b"definitely not protobuf").unwrap();
-    let err = ModelSet::load_files(&pool, &[("m".into(), not_a_model.clone())]).unwrap_err();
+    let err = load_files(&inference, &[("m".into(), not_a_model.clone())]).unwrap_err();
     let _ = std::fs::remove_file(&not_a_model);
     let message = format!("{err:#}");
     assert!(

@@ -16,7 +16,8 @@
 //!   `tFROM`..`tTO-1` (host `tN.localhost`) through the admin API and deploys the component
 //!   and model to each, four at a time. With DISTINCT_DIR, each tenant gets its own component:
 //!   the same code with a custom section naming the tenant appended, so its digest (and its
-//!   compiled artifact) differs. Prints the count and the seconds taken.
+//!   compiled artifact) differs. `{tenant}` in MODEL's path is replaced by the tenant's name
+//!   (a model file per tenant). Prints the count and the seconds taken.
 //! - `first ADDR PATH BODY HOST..`: one request to each host on a fresh connection, as a
 //!   client that has never talked to it would send; prints each latency (connect to the last
 //!   byte of the answer), failing on any answer but 200.
@@ -26,11 +27,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use corral::backends::RunControl;
-use corral::backends::models::{InferencePool, ModelFormat, ModelSet, Session, SessionPool};
+use corral::backends::models::{ModelFile, ModelFormat, ModelKey};
 use corral::backends::tensor::{ElementType, Tensor, TensorBytes};
+use corral::backends::{LoadedModel, Placement, RunControl, backend};
 use corral::engine::log::GuestOutput;
 use corral::engine::{EngineSettings, Outcome, RequestSandbox, Service, new_engine};
+use corral::inference::{Inference, ModelCache, Room};
 use corral::limits::Limits;
 use corral::metrics::TenantCounters;
 use corral::nn::NnCtx;
@@ -102,9 +104,11 @@ fn percentile_us(sorted: &[Duration], q: f64) -> f64 {
     sorted[index].as_secs_f64() * 1e6
 }
 
-fn load_session(model: &Path) -> anyhow::Result<Session> {
+fn load_session(model: &Path) -> anyhow::Result<Arc<dyn LoadedModel>> {
     let bytes = std::fs::read(model).with_context(|| format!("cannot read {}", model.display()))?;
-    Session::load(&bytes, ModelFormat::from_path(model)?).map_err(|e| anyhow::anyhow!("{e}"))
+    backend(ModelFormat::from_path(model)?)
+        .and_then(|b| b.load(&bytes, Placement::Cpu))
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn native(
@@ -114,7 +118,7 @@ fn native(
     seconds: Duration,
     concurrency: &[usize],
 ) -> anyhow::Result<()> {
-    let session = Arc::new(load_session(model)?);
+    let session = load_session(model)?;
     let elements: usize = shape.iter().map(|&d| d as usize).product();
     // A deterministic, image-like input: values in [-2, 2].
     let data: Arc<Vec<u8>> = Arc::new(
@@ -122,7 +126,7 @@ fn native(
             .flat_map(|i| (((i * 7919) % 1000) as f32 / 250.0 - 2.0).to_le_bytes())
             .collect(),
     );
-    let run = |session: &Session| -> anyhow::Result<()> {
+    let run = |session: &Arc<dyn LoadedModel>| -> anyhow::Result<()> {
         let tensor = Tensor {
             shape: shape.to_vec(),
             ty: ElementType::F32,
@@ -181,7 +185,9 @@ fn native(
 fn instantiate(component: &Path, iterations: usize, models: &[&str]) -> anyhow::Result<()> {
     let engine = new_engine(&EngineSettings::default())?;
     let compiled = corral::engine::compile(&engine, component)?;
-    let sessions = SessionPool::default();
+    let inference = Arc::new(Inference::new(corral::server::inference_options(
+        &corral::config::Config::default(),
+    )));
     let models: Vec<(String, std::path::PathBuf)> = models
         .iter()
         .map(|m| {
@@ -189,8 +195,8 @@ fn instantiate(component: &Path, iterations: usize, models: &[&str]) -> anyhow::
             Ok((name.to_owned(), path.into()))
         })
         .collect::<anyhow::Result<_>>()?;
-    let models = ModelSet::load_files(&sessions, &models)?;
-    let nn = NnCtx::sole(Arc::new(models), Arc::new(InferencePool::new(4)));
+    let models = corral::dev::load_files(&inference, &models)?;
+    let nn = NnCtx::new(Arc::new(models), inference, "bench");
     let service = Service::new(&engine, &compiled, nn)?;
     let sandbox = RequestSandbox {
         limits: Arc::new(Limits::default()),
@@ -264,13 +270,21 @@ fn sessions(model: &Path, count: usize) -> anyhow::Result<()> {
     // Load ONNX Runtime itself before the first measurement.
     drop(load_session(model)?);
     let before = rss_bytes()?;
-    let pool = SessionPool::default();
+    let cache = ModelCache::new(u64::MAX, Placement::Cpu);
+    let source = ModelFile {
+        path: model.to_path_buf(),
+        digest: corral::store::Digest::of(&bytes),
+    };
+    let key = ModelKey {
+        digest: source.digest,
+        format,
+    };
     let shared: Vec<_> = (0..count)
-        .map(|_| pool.load(&bytes, format).map(|(_, s)| s))
+        .map(|_| cache.load(key, &source, Room::MakeRoom))
         .collect::<Result<_, _>>()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(|e| anyhow::anyhow!("{}", e.to_inference()))?;
     let after_shared = rss_bytes()?;
-    let separate: Vec<Session> = (0..count)
+    let separate: Vec<Arc<dyn LoadedModel>> = (0..count)
         .map(|_| load_session(model))
         .collect::<anyhow::Result<_>>()?;
     let after_separate = rss_bytes()?;
@@ -351,7 +365,15 @@ fn tenants(
                     }
                     None => component.to_path_buf(),
                 };
-                let (client, models) = (client.clone(), models.clone());
+                // `{tenant}` in a model's path names a file per tenant (distinct models).
+                let models: Vec<(String, std::path::PathBuf)> = models
+                    .iter()
+                    .map(|(name, path)| {
+                        let path = path.to_string_lossy().replace("{tenant}", &tenant);
+                        (name.clone(), path.into())
+                    })
+                    .collect();
+                let client = client.clone();
                 let scratch = distinct.is_some();
                 tasks.spawn(async move {
                     let host = format!("{tenant}.localhost");

@@ -182,9 +182,10 @@ pub struct RunArgs {
     /// Seconds a request may take before the client gets a 504.
     #[arg(long, default_value_t = 30)]
     pub request_timeout: u64,
-    /// Model runs that may execute at once, across all models [default: 2 × CPUs, at least 4].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_parallel_inference: Option<u32>,
+    /// Inference runs that may execute at once [default: one per core]
+    /// (`--max-parallel-inference` is its deprecated alias).
+    #[arg(long, alias = "max-parallel-inference", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: Option<u32>,
 }
 
 fn parse_model(value: &str) -> Result<(String, PathBuf), String> {
@@ -492,7 +493,7 @@ async fn run_dev(args: RunArgs) -> anyhow::Result<()> {
             ..Limits::default()
         },
         inherit_stdio: true,
-        max_parallel_inference: args.max_parallel_inference.map(|n| n as usize),
+        runs: args.runs.map(|n| n as usize),
     };
     let server = DevServer::start(options).await?;
     say(&format!(

@@ -9,10 +9,12 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::backends::models::{InferencePool, ModelSet, SessionPool};
+use crate::backends::models::{ModelFile, ModelFormat, ModelKey};
+use crate::config::Config;
 use crate::engine::log::GuestOutput;
 use crate::engine::{self, EngineSettings, RequestSandbox, Service};
 use crate::http::Target;
+use crate::inference::{Inference, Model, ModelSet, Room};
 use crate::limits::Limits;
 use crate::nn::NnCtx;
 
@@ -27,9 +29,9 @@ pub struct DevOptions {
     pub limits: Limits,
     /// Let the guest write to the host's stdout/stderr.
     pub inherit_stdio: bool,
-    /// Model runs that may execute at once across all models (`None`: twice the CPU count,
-    /// at least 4).
-    pub max_parallel_inference: Option<usize>,
+    /// Inference runs that may execute at once (`None`: `[inference] runs`' default, one per
+    /// core).
+    pub runs: Option<usize>,
 }
 
 /// A running development server.
@@ -37,7 +39,7 @@ pub struct DevOptions {
 pub struct DevServer {
     addr: SocketAddr,
     models: Vec<(String, String)>,
-    inference: Arc<InferencePool>,
+    inference: Arc<Inference>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -52,25 +54,23 @@ impl DevServer {
         let component =
             tokio::task::spawn_blocking(move || engine::compile(&compile_engine, &component_path))
                 .await??;
+        let mut config = Config::default();
+        config.inference.runs = options.runs.unwrap_or(0);
+        let inference = Arc::new(Inference::new(crate::server::inference_options(&config)));
         let model_files = options.models.clone();
-        let sessions = Arc::new(SessionPool::default());
+        let loading = Arc::clone(&inference);
         let models =
-            tokio::task::spawn_blocking(move || ModelSet::load_files(&sessions, &model_files))
-                .await??;
+            tokio::task::spawn_blocking(move || load_files(&loading, &model_files)).await??;
         let loaded = options
             .models
             .iter()
             .filter_map(|(name, _)| {
                 models
                     .get(name)
-                    .map(|m| (name.clone(), m.digest.to_string()))
+                    .map(|m| (name.clone(), m.key.digest.to_string()))
             })
             .collect();
-        let limit = options
-            .max_parallel_inference
-            .unwrap_or_else(InferencePool::default_limit);
-        let inference = Arc::new(InferencePool::new(limit));
-        let nn = NnCtx::sole(Arc::new(models), Arc::clone(&inference));
+        let nn = NnCtx::new(Arc::new(models), Arc::clone(&inference), "");
         let service = Service::new(&engine, &component, nn)
             .with_context(|| format!("cannot serve {}", options.component.display()))?;
         let output = if options.inherit_stdio {
@@ -129,8 +129,8 @@ impl DevServer {
         &self.models
     }
 
-    /// The inference pool's counters (e.g. how many runs overlapped).
-    pub fn inference(&self) -> &InferencePool {
+    /// The inference layer (e.g. how many runs overlapped).
+    pub fn inference(&self) -> &Inference {
         &self.inference
     }
 
@@ -141,4 +141,41 @@ impl DevServer {
         }
         let _ = (&mut self.task).await;
     }
+}
+
+/// Loads `(name, path)` pairs into the model cache (so a bad file fails at start, naming it)
+/// and returns the deployment's named models.
+pub fn load_files(
+    inference: &Inference,
+    files: &[(String, std::path::PathBuf)],
+) -> anyhow::Result<ModelSet> {
+    let mut models = ModelSet::default();
+    for (name, path) in files {
+        let format = ModelFormat::from_path(path)?;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read model '{name}' from {}", path.display()))?;
+        let digest = crate::store::Digest::of(&bytes);
+        drop(bytes);
+        let key = ModelKey { digest, format };
+        let source = Arc::new(ModelFile {
+            path: path.clone(),
+            digest,
+        });
+        inference
+            .cache()
+            .load(key, &*source, Room::MakeRoom)
+            .map_err(|e| anyhow::anyhow!("{}", e.to_inference().message))
+            .with_context(|| format!("cannot load model '{name}' from {}", path.display()))?;
+        tracing::info!(model = %name, %digest, path = %path.display(), "model loaded");
+        let model = Model {
+            name: name.clone(),
+            key,
+            source,
+            hold: inference.cache().hold(key),
+        };
+        if !models.insert(model) {
+            anyhow::bail!("model name '{name}' is given twice");
+        }
+    }
+    Ok(models)
 }

@@ -3,7 +3,8 @@
 //!
 //! - [`engine`]: wasmtime configuration, sandbox limits, the per-request instance;
 //! - [`nn`]: the `wasi:nn` host implementation guests call;
-//! - [`backends`]: model sessions (ONNX Runtime), the session pool and inference pool;
+//! - [`backends`]: the backend seam (ONNX Runtime, TorchScript) and tensors;
+//! - [`inference`]: the model cache (memory budget) and the scheduler (batching, fair shares);
 //! - [`http`]: the data-plane listener and host-generated error responses;
 //! - [`store`]: content-addressed blobs and crash-safe JSON records in the data directory;
 //! - [`tenancy`]: tenants, deployments, activation, the registry requests are routed by;
@@ -23,6 +24,7 @@ pub use corral_parsers::config;
 pub mod dev;
 pub mod engine;
 pub mod http;
+pub mod inference;
 pub mod limits;
 pub mod metrics;
 pub mod nn;

@@ -15,6 +15,9 @@
 //! | `response_body_bytes` | the streamed response | response cut off, logged |
 //! | `nn_bytes_per_call`, `nn_bytes_per_request`, `nn_calls_per_request`, `nn_resources_per_request` | the `wasi:nn` host | trap, `500 nn_limit` |
 //! | `tensor_rank` | `wasi:nn` `tensor.new` (the dimension list is what the host holds) | trap, `500 nn_limit` |
+//! | `nn_queued_runs` | the scheduler, when a `compute` is queued | trap, `503 overloaded` + `Retry-After` |
+//! | `compute_weight` | the scheduler's fair shares (not a limit that stops a request) | — |
+//! | `model_bytes` | deployment uploads: the measured memory of the deployment's models | `507 model_quota_exceeded` |
 //! | `tensor_elements` | `wasi:nn` compute, before the backend | `invalid-argument` error value |
 //! | `log_bytes_per_minute` | guest stdout/stderr | excess dropped and counted |
 //! | `storage_bytes` | deployment uploads, counted while they stream | `507 storage_quota_exceeded` |
@@ -31,6 +34,8 @@ pub enum LimitHit {
     NnBytes,
     NnResources,
     NnRank,
+    /// The tenant's queue of inference jobs is full.
+    NnQueue,
     RequestBody,
 }
 
@@ -42,6 +47,7 @@ impl LimitHit {
             Self::Instances => "instance_limit",
             Self::CpuTime => "cpu_time_limit",
             Self::NnCalls | Self::NnBytes | Self::NnResources | Self::NnRank => "nn_limit",
+            Self::NnQueue => "overloaded",
             Self::RequestBody => "request_too_large",
         }
     }
@@ -75,6 +81,10 @@ impl LimitHit {
             Self::NnRank => format!(
                 "the service made a wasi:nn tensor with more than its limit of {} dimensions",
                 limits.tensor_rank
+            ),
+            Self::NnQueue => format!(
+                "this service has {} inference runs waiting, as many as it may; retry shortly",
+                limits.nn_queued_runs
             ),
             Self::RequestBody => format!(
                 "the request body is larger than this service's limit of {} bytes",

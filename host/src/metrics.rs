@@ -53,6 +53,47 @@ impl Histogram {
     }
 }
 
+/// Upper bounds of the batch-size histogram's buckets.
+const SIZE_BUCKETS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+
+/// A histogram of counts (batch sizes) with power-of-two buckets.
+#[derive(Debug, Default)]
+pub struct CountHistogram {
+    buckets: [AtomicU64; SIZE_BUCKETS.len()],
+    count: AtomicU64,
+    sum: AtomicU64,
+}
+
+impl CountHistogram {
+    pub fn observe(&self, value: u64) {
+        if let Some(i) = SIZE_BUCKETS.iter().position(|le| value <= *le) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(value, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn sum(&self) -> u64 {
+        self.sum.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (le, bucket) in SIZE_BUCKETS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum());
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
 /// One tenant's counters, shared with the parts of the server that count them.
 #[derive(Debug, Default)]
 pub struct TenantCounters {
@@ -78,9 +119,20 @@ pub struct Metrics {
 /// Values read from the live system when metrics are scraped.
 #[derive(Debug, Default)]
 pub struct Gauges {
-    pub model_sessions: usize,
-    /// Bytes of the model files behind the live sessions.
-    pub model_session_bytes: u64,
+    /// Loaded models: (digest, measured resident bytes).
+    pub models_resident: Vec<(String, u64)>,
+    /// The models' memory budget.
+    pub models_budget: u64,
+    pub model_loads: u64,
+    pub model_evictions: u64,
+    /// Time of each model load.
+    pub model_load_times: Arc<Histogram>,
+    /// Per loaded model (digest): its scheduler measurements.
+    pub model_stats: Vec<(String, Arc<crate::inference::ModelStats>)>,
+    /// Tenant → seconds of inference runs (its share of each batch), with the device.
+    pub tenant_compute: Vec<(String, &'static str, f64)>,
+    /// Tenant → inference jobs waiting for a run thread.
+    pub nn_queued: Vec<(String, u32)>,
     pub tenants: usize,
     /// Tenant → requests waiting for a slot.
     pub queue_depth: Vec<(String, u32)>,
@@ -88,8 +140,6 @@ pub struct Gauges {
     pub instance_slots: u32,
     /// Inference runs executing now (stopped runs count until they have really ended).
     pub inference_runs: usize,
-    /// Model digest → compute-time histogram.
-    pub compute_times: Vec<(String, Arc<Histogram>)>,
     /// Data-plane listener (`http`, `https`) → its connection counts.
     pub connections: Vec<(&'static str, Arc<crate::http::listener::ConnectionStats>)>,
 }
@@ -134,6 +184,96 @@ impl Metrics {
             .entry((tenant.to_owned(), result))
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The inference layer's series: per loaded model, per tenant, and the cache's counters.
+    fn render_inference(&self, out: &mut String, gauges: &Gauges) {
+        type Render = fn(&crate::inference::ModelStats, &mut String, &str, &str);
+        let per_model: [(&str, &str, Render); 3] = [
+            (
+                "corral_nn_batch_size",
+                "Rows in each inference run (a batch of requests stacked on the batch axis), by model digest.",
+                |s, out, name, labels| s.batch_size.render(out, name, labels),
+            ),
+            (
+                "corral_nn_queue_seconds",
+                "Time wasi:nn compute jobs waited in their model's queue, by model digest.",
+                |s, out, name, labels| s.queue.render(out, name, labels),
+            ),
+            (
+                "corral_nn_compute_seconds",
+                "Time of each inference run (batch) on the backend, by model digest.",
+                |s, out, name, labels| s.compute.render(out, name, labels),
+            ),
+        ];
+        for (name, help, render) in per_model {
+            header(out, name, "histogram", help);
+            for (model, stats) in &gauges.model_stats {
+                render(stats, out, name, &format!("model=\"{model}\""));
+            }
+        }
+        header(
+            out,
+            "corral_model_resident_bytes",
+            "gauge",
+            "Measured memory of each loaded model, by model digest.",
+        );
+        for (model, bytes) in &gauges.models_resident {
+            let _ = writeln!(
+                out,
+                "corral_model_resident_bytes{{model=\"{model}\"}} {bytes}"
+            );
+        }
+        header(
+            out,
+            "corral_model_load_seconds",
+            "histogram",
+            "Time of each model load (reading its bytes and the backend's load).",
+        );
+        gauges
+            .model_load_times
+            .render(out, "corral_model_load_seconds", "device=\"cpu\"");
+        header(
+            out,
+            "corral_tenant_compute_seconds_total",
+            "counter",
+            "Inference run time by tenant and device (a batch's time split by rows).",
+        );
+        for (tenant, device, seconds) in &gauges.tenant_compute {
+            let _ = writeln!(
+                out,
+                "corral_tenant_compute_seconds_total{{tenant=\"{}\",device=\"{device}\"}} {seconds}",
+                escape(tenant)
+            );
+        }
+        header(
+            out,
+            "corral_nn_queued_runs",
+            "gauge",
+            "wasi:nn compute jobs waiting for a run thread, by tenant (bounded by nn_queued_runs).",
+        );
+        for (tenant, queued) in &gauges.nn_queued {
+            let _ = writeln!(
+                out,
+                "corral_nn_queued_runs{{tenant=\"{}\"}} {queued}",
+                escape(tenant)
+            );
+        }
+        for (name, help, value) in [
+            (
+                "corral_model_loads_total",
+                "Models loaded (first use, deploy validation, or reload after eviction).",
+                gauges.model_loads,
+            ),
+            (
+                "corral_model_evictions_total",
+                "Idle models unloaded to keep loaded models within the memory budget.",
+                gauges.model_evictions,
+            ),
+        ] {
+            header(out, name, "counter", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
     }
 
     /// The Prometheus text exposition, with gauges read at call time.
@@ -251,30 +391,18 @@ impl Metrics {
             );
         }
 
-        header(
-            &mut out,
-            "corral_nn_compute_seconds",
-            "histogram",
-            "Time of wasi:nn compute calls on the backend, by model digest.",
-        );
-        for (model, histogram) in &gauges.compute_times {
-            histogram.render(
-                &mut out,
-                "corral_nn_compute_seconds",
-                &format!("model=\"{model}\""),
-            );
-        }
+        self.render_inference(&mut out, gauges);
 
         let gauges_rows = [
             (
                 "corral_model_sessions",
-                "Live inference sessions (one per distinct model in use).",
-                gauges.model_sessions as u64,
+                "Models loaded now (one per distinct model file).",
+                gauges.models_resident.len() as u64,
             ),
             (
-                "corral_model_session_bytes",
-                "Bytes of the model files behind the live sessions.",
-                gauges.model_session_bytes,
+                "corral_models_memory_budget_bytes",
+                "The loaded models' memory budget ([models] memory_bytes).",
+                gauges.models_budget,
             ),
             (
                 "corral_tenants",
@@ -360,7 +488,7 @@ mod tests {
         metrics.record_request("acme", 500, Duration::from_millis(3));
         metrics.record_request("", 404, Duration::from_micros(100));
         let text = metrics.render(&Gauges {
-            model_sessions: 3,
+            models_resident: vec![("a".into(), 1), ("b".into(), 2), ("c".into(), 3)],
             ..Gauges::default()
         });
         assert!(
@@ -382,5 +510,6 @@ mod tests {
         );
         assert!(text.contains("corral_request_duration_seconds_count{tenant=\"acme\"} 3\n"));
         assert!(text.contains("corral_model_sessions 3\n"));
+        assert!(text.contains("corral_model_resident_bytes{model=\"b\"} 2\n"));
     }
 }

@@ -14,18 +14,61 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, Admin};
-use crate::backends::models::{InferencePool, SessionPool};
 use crate::backends::onnx::OnnxRuntime;
 use crate::config::Config;
 use crate::engine::{self, ComponentCache};
 use crate::http::error::HostError;
 use crate::http::listener::{ConnectionStats, Listener};
 use crate::http::{self, Router, Target};
+use crate::inference::{Inference, InferenceOptions};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::tenancy::records::{new_token, token_hash};
 use crate::tenancy::{Platform, Route, Tenancy};
 use crate::tls::{self, CertResolver};
+
+/// The inference layer's options from the configuration (deprecated keys applied, with their
+/// warnings logged), and ONNX Runtime and libtorch configured to match: each run gets
+/// `threads` intra-op threads.
+pub fn inference_options(config: &Config) -> InferenceOptions {
+    let (settings, warnings) = config.inference();
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (runs, threads) = InferenceOptions::split(cores, settings.runs, settings.threads);
+    if runs * threads > cores {
+        tracing::warn!(
+            runs,
+            threads,
+            cores,
+            "[inference] runs x threads is more than the cores: concurrent runs will compete for them"
+        );
+    }
+    let mut onnx = config.onnx.clone();
+    onnx.intra_op_threads = threads;
+    OnnxRuntime::configure(onnx);
+    #[cfg(feature = "torch")]
+    crate::backends::torch::set_threads(threads);
+    let memory_bytes = match config.models.memory_bytes {
+        0 => crate::inference::memory_available() / 2,
+        bytes => bytes,
+    };
+    tracing::info!(
+        runs,
+        threads,
+        max_batch_size = config.batching.max_batch_size,
+        memory_bytes,
+        "inference"
+    );
+    InferenceOptions {
+        runs,
+        threads,
+        max_batch_size: config.batching.max_batch_size,
+        max_delay: Duration::from_micros(config.batching.max_delay_us),
+        memory_bytes,
+    }
+}
 
 /// Where the operator token file lives in the data directory.
 const TOKEN_FILE: &str = "admin-token";
@@ -75,18 +118,14 @@ impl Server {
         if operator_token.trim().len() < 16 {
             anyhow::bail!("the operator token must be at least 16 characters long");
         }
-        OnnxRuntime::configure(options.onnx.clone());
+        let inference = Arc::new(Inference::new(inference_options(&options)));
         let engine = engine::new_engine(&options.engine)?;
         let metrics = Arc::new(Metrics::default());
         let platform = Arc::new(Platform {
             components: ComponentCache::new(&engine),
             engine,
             store,
-            sessions: SessionPool::default(),
-            inference: Arc::new(InferencePool::new(match options.max_parallel_inference {
-                0 => InferencePool::default_limit(),
-                n => n,
-            })),
+            inference,
             engine_settings: options.engine.clone(),
             default_limits: options.limits.clone(),
             metrics: Arc::clone(&metrics),

@@ -102,7 +102,7 @@ pub fn dev_options(component: &str, models: &[(&str, PathBuf)]) -> DevOptions {
         engine: EngineSettings::default(),
         limits: Limits::default(),
         inherit_stdio: false,
-        max_parallel_inference: None,
+        runs: None,
     }
 }
 

@@ -34,7 +34,7 @@ pub struct Config {
     /// Slowest upload accepted: each 10 s of an upload must carry at least 10 × this many
     /// bytes (`408 upload_too_slow` otherwise).
     pub upload_min_bytes_per_sec: u64,
-    /// Model runs that may execute at once, across all tenants and models (0: 2 × CPUs).
+    /// Deprecated alias of `[inference] runs` (kept one release; logs a warning when set).
     pub max_parallel_inference: usize,
     /// Seconds validating an upload (compiling, loading models) may take.
     pub deploy_timeout_secs: u64,
@@ -46,6 +46,12 @@ pub struct Config {
     pub http: HttpSettings,
     /// ONNX Runtime (`[onnx]`).
     pub onnx: OnnxSettings,
+    /// Run threads and intra-op threads (`[inference]`).
+    pub inference: InferenceSettings,
+    /// Dynamic batching (`[batching]`).
+    pub batching: BatchingSettings,
+    /// The loaded models' memory budget (`[models]`).
+    pub models: ModelsSettings,
     /// The engine's instance pool (`[engine]`).
     pub engine: EngineSettings,
     /// Deployments kept and validated (`[store]`).
@@ -70,6 +76,9 @@ impl Default for Config {
             tls: TlsSettings::default(),
             http: HttpSettings::default(),
             onnx: OnnxSettings::default(),
+            inference: InferenceSettings::default(),
+            batching: BatchingSettings::default(),
+            models: ModelsSettings::default(),
             engine: EngineSettings::default(),
             store: StoreSettings::default(),
             limits: Limits::default(),
@@ -177,11 +186,54 @@ impl HttpSettings {
     }
 }
 
+/// How inference runs use the CPUs: `runs` batches execute at once, each with `threads`
+/// intra-op threads. By default runs × threads = cores (one thread per run, one run per core),
+/// so concurrent runs never oversubscribe the machine.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceSettings {
+    /// Intra-op threads of one run (0: 1).
+    pub threads: usize,
+    /// Runs that may execute at once across all tenants and models (0: cores / threads).
+    pub runs: usize,
+}
+
+/// Dynamic batching: queued `compute`s of one model (from any tenant) that agree on all but
+/// the leading axis run as one batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchingSettings {
+    /// Most rows in one batch; 1 turns batching off. The scheduler may cap a model lower when
+    /// its measured run times say larger batches run slower per row.
+    pub max_batch_size: u32,
+    /// Longest a job waits for others to batch with, in microseconds (0: never wait; a batch
+    /// is what queued while the previous run executed).
+    pub max_delay_us: u64,
+}
+
+impl Default for BatchingSettings {
+    fn default() -> Self {
+        Self {
+            max_batch_size: 32,
+            max_delay_us: 0,
+        }
+    }
+}
+
+/// Loaded models are kept least-recently-used under a memory budget.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsSettings {
+    /// Measured resident bytes all loaded models together may hold (0: half the memory the
+    /// process may use: its cgroup limit if set, else the machine's).
+    pub memory_bytes: u64,
+}
+
 /// How ONNX Runtime sessions are built.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OnnxSettings {
-    /// Threads one run may use inside an operator (0: ONNX Runtime's default, one per core).
+    /// Deprecated alias of `[inference] threads` (kept one release; logs a warning when set).
     pub intra_op_threads: usize,
     /// Threads one run may use across independent operators (0: ONNX Runtime's default).
     pub inter_op_threads: usize,
@@ -350,6 +402,35 @@ impl Config {
         Ok(config)
     }
 
+    /// `[inference]` with the deprecated aliases (`max_parallel_inference`, `[onnx]
+    /// intra_op_threads`) applied where `[inference]` leaves the key unset, and a warning for
+    /// each alias in use.
+    pub fn inference(&self) -> (InferenceSettings, Vec<String>) {
+        let mut settings = self.inference.clone();
+        let mut warnings = Vec::new();
+        if self.max_parallel_inference != 0 {
+            warnings.push(
+                "max_parallel_inference is deprecated: use [inference] runs (it is read as that \
+                 for now)"
+                    .to_owned(),
+            );
+            if settings.runs == 0 {
+                settings.runs = self.max_parallel_inference;
+            }
+        }
+        if self.onnx.intra_op_threads != 0 {
+            warnings.push(
+                "[onnx] intra_op_threads is deprecated: use [inference] threads (it is read as \
+                 that for now)"
+                    .to_owned(),
+            );
+            if settings.threads == 0 {
+                settings.threads = self.onnx.intra_op_threads;
+            }
+        }
+        (settings, warnings)
+    }
+
     /// Every key's value, as TOML (what `corral config check` prints), the token redacted.
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
@@ -393,6 +474,15 @@ impl Config {
                 self.limits.memory_bytes,
                 self.engine.max_memory_bytes
             );
+        }
+        if self.batching.max_batch_size == 0 {
+            anyhow::bail!("[batching] max_batch_size must be at least 1 (1 turns batching off)");
+        }
+        if self.batching.max_delay_us > 1_000_000 {
+            anyhow::bail!("[batching] max_delay_us must be at most 1000000 (one second)");
+        }
+        if self.inference.threads > 1024 || self.inference.runs > 1024 {
+            anyhow::bail!("[inference] threads and runs must each be at most 1024");
         }
         for provider in &self.onnx.execution_providers {
             if provider != "cpu" {
@@ -457,6 +547,42 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn the_old_inference_keys_still_start_a_server_with_a_warning() {
+        let config = Config::parse(
+            "max_parallel_inference = 3\n[onnx]\nintra_op_threads = 2\n",
+            env(&[]),
+        )
+        .unwrap();
+        let (settings, warnings) = config.inference();
+        assert_eq!((settings.runs, settings.threads), (3, 2));
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("[inference] runs"), "{warnings:?}");
+        // The new keys win where both are set.
+        let config = Config::parse(
+            "max_parallel_inference = 3\n[inference]\nruns = 5\n",
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(config.inference().0.runs, 5);
+        assert!(Config::default().inference().1.is_empty());
+    }
+
+    #[test]
+    fn batching_and_the_model_budget_come_from_the_environment_too() {
+        let config = Config::parse(
+            "",
+            env(&[
+                ("CORRAL_BATCHING_MAX_BATCH_SIZE", "1"),
+                ("CORRAL_MODELS_MEMORY_BYTES", "1048576"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.batching.max_batch_size, 1);
+        assert_eq!(config.models.memory_bytes, 1 << 20);
+        assert!(Config::parse("[batching]\nmax_batch_size = 0\n", env(&[])).is_err());
     }
 
     #[test]

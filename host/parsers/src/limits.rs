@@ -81,6 +81,16 @@ limits! {
     tensor_elements: u64 = 1 << 26;
     /// Guest stdout + stderr bytes per minute; the excess is dropped and counted.
     log_bytes_per_minute: u64 = 64 << 10;
+    /// `wasi:nn` runs of this tenant waiting for a run thread; beyond this, the request is
+    /// stopped with `503 overloaded`.
+    nn_queued_runs: u32 = 64;
+    /// The tenant's weight in the fair sharing of run threads: under contention, tenants get
+    /// compute time in proportion to their weights.
+    compute_weight: u32 = 1;
+    /// Measured memory of the models of one deployment, in bytes; beyond it, `507
+    /// model_quota_exceeded`. The default stands for the whole models budget
+    /// (`[models] memory_bytes`), which also bounds any value set here.
+    model_bytes: u64 = i64::MAX as u64;
     /// Bytes of blobs (components, models) the tenant's stored deployments hold, counting an
     /// upload in progress; beyond it, `507 storage_quota_exceeded`.
     storage_bytes: u64 = 10 << 30;

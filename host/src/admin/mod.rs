@@ -112,6 +112,9 @@ impl From<Refusal> for ApiError {
             Refusal::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
             Refusal::Invalid { code, message } => Self::invalid(code, message),
             Refusal::Forbidden { code, message } => Self::new(StatusCode::FORBIDDEN, code, message),
+            Refusal::Quota { code, message } => {
+                Self::new(StatusCode::INSUFFICIENT_STORAGE, code, message)
+            }
             Refusal::Busy { code, message } => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
             }
@@ -183,17 +186,37 @@ impl Admin {
             )),
             (&Method::GET, ["metrics"]) => {
                 let platform = self.tenancy.platform();
+                let inference = &platform.inference;
+                let cache = inference.cache();
+                let digest = |key: &crate::backends::models::ModelKey| key.digest.to_string();
                 let gauges = Gauges {
-                    model_sessions: platform.sessions.live_sessions(),
-                    model_session_bytes: platform.sessions.live_session_bytes(),
+                    models_resident: cache
+                        .residents()
+                        .iter()
+                        .map(|r| (digest(&r.key), r.bytes))
+                        .collect(),
+                    models_budget: cache.budget(),
+                    model_loads: cache.loads_total(),
+                    model_evictions: cache.evictions_total(),
+                    model_load_times: cache.load_times(),
+                    model_stats: inference
+                        .scheduler()
+                        .model_stats(&cache.loaded_keys())
+                        .into_iter()
+                        .map(|(key, stats)| (digest(&key), stats))
+                        .collect(),
+                    tenant_compute: inference
+                        .scheduler()
+                        .compute_seconds()
+                        .into_iter()
+                        .map(|(tenant, seconds)| (tenant, "cpu", seconds))
+                        .collect(),
+                    nn_queued: inference.scheduler().queued(),
                     tenants: self.tenancy.tenant_count(),
                     queue_depth: self.tenancy.queue_depths(),
                     instances_in_use: crate::engine::live_instances(),
                     instance_slots: platform.engine_settings.instances,
-                    inference_runs: platform.inference.runs_in_flight(),
-                    compute_times: platform
-                        .inference
-                        .compute_times(&platform.sessions.live_digests()),
+                    inference_runs: inference.runs_in_flight(),
                     connections: self.connections.clone(),
                 };
                 Ok(text_response(

@@ -10,14 +10,80 @@
 //! PyTorch's security policy: a TorchScript file is a program. Corral loads one only for
 //! tenants the operator marked `trusted_models` (and in `corral run`).
 
+use std::sync::Arc;
+
 use tch::{CModule, Device, IValue, Kind};
 
+use super::models::ModelFormat;
 use super::tensor::{ElementType, Tensor, TensorBytes};
-use super::{ErrorKind, InferenceError};
+use super::{
+    Backend, Concurrency, ErrorKind, InferenceError, LoadedModel, Placement, RunControl, Signature,
+};
+
+/// TorchScript models through libtorch. Concurrency policy: [`Concurrency::Shared`]: a
+/// module's `forward` runs from many threads at once under `no_grad` (libtorch's intra-op
+/// pool is sized to `[inference] threads` at start). A TorchScript file declares no inputs,
+/// outputs or shapes, so its signature is empty and it has no batch axis.
+#[derive(Debug)]
+pub struct TorchBackend;
+
+impl Backend for TorchBackend {
+    fn format(&self) -> ModelFormat {
+        ModelFormat::Pytorch
+    }
+
+    fn load(
+        &self,
+        bytes: &[u8],
+        placement: Placement,
+    ) -> Result<Arc<dyn LoadedModel>, InferenceError> {
+        let Placement::Cpu = placement;
+        let (session, resident) = super::measured_load(bytes.len(), || TorchSession::load(bytes));
+        let mut session = session?;
+        session.resident_bytes = resident;
+        Ok(Arc::new(session))
+    }
+}
+
+/// Sets libtorch's intra-op threads for every run in the process.
+pub fn set_threads(threads: usize) {
+    tch::set_num_threads(i32::try_from(threads).unwrap_or(i32::MAX));
+}
 
 /// A loaded TorchScript module. libtorch runs `forward` from many threads at once.
 pub struct TorchSession {
     module: CModule,
+    signature: Signature,
+    resident_bytes: u64,
+}
+
+impl LoadedModel for TorchSession {
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn concurrency(&self) -> Concurrency {
+        Concurrency::Shared
+    }
+
+    fn resident_bytes(&self) -> u64 {
+        self.resident_bytes
+    }
+
+    fn placement(&self) -> Placement {
+        Placement::Cpu
+    }
+
+    fn run(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+        control: &RunControl,
+    ) -> Result<Vec<(String, Tensor)>, InferenceError> {
+        if control.is_stopped() {
+            return Err(InferenceError::stopped());
+        }
+        TorchSession::run(self, inputs)
+    }
 }
 
 impl std::fmt::Debug for TorchSession {
@@ -84,7 +150,11 @@ impl TorchSession {
                 format!("cannot set eval mode: {}", gist(&e)),
             )
         })?;
-        Ok(Self { module })
+        Ok(Self {
+            module,
+            signature: Signature::default(),
+            resident_bytes: 0,
+        })
     }
 
     /// Runs `forward` on the inputs, in the guest's order. Each input is copied once into a

@@ -19,7 +19,7 @@ use crate::nn::{NnBudget, NnCtx, NnView};
 pub struct Outcome(AtomicU8);
 
 impl Outcome {
-    const HITS: [LimitHit; 8] = [
+    const HITS: [LimitHit; 9] = [
         LimitHit::Memory,
         LimitHit::Instances,
         LimitHit::CpuTime,
@@ -27,6 +27,7 @@ impl Outcome {
         LimitHit::NnBytes,
         LimitHit::NnResources,
         LimitHit::NnRank,
+        LimitHit::NnQueue,
         LimitHit::RequestBody,
     ];
 

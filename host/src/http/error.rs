@@ -53,6 +53,7 @@ impl HostError {
             Self::Limit(hit, message) => {
                 let status = match hit {
                     crate::limits::LimitHit::RequestBody => StatusCode::PAYLOAD_TOO_LARGE,
+                    crate::limits::LimitHit::NnQueue => StatusCode::SERVICE_UNAVAILABLE,
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
                 };
                 (status, hit.code(), message.clone())
@@ -127,7 +128,9 @@ impl HostError {
         let mut response = json_error(status, code, &message);
         if matches!(
             self,
-            Self::Overloaded | Self::DeploymentUnavailable { restoring: true }
+            Self::Overloaded
+                | Self::DeploymentUnavailable { restoring: true }
+                | Self::Limit(crate::limits::LimitHit::NnQueue, _)
         ) {
             response.headers_mut().insert(
                 hyper::header::RETRY_AFTER,

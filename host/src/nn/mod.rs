@@ -6,8 +6,10 @@
 //! - every mistake (unknown model or input name, wrong type, rank or shape, data length not
 //!   matching dimensions × element size, dimensions whose product overflows) is a `wasi:nn`
 //!   error value, never a trap or a host panic;
-//! - `compute` runs on the shared session through the bounded [`InferencePool`], so it never
-//!   blocks an async worker and many computes of one model run at once;
+//! - `compute` is a job for the shared inference layer ([`Inference`]): the model is loaded
+//!   on first use under the memory budget, and the job is scheduled fairly among all tenants'
+//!   jobs and batched with other jobs of the same model; it never blocks an async worker. A
+//!   tenant with `nn_queued_runs` jobs already waiting is stopped with `503 overloaded`;
 //! - input bytes move into the session without a copy; output bytes are copied once, when the
 //!   guest reads them;
 //! - every call counts against the request's [`NnBudget`]: calls; bytes the host takes in,
@@ -22,10 +24,11 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use crate::backends::models::{InferencePool, Model, ModelSet, TenantShare};
 use crate::backends::tensor::{ElementType, Tensor, TensorBytes};
 use crate::backends::{ErrorKind, InferenceError};
 use crate::engine::Outcome;
+use crate::inference::scheduler::Registration;
+use crate::inference::{Inference, Model, ModelSet, RunError, Submission};
 use crate::limits::{LimitHit, Limits};
 
 mod generated {
@@ -55,34 +58,32 @@ pub struct Graph(Arc<Model>);
 #[derive(Debug)]
 pub struct ExecutionContext(Arc<Model>);
 
-/// What one instance may reach through `wasi:nn`: its deployment's models and the shared pool.
+/// What one instance may reach through `wasi:nn`: its deployment's models and the shared
+/// inference layer, as its tenant.
 #[derive(Clone, Debug)]
 pub struct NnCtx {
     models: Arc<ModelSet>,
-    pool: Arc<InferencePool>,
-    /// The deployment's tenant's share of the pool.
-    share: TenantShare,
+    inference: Arc<Inference>,
+    tenant: Arc<str>,
+    /// Registers the tenant with the scheduler while the deployment has models.
+    _registration: Option<Arc<Registration>>,
 }
 
 impl NnCtx {
     /// The `wasi:nn` context of a deployment of `tenant`.
-    pub fn new(models: Arc<ModelSet>, pool: Arc<InferencePool>, tenant: &str) -> Self {
-        let share = pool.share(tenant);
+    pub fn new(models: Arc<ModelSet>, inference: Arc<Inference>, tenant: &str) -> Self {
+        let registration = (models.iter().next().is_some())
+            .then(|| Arc::new(inference.scheduler().register(tenant)));
         Self {
             models,
-            pool,
-            share,
+            inference,
+            tenant: Arc::from(tenant),
+            _registration: registration,
         }
     }
 
-    /// The context of the only service of a process (`corral run`): it may use every slot.
-    pub fn sole(models: Arc<ModelSet>, pool: Arc<InferencePool>) -> Self {
-        let share = pool.whole();
-        Self {
-            models,
-            pool,
-            share,
-        }
+    pub fn models(&self) -> &ModelSet {
+        &self.models
     }
 }
 
@@ -376,13 +377,30 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                 return self.fail(error);
             }
         }
-        let slot = self.budget.slot.clone();
+        let loaded = match self.ctx.inference.loaded(&model).await {
+            Ok(loaded) => loaded,
+            Err(error) => return self.fail(error),
+        };
+        let limits = &self.budget.limits;
+        let (max_batch_size, max_delay) = self.ctx.inference.batching();
+        let submission = Submission {
+            tenant: Arc::clone(&self.ctx.tenant),
+            weight: limits.compute_weight,
+            queue_bound: limits.nn_queued_runs,
+            max_batch_size,
+            max_delay,
+            keep_alive: self.budget.slot.clone(),
+        };
         match self
             .ctx
-            .pool
-            .run(&self.ctx.share, model, tensors, slot)
+            .inference
+            .run(&model, loaded, submission, tensors)
             .await
         {
+            Err(RunError::QueueFull) => Err(self
+                .budget
+                .outcome
+                .trap(LimitHit::NnQueue, &self.budget.limits)),
             Ok(outputs) => {
                 // Outputs live in the host until the request ends: they count against the
                 // request's bytes whether or not the guest reads them.
@@ -394,7 +412,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                 }
                 Ok(Ok(handles))
             }
-            Err(error) => self.fail(error),
+            Err(RunError::Failed(error)) => self.fail(error),
         }
     }
 

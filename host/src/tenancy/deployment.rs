@@ -1,5 +1,5 @@
 //! Turning a stored deployment into one that serves: compile (or load from the cache) the
-//! component, load each model on the shared session pool, link. Every failure is a
+//! component, load each model into the model cache (or find it there), link. Every failure is a
 //! [`Refusal`] naming the part at fault, and nothing is activated until all of it succeeded.
 
 use std::sync::Arc;
@@ -9,10 +9,10 @@ use wasmtime::component::Component;
 
 use super::Refusal;
 use super::records::DeploymentRecord;
-use crate::backends::ErrorKind;
-use crate::backends::models::{InferencePool, Model, ModelFormat, ModelSet, SessionPool};
+use crate::backends::models::{ModelFile, ModelFormat, ModelKey};
 use crate::backends::onnx::{ModelCheckError, check_self_contained};
 use crate::engine::{CompileError, ComponentCache, EngineSettings, LinkError, Service};
+use crate::inference::{Inference, LoadError, Model, ModelSet, Room};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::nn::NnCtx;
@@ -23,9 +23,8 @@ use crate::store::Store;
 pub struct Platform {
     pub engine: Engine,
     pub store: Store,
-    pub sessions: SessionPool,
     pub components: ComponentCache,
-    pub inference: Arc<InferencePool>,
+    pub inference: Arc<Inference>,
     pub engine_settings: EngineSettings,
     /// Limits of tenants that do not override them.
     pub default_limits: Limits,
@@ -38,6 +37,18 @@ pub struct Platform {
     pub deploy_slots_total: usize,
     /// Deployments kept per tenant (`[store] keep_deployments`).
     pub keep_deployments: usize,
+}
+
+/// Why a deployment is being built: what its models must prove.
+#[derive(Clone, Copy, Debug)]
+pub enum Validation<'a> {
+    /// A new deployment (or a rollback) of a tenant with these limits: every model loads (the
+    /// cache keeps it; idle models may be unloaded for it), no model is larger than the whole
+    /// budget, and together they fit the tenant's `model_bytes`.
+    Deploy(&'a Limits),
+    /// A stored deployment at start: models load only while the budget has room (the rest load
+    /// on first use); a model that does not load fails the build.
+    Restore,
 }
 
 /// A deployment that serves requests: the version and its linked, pre-instantiated component.
@@ -56,6 +67,7 @@ impl Platform {
         &self,
         tenant: &str,
         record: &DeploymentRecord,
+        validation: Validation<'_>,
     ) -> Result<LiveDeployment, Refusal> {
         let component = self
             .components
@@ -65,39 +77,56 @@ impl Platform {
                 CompileError::Store(e) => Refusal::Internal(e),
             })?;
         let mut models = ModelSet::default();
+        let mut measured: Vec<(ModelKey, u64)> = Vec::new();
         for (name, model) in &record.models {
-            let session = match self.sessions.get(model.digest, model.format) {
-                Some(session) => session,
-                None => {
-                    let bytes = self
-                        .store
-                        .read_blob(&model.digest)
-                        .map_err(Refusal::Internal)?;
-                    let invalid = |message: String| {
-                        Refusal::invalid("invalid_model", format!("model '{name}': {message}"))
-                    };
-                    if model.format == ModelFormat::Onnx {
-                        check_self_contained(&bytes).map_err(|e| match e {
-                            ModelCheckError::ExternalData(_) => {
-                                Refusal::invalid("external_data", format!("model '{name}': {e}"))
-                            }
-                            ModelCheckError::Malformed(_) => invalid(e.to_string()),
-                        })?;
-                    }
-                    let (_, session) =
-                        self.sessions
-                            .load(&bytes, model.format)
-                            .map_err(|e| match e.kind {
-                                ErrorKind::RuntimeError => Refusal::Internal(anyhow::anyhow!(
-                                    "cannot load model '{name}': {}",
-                                    e.message
-                                )),
-                                _ => invalid(e.message),
-                            })?;
-                    session
-                }
+            let key = ModelKey {
+                digest: model.digest,
+                format: model.format,
             };
-            models.insert(Model::new(name.clone(), model.digest, session));
+            let source = Arc::new(ModelFile {
+                path: self.store.blob_path(&model.digest),
+                digest: model.digest,
+            });
+            if !self.inference.cache().is_loaded(&key) && model.format == ModelFormat::Onnx {
+                let bytes = self.store.read_blob(&model.digest)?;
+                check_self_contained(&bytes).map_err(|e| match e {
+                    ModelCheckError::ExternalData(_) => {
+                        Refusal::invalid("external_data", format!("model '{name}': {e}"))
+                    }
+                    ModelCheckError::Malformed(_) => {
+                        Refusal::invalid("invalid_model", format!("model '{name}': {e}"))
+                    }
+                })?;
+            }
+            // Held before it loads: a deployment's model is never unloaded for having no
+            // deployment between its load and this deployment's existence.
+            let hold = self.inference.cache().hold(key);
+            let bytes = load_model(&self.inference, name, key, &source, validation)?;
+            if let Some(bytes) = bytes
+                && !measured.iter().any(|(k, _)| *k == key)
+            {
+                measured.push((key, bytes));
+            }
+            models.insert(Model {
+                name: name.clone(),
+                key,
+                source,
+                hold,
+            });
+        }
+        if let Validation::Deploy(limits) = validation {
+            let budget = self.inference.cache().budget();
+            let quota = limits.model_bytes.min(budget);
+            let total: u64 = measured.iter().map(|(_, bytes)| bytes).sum();
+            if total > quota {
+                return Err(Refusal::Quota {
+                    code: "model_quota_exceeded",
+                    message: format!(
+                        "the deployment's models measure {total} bytes loaded, more than this \
+                         tenant's model memory quota of {quota} bytes"
+                    ),
+                });
+            }
         }
         let nn = NnCtx::new(Arc::new(models), Arc::clone(&self.inference), tenant);
         let service = Service::new(&self.engine, &component, nn).map_err(|e| match e {
@@ -110,5 +139,54 @@ impl Platform {
             service: Arc::new(service),
             component,
         })
+    }
+}
+
+/// Loads one model of a deployment through the cache as `validation` asks; its measured size
+/// when it is loaded.
+fn load_model(
+    inference: &Inference,
+    name: &str,
+    key: ModelKey,
+    source: &ModelFile,
+    validation: Validation<'_>,
+) -> Result<Option<u64>, Refusal> {
+    let room = match validation {
+        Validation::Deploy(_) => Room::MakeRoom,
+        Validation::Restore => Room::IfFree,
+    };
+    match inference.cache().load(key, source, room) {
+        Ok(Some(model)) => Ok(Some(model.resident_bytes())),
+        Ok(None) => Ok(None),
+        Err(LoadError::TooLarge { bytes, budget }) => match validation {
+            Validation::Deploy(_) => Err(Refusal::invalid(
+                "model_too_large",
+                format!(
+                    "model '{name}' needs {bytes} bytes loaded, more than the server's model \
+                     memory budget of {budget} bytes"
+                ),
+            )),
+            Validation::Restore => {
+                tracing::warn!(model = %name, bytes, budget, "a restored model is larger than the model memory budget: it cannot load");
+                Ok(None)
+            }
+        },
+        Err(LoadError::NoRoom { bytes, budget }) => Err(Refusal::Busy {
+            code: "models_busy",
+            message: format!(
+                "model '{name}' ({bytes} bytes) cannot be loaded now: models in use hold the \
+                 server's model memory budget of {budget} bytes; retry shortly"
+            ),
+        }),
+        Err(LoadError::Failed(e)) => match e.kind {
+            crate::backends::ErrorKind::RuntimeError => Err(Refusal::Internal(anyhow::anyhow!(
+                "cannot load model '{name}': {}",
+                e.message
+            ))),
+            _ => Err(Refusal::invalid(
+                "invalid_model",
+                format!("model '{name}': {}", e.message),
+            )),
+        },
     }
 }

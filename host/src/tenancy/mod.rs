@@ -21,7 +21,7 @@ use anyhow::Context;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use dashmap::DashMap;
 
-pub use deployment::{LiveDeployment, Platform};
+pub use deployment::{LiveDeployment, Platform, Validation};
 use records::{CertificateRecord, DeploymentRecord, ModelRef, TenantRecord};
 
 use crate::backends::models::ModelFormat;
@@ -46,6 +46,8 @@ pub enum Refusal {
     /// Corral cannot take this on now (`503` with `Retry-After`), e.g. every deploy slot is
     /// validating another upload.
     Busy { code: &'static str, message: String },
+    /// The change would take the tenant past a quota (`507`).
+    Quota { code: &'static str, message: String },
     /// Corral itself failed (I/O, a host bug).
     Internal(anyhow::Error),
 }
@@ -678,6 +680,7 @@ impl Tenancy {
         self.tenants.remove(name);
         tenant.live.store(None);
         self.platform.metrics.forget_tenant(name);
+        self.platform.inference.scheduler().forget_tenant(name);
         Ok(())
     }
 
@@ -715,10 +718,14 @@ impl Tenancy {
         let platform = Arc::clone(&self.platform);
         let candidate = record.clone();
         let tenant_name = name.to_owned();
+        let limits = self
+            .platform
+            .default_limits
+            .with(&before.record.load().limits);
         let live = self
             .within_deploy_timeout(blocking(move || {
                 let _slot = slot;
-                platform.build(&tenant_name, &candidate)
+                platform.build(&tenant_name, &candidate, Validation::Deploy(&limits))
             }))
             .await?;
         let _changing = self.changes.lock().await;
@@ -865,7 +872,8 @@ impl Tenancy {
                         Refusal::NotFound(format!("tenant '{store_name}' has no version {version}"))
                     })?;
                 check_trust(&store_name, &before_record, &record)?;
-                let live = platform.build(&store_name, &record)?;
+                let limits = platform.default_limits.with(&before_record.limits);
+                let live = platform.build(&store_name, &record, Validation::Deploy(&limits))?;
                 Ok((record, live))
             }))
             .await?;
@@ -942,7 +950,7 @@ fn load_version(
         .read_record::<DeploymentRecord>(&records::deployment_path(name, version))?
         .ok_or_else(|| Refusal::NotFound(format!("version {version} has no record")))?;
     check_trust(name, tenant, &record)?;
-    platform.build(name, &record)
+    platform.build(name, &record, Validation::Restore)
 }
 
 /// A refusal as one line for a tenant's status.
@@ -951,7 +959,8 @@ fn refusal_text(refusal: &Refusal) -> String {
         Refusal::NotFound(message) | Refusal::Conflict(message) => message.clone(),
         Refusal::Invalid { message, .. }
         | Refusal::Forbidden { message, .. }
-        | Refusal::Busy { message, .. } => message.clone(),
+        | Refusal::Busy { message, .. }
+        | Refusal::Quota { message, .. } => message.clone(),
         Refusal::Internal(e) => format!("{e:#}"),
     }
 }

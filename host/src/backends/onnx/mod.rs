@@ -10,8 +10,12 @@ use std::sync::Arc;
 use ort::session::{Session, SharedSessionInner};
 use ort::value::{TensorElementType, ValueType};
 
+use super::models::ModelFormat;
 use super::tensor::{ElementType, Tensor, TensorBytes};
-use super::{ErrorKind, InferenceError, RunControl};
+use super::{
+    Backend, Concurrency, ErrorKind, InferenceError, LoadedModel, Placement, RunControl, Signature,
+    TensorSpec,
+};
 
 pub use corral_parsers::onnx::{ModelCheckError, check_self_contained, testing};
 pub use ffi::OutputTensor;
@@ -29,6 +33,35 @@ struct InputSpec {
     shape: Vec<i64>,
 }
 
+/// ONNX models through ONNX Runtime. Concurrency policy: [`Concurrency::Shared`], because
+/// `OrtApi::Run` is documented safe to call from many threads on one session (the CPU
+/// execution provider); each run uses `[inference] threads` intra-op threads.
+#[derive(Debug)]
+pub struct OnnxBackend;
+
+impl Backend for OnnxBackend {
+    fn format(&self) -> ModelFormat {
+        ModelFormat::Onnx
+    }
+
+    fn load(
+        &self,
+        bytes: &[u8],
+        placement: Placement,
+    ) -> Result<Arc<dyn LoadedModel>, InferenceError> {
+        let Placement::Cpu = placement;
+        check_self_contained(bytes)
+            .map_err(|e| InferenceError::new(ErrorKind::InvalidEncoding, e.to_string()))?;
+        let runtime =
+            OnnxRuntime::global().map_err(|e| InferenceError::runtime(format!("{e:#}")))?;
+        let (session, resident) =
+            super::measured_load(bytes.len(), || OnnxSession::load(runtime, bytes));
+        let mut session = session?;
+        session.resident_bytes = resident;
+        Ok(Arc::new(session))
+    }
+}
+
 /// A loaded ONNX model, safe to run from many threads at once.
 #[derive(Debug)]
 pub struct OnnxSession {
@@ -39,6 +72,37 @@ pub struct OnnxSession {
     inputs: Vec<InputSpec>,
     output_names: Vec<String>,
     output_c_names: Vec<CString>,
+    signature: Signature,
+    resident_bytes: u64,
+}
+
+impl LoadedModel for OnnxSession {
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn concurrency(&self) -> Concurrency {
+        Concurrency::Shared
+    }
+
+    fn resident_bytes(&self) -> u64 {
+        self.resident_bytes
+    }
+
+    fn placement(&self) -> Placement {
+        Placement::Cpu
+    }
+
+    fn run(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+        control: &RunControl,
+    ) -> Result<Vec<(String, Tensor)>, InferenceError> {
+        if control.is_stopped() {
+            return Err(InferenceError::stopped());
+        }
+        OnnxSession::run(self, inputs, control)
+    }
 }
 
 impl OnnxSession {
@@ -87,6 +151,35 @@ impl OnnxSession {
             .iter()
             .map(|n| c_name(n))
             .collect::<Result<_, _>>()?;
+        let input_specs: Vec<TensorSpec> = inputs
+            .iter()
+            .map(|i| TensorSpec {
+                name: i.name.clone(),
+                ty: i.ty,
+                shape: spec_shape(&i.shape),
+            })
+            .collect();
+        let output_specs: Vec<TensorSpec> = session
+            .outputs()
+            .iter()
+            .map(|o| match o.dtype() {
+                ValueType::Tensor { ty, shape, .. } => TensorSpec {
+                    name: o.name().to_owned(),
+                    ty: element_type_from_onnx(*ty),
+                    shape: spec_shape(shape),
+                },
+                _ => TensorSpec {
+                    name: o.name().to_owned(),
+                    ty: None,
+                    shape: Vec::new(),
+                },
+            })
+            .collect();
+        let signature = Signature {
+            batch_axis: Signature::leading_batch_axis(&input_specs, &output_specs),
+            inputs: input_specs,
+            outputs: output_specs,
+        };
         Ok(Self {
             inner: session.inner(),
             _session: session,
@@ -94,6 +187,8 @@ impl OnnxSession {
             inputs,
             output_names,
             output_c_names,
+            signature,
+            resident_bytes: 0,
         })
     }
 
@@ -227,6 +322,11 @@ fn check_input(spec: &InputSpec, tensor: &Tensor) -> Result<(), InferenceError> 
         }
     }
     Ok(())
+}
+
+/// ONNX Runtime's dimensions (negative: dynamic) as a signature's.
+fn spec_shape(shape: &[i64]) -> Vec<Option<u32>> {
+    shape.iter().map(|&d| u32::try_from(d).ok()).collect()
 }
 
 fn format_shape(shape: &[i64]) -> String {

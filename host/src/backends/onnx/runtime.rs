@@ -63,7 +63,7 @@ impl OnnxRuntime {
         .context("cannot describe CPU memory to ONNX Runtime")?;
         let settings = SETTINGS.get_or_init(OnnxSettings::default);
         let run_memory = match settings.run_memory_bytes {
-            0 => physical_memory() / 2,
+            0 => crate::inference::memory_available() / 2,
             bytes => bytes,
         };
         super::ffi::register_run_arena(
@@ -121,18 +121,6 @@ pub(super) fn run_options() -> ort::Result<ort::session::RunOptions> {
     let mut options = ort::session::RunOptions::new()?;
     options.set("memory.enable_memory_arena_shrinkage", "cpu:0")?;
     Ok(options)
-}
-
-/// The machine's physical memory, in bytes (4 GiB if it cannot be read).
-fn physical_memory() -> u64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    meminfo
-        .lines()
-        .find_map(|line| {
-            let kib = line.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?;
-            kib.trim().parse::<u64>().ok()
-        })
-        .map_or(4 << 30, |kib| kib * 1024)
 }
 
 /// Where ONNX Runtime looks for a model's external data: a path under `/dev/null`, a character

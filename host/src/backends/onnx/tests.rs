@@ -80,35 +80,54 @@ fn corral_sessions_read_no_external_data() {
 }
 
 /// A model loaded from several threads at once is loaded once, and the per-model lock that
-/// serialises those loads is gone once they end (whether the load worked or failed): the pool
+/// serialises those loads is gone once they end (whether the load worked or failed): the cache
 /// keeps nothing for models that were only ever loading.
 #[test]
 fn loading_locks_do_not_outlive_their_loads() {
-    use crate::backends::models::{ModelFormat, SessionPool};
+    use crate::backends::Placement;
+    use crate::backends::models::{ModelFile, ModelFormat, ModelKey};
+    use crate::inference::{ModelCache, Room};
     if runtime().is_none() {
         return;
     }
-    let add = std::fs::read(concat!(
+    let path = std::path::PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../tests/fixtures/add.onnx"
-    ))
-    .unwrap();
-    let pool = SessionPool::default();
-    let sessions: Vec<_> = std::thread::scope(|scope| {
+    ));
+    let add = ModelFile {
+        digest: crate::store::Digest::of(&std::fs::read(&path).unwrap()),
+        path,
+    };
+    let key = ModelKey {
+        digest: add.digest,
+        format: ModelFormat::Onnx,
+    };
+    let cache = ModelCache::new(1 << 30, Placement::Cpu);
+    let models: Vec<_> = std::thread::scope(|scope| {
         let loads: Vec<_> = (0..4)
-            .map(|_| scope.spawn(|| pool.load(&add, ModelFormat::Onnx).unwrap().1))
+            .map(|_| scope.spawn(|| cache.load(key, &add, Room::MakeRoom).unwrap().unwrap()))
             .collect();
         loads.into_iter().map(|load| load.join().unwrap()).collect()
     });
-    assert!(
-        sessions
-            .iter()
-            .all(|s| std::sync::Arc::ptr_eq(s, &sessions[0]))
-    );
-    assert_eq!(pool.loads_in_progress(), 0);
+    assert!(models.iter().all(|s| std::sync::Arc::ptr_eq(s, &models[0])));
+    assert_eq!(cache.loads_total(), 1);
+    assert_eq!(cache.loads_in_progress(), 0);
+    let dir = std::env::temp_dir().join(format!("corral-bad-models-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
     for n in 0..100u8 {
-        assert!(pool.load(&[8, 7, n], ModelFormat::Onnx).is_err());
+        let bytes = [8, 7, n];
+        let bad = ModelFile {
+            path: dir.join(format!("{n}.onnx")),
+            digest: crate::store::Digest::of(&bytes),
+        };
+        std::fs::write(&bad.path, bytes).unwrap();
+        let key = ModelKey {
+            digest: bad.digest,
+            format: ModelFormat::Onnx,
+        };
+        assert!(cache.load(key, &bad, Room::MakeRoom).is_err());
     }
-    assert_eq!(pool.loads_in_progress(), 0);
-    assert_eq!(pool.live_sessions(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(cache.loads_in_progress(), 0);
+    assert_eq!(cache.residents().len(), 1);
 }
