@@ -513,9 +513,144 @@ async fn models_load_on_use_and_the_least_recently_used_make_room() {
         .await;
     assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
     assert_eq!(body["error"]["code"], "model_quota_exceeded", "{body}");
-    // Every tenant still answers.
+    // Every tenant still answers, and its status shows its model.
     for n in 0..3 {
         let (status, _) = tensor(&corral, &format!("m{n}.test"), "1,3,224,224", &image).await;
         assert_eq!(status, StatusCode::OK);
+        let (status, body) = corral
+            .operator("GET", &format!("/v1/tenants/m{n}"), json!({}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let model = &body["status"]["models"][0];
+        assert_eq!(model["name"], "model", "{body}");
+        assert!(model["loaded"].is_boolean(), "{body}");
+        assert!(model["resident_bytes"].as_u64().unwrap() >= size, "{body}");
+        assert!(model.get("load_error").is_none(), "{body}");
+    }
+
+    // A model whose blob was damaged on disk while it was unloaded: its first use fails with
+    // a wasi:nn runtime error, the tenant's status says why, and the others keep answering.
+    let (_, body) = corral.operator("GET", "/v1/tenants/m0", json!({})).await;
+    let digest = body["status"]["models"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let hex = digest.trim_start_matches("sha256:");
+    // Use the other two until m0's model is the one unloaded.
+    for _ in 0..2 {
+        for n in 1..3 {
+            let (status, _) = tensor(&corral, &format!("m{n}.test"), "1,3,224,224", &image).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+    let (_, body) = corral.operator("GET", "/v1/tenants/m0", json!({})).await;
+    assert_eq!(body["status"]["models"][0]["loaded"], false, "{body}");
+    std::fs::write(dir.data().join("blobs/sha256").join(hex), b"damaged").unwrap();
+    let (status, body) = tensor(&corral, "m0.test", "1,3,224,224", &image).await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(
+        json(&body)["error"]["code"],
+        "runtime-error",
+        "{}",
+        json(&body)
+    );
+    let (_, body) = corral.operator("GET", "/v1/tenants/m0", json!({})).await;
+    let error = body["status"]["models"][0]["load_error"]
+        .as_str()
+        .unwrap_or("");
+    assert!(error.contains("changed"), "{body}");
+    assert!(!error.contains(hex), "no server path in {error}");
+    let (status, _) = tensor(&corral, "m1.test", "1,3,224,224", &image).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// A deployment's `config` part is checked against its models before anything is stored: an
+/// ONNX model declares its own batch axis, only the leading axis batches, unknown keys and
+/// models are named; a valid config turns batching off for that deployment alone.
+#[tokio::test]
+async fn a_deployments_config_is_checked_and_applies_to_it_alone() {
+    let dir = DataDir::new("deploy-config");
+    let corral = Arc::new(Corral::start(
+        &dir,
+        "[inference]\nruns = 1\n[batching]\nmax_delay_us = 50000\n",
+    ));
+    let token = corral.create_tenant("own", "own.test").await;
+    let upload = |config: serde_json::Value| {
+        let parts = [
+            Part::file("component", &guest("bench-nn")),
+            Part::file("model.model", &fixture("mlp.onnx")),
+            Part::bytes("config", "config.json", config.to_string().into_bytes()),
+        ];
+        multipart(&parts)
+    };
+    for (config, needle) in [
+        (
+            json!({ "models": { "model": { "batch_axis": 0 } } }),
+            "ONNX model declares",
+        ),
+        (json!({ "models": { "other": {} } }), "'other'"),
+        (
+            json!({ "batching": { "max_batch_size": 0 } }),
+            "max_batch_size",
+        ),
+        (
+            json!({ "batching": { "max_delay_us": 5_000_000 } }),
+            "max_delay_us",
+        ),
+        (json!({ "batching": { "size": 4 } }), "size"),
+    ] {
+        let (status, body) = corral
+            .admin(
+                "POST",
+                "/v1/tenants/own/deployments",
+                Some(&token),
+                Some(upload(config.clone())),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{config}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_config", "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(needle),
+            "{config}: {body}"
+        );
+    }
+    let (status, body) = corral
+        .admin(
+            "POST",
+            "/v1/tenants/own/deployments",
+            Some(&token),
+            Some(upload(json!({ "batching": { "max_batch_size": 1 } }))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // Another tenant on the same model still batches.
+    bench_tenant(&corral, "shared", &fixture("mlp.onnx"), json!({})).await;
+    let model = digest(&fixture("mlp.onnx"));
+    let runs = format!("corral_nn_batch_size_count{{model=\"{model}\"}}");
+    let rows = format!("corral_nn_batch_size_sum{{model=\"{model}\"}}");
+    for (host, batched) in [("own.test", false), ("shared.test", true)] {
+        let (runs_before, rows_before) = (gauge(&corral, &runs).await, gauge(&corral, &rows).await);
+        let tasks: Vec<_> = (0..6)
+            .map(|n| {
+                let corral = Arc::clone(&corral);
+                tokio::spawn(async move { tensor(&corral, host, "1,16", &mlp_row(n)).await })
+            })
+            .collect();
+        for task in tasks {
+            let (status, body) = task.await.unwrap();
+            assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        }
+        let ran = gauge(&corral, &runs).await - runs_before;
+        assert_eq!(gauge(&corral, &rows).await - rows_before, 6.0);
+        if batched {
+            assert!(ran < 6.0, "{host}: 6 requests in {ran} runs");
+        } else {
+            assert_eq!(ran, 6.0, "{host}: its config turns batching off");
+        }
     }
 }

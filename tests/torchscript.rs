@@ -278,4 +278,92 @@ mod torch {
             .await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
+
+    /// A TorchScript file declares no shapes, so it batches only when its deployment's config
+    /// names the batch axis: then concurrent requests run as batches, and each request gets the
+    /// rows it gets alone (libtorch's batched kernels may differ in the last bits: 1e-4).
+    #[tokio::test]
+    async fn torchscript_batches_on_the_axis_its_deployment_config_names() {
+        use super::common::serve::{Part, multipart};
+        let dir = DataDir::new("torch-batching");
+        let corral = std::sync::Arc::new(Corral::start(&dir, "[inference]\nruns = 1\n"));
+        let (status, body) = corral
+            .operator(
+                "PUT",
+                "/v1/tenants/batched",
+                json!({ "hosts": ["batched.test"], "trusted_models": true }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let token = body["token"].as_str().unwrap().to_owned();
+        let config = json!({
+            "batching": { "max_delay_us": 100000 },
+            "models": { "model": { "batch_axis": 0 } },
+        });
+        let parts = [
+            Part::file("component", &guest("bench-nn")),
+            Part::file("model.model", &torchscript_model()),
+            Part::bytes("config", "config.json", config.to_string().into_bytes()),
+        ];
+        let (status, body) = corral
+            .admin(
+                "POST",
+                "/v1/tenants/batched/deployments",
+                Some(&token),
+                Some(multipart(&parts)),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let image = |n: usize| -> Vec<u8> {
+            (0..3 * 224 * 224)
+                .flat_map(|i| (((i * 31 + n * 17) % 255) as f32 / 127.0 - 1.0).to_le_bytes())
+                .collect()
+        };
+        let call = |corral: std::sync::Arc<Corral>, n: usize| async move {
+            let (status, body) = super::common::serve::send(
+                corral.data,
+                "POST",
+                "/tensor",
+                "batched.test",
+                &[("x-shape", "1,3,224,224"), ("x-input", "input")],
+                image(n),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+            body.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect::<Vec<f32>>()
+        };
+        let mut alone = Vec::new();
+        for n in 0..4 {
+            alone.push(call(std::sync::Arc::clone(&corral), n).await);
+        }
+        let together: Vec<_> = (0..4)
+            .map(|n| tokio::spawn(call(std::sync::Arc::clone(&corral), n)))
+            .collect();
+        for (n, task) in together.into_iter().enumerate() {
+            let got = task.await.unwrap();
+            assert_eq!(got.len(), alone[n].len());
+            for (g, w) in got.iter().zip(&alone[n]) {
+                assert!(
+                    (g - w).abs() <= 1e-4 + 1e-4 * w.abs(),
+                    "request {n}: {g} != {w}"
+                );
+            }
+        }
+        let metrics = corral.metrics_text().await;
+        let value = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let (runs, rows) = (
+            value("corral_nn_batch_size_count"),
+            value("corral_nn_batch_size_sum"),
+        );
+        assert_eq!(rows, 8.0, "{metrics}");
+        assert!(runs < 8.0, "8 requests in {runs} runs: none was batched");
+    }
 }

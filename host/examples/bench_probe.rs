@@ -383,7 +383,7 @@ fn tenants(
                             &json!({ "hosts": [host] }),
                         )
                         .await?;
-                    client.deploy(&tenant, &file, &models).await?;
+                    client.deploy(&tenant, &file, &models, None).await?;
                     if scratch {
                         std::fs::remove_file(&file)?;
                     }

@@ -147,6 +147,10 @@ pub struct DeployArgs {
     /// A model the component loads by name: NAME=PATH (repeatable). PATH ends in .onnx.
     #[arg(long = "model", value_name = "NAME=PATH", value_parser = parse_model)]
     pub models: Vec<(String, PathBuf)>,
+    /// The deployment's settings, a JSON file: batching overrides and TorchScript batch axes
+    /// (docs/config.md, "Per deployment").
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -342,7 +346,12 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--model {name}={}", path.display()))?;
     }
     let answer = api
-        .deploy(&args.tenant, &args.component, &args.models)
+        .deploy(
+            &args.tenant,
+            &args.component,
+            &args.models,
+            args.config.as_deref(),
+        )
         .await?;
     if args.client.json {
         return print_json(&answer);

@@ -65,13 +65,15 @@ impl AdminClient {
         self.send::<Full<Bytes>>(Method::DELETE, path, None).await
     }
 
-    /// Uploads a deployment: the component and `(name, path)` models as multipart parts,
-    /// streamed from the files (never whole in memory), with progress on a terminal.
+    /// Uploads a deployment: the component, `(name, path)` models and the optional `config`
+    /// file (JSON) as multipart parts, streamed from the files (never whole in memory), with
+    /// progress on a terminal.
     pub async fn deploy(
         &self,
         tenant: &str,
         component: &Path,
         models: &[(String, PathBuf)],
+        config: Option<&Path>,
     ) -> anyhow::Result<Value> {
         // RFC 2046 boundaries are at most 70 characters.
         let mut boundary = format!("corral-{}", crate::tenancy::records::new_token("b")?);
@@ -100,6 +102,9 @@ impl AdminClient {
         part("component", component)?;
         for (name, path) in models {
             part(&format!("model.{name}"), path)?;
+        }
+        if let Some(config) = config {
+            part("config", config)?;
         }
         let end = format!("--{boundary}--\r\n");
         total += end.len() as u64;

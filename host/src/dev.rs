@@ -172,6 +172,7 @@ pub fn load_files(
             key,
             source,
             hold: inference.cache().hold(key),
+            batch_axis: None,
         };
         if !models.insert(model) {
             anyhow::bail!("model name '{name}' is given twice");

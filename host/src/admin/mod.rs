@@ -282,6 +282,32 @@ impl Admin {
     }
 
     /// Routes under `/v1/tenants/{tenant}`, for a caller allowed to touch that tenant.
+    /// Each model of a deployment: loaded now or not, its measured size, and why its latest
+    /// load failed, if it did (a model loads on first use, and may fail then).
+    fn model_status(&self, models: &crate::inference::ModelSet) -> Value {
+        let cache = self.tenancy.platform().inference.cache();
+        let mut all: Vec<Value> = models
+            .iter()
+            .map(|model| {
+                let mut status = json!({
+                    "name": model.name,
+                    "digest": model.key.digest.to_string(),
+                    "format": model.key.format.name(),
+                    "loaded": cache.is_loaded(&model.key),
+                });
+                if let Some(bytes) = cache.measured_bytes(&model.key) {
+                    status["resident_bytes"] = json!(bytes);
+                }
+                if let Some(error) = cache.failure(&model.key) {
+                    status["load_error"] = json!(error);
+                }
+                status
+            })
+            .collect();
+        all.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        Value::Array(all)
+    }
+
     async fn tenant(
         &self,
         tenant: &str,
@@ -301,6 +327,9 @@ impl Admin {
                     None if record.active.is_some() => json!({ "state": "serving" }),
                     None => json!({ "state": "no_deployment" }),
                 };
+                if let Some(service) = self.tenancy.active_service(tenant) {
+                    answer["status"]["models"] = self.model_status(service.nn().models());
+                }
                 answer["limits"] = serde_json::to_value(self.tenancy.limits(tenant)?)
                     .map_err(|e| ApiError::internal(e.into()))?;
                 answer["limit_overrides"] = serde_json::to_value(&record.limits)
@@ -335,7 +364,7 @@ impl Admin {
                     let upload = upload::receive(&platform, request, self.uploads, quota).await?;
                     let record = self
                         .tenancy
-                        .deploy(tenant, upload.component, upload.models)
+                        .deploy(tenant, upload.component, upload.models, upload.config)
                         .await;
                     // Recorded (the deployment now holds its blobs) or refused (they go unless
                     // something else holds them): the upload's pins are no longer needed.

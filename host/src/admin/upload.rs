@@ -1,6 +1,6 @@
 //! Deployment uploads: `multipart/form-data` with a part `component` (the `.wasm`) and a part
 //! `model.NAME` per model, optionally `format.NAME` to name a model's format when its file
-//! name does not.
+//! name does not, and optionally `config` (the deployment's settings, JSON).
 //!
 //! Parts stream straight into the store's content-addressed blobs (never whole in memory),
 //! and nothing waits on the client while holding a thread: the body is read on the async
@@ -27,7 +27,7 @@ use super::{ApiError, UploadSettings};
 use crate::backends::models::ModelFormat;
 use crate::store::{BlobWriter, Digest};
 use crate::tenancy::Platform;
-use crate::tenancy::records::{ModelRef, check_model_name};
+use crate::tenancy::records::{DeploymentConfig, MAX_CONFIG_BYTES, ModelRef, check_model_name};
 
 /// Upload bytes gathered before one write to the store.
 const WRITE_BYTES: usize = 64 * 1024;
@@ -44,6 +44,7 @@ const RATE_WINDOW: Duration = Duration::from_secs(10);
 pub struct Upload {
     pub component: Digest,
     pub models: BTreeMap<String, ModelRef>,
+    pub config: DeploymentConfig,
     pub pins: Pins,
 }
 
@@ -170,6 +171,7 @@ struct Parts {
     component: Option<Digest>,
     models: BTreeMap<String, (Digest, Option<ModelFormat>)>,
     formats: BTreeMap<String, String>,
+    config: Option<Vec<u8>>,
     current: Option<Current>,
 }
 
@@ -186,6 +188,8 @@ enum Current {
         name: String,
         value: Vec<u8>,
     },
+    /// The `config` part: at most [`MAX_CONFIG_BYTES`] of JSON.
+    Config(Vec<u8>),
 }
 
 /// Longest `format.NAME` value.
@@ -203,6 +207,7 @@ impl Parts {
             component: None,
             models: BTreeMap::new(),
             formats: BTreeMap::new(),
+            config: None,
             current: None,
         }
     }
@@ -234,9 +239,12 @@ impl Parts {
                 name: model.to_owned(),
                 value: Vec::new(),
             }
+        } else if name == "config" {
+            Current::Config(Vec::new())
         } else {
             return Err(ApiError::bad_request(format!(
-                "unexpected part '{}': expected 'component', 'model.NAME' or 'format.NAME'",
+                "unexpected part '{}': expected 'component', 'model.NAME', 'format.NAME' or \
+                 'config'",
                 name.escape_debug()
             )));
         });
@@ -252,6 +260,16 @@ impl Parts {
                         "the part 'format.{}' is longer than {MAX_FORMAT_BYTES} bytes",
                         name.escape_debug()
                     )));
+                }
+                value.extend_from_slice(data);
+                Ok(())
+            }
+            Some(Current::Config(value)) => {
+                if value.len() + data.len() > MAX_CONFIG_BYTES {
+                    return Err(ApiError::invalid(
+                        "invalid_config",
+                        format!("the 'config' part is longer than {MAX_CONFIG_BYTES} bytes"),
+                    ));
                 }
                 value.extend_from_slice(data);
                 Ok(())
@@ -285,6 +303,7 @@ impl Parts {
                 })?;
                 self.formats.insert(name, value.trim().to_owned());
             }
+            Some(Current::Config(value)) => self.config = Some(value),
         }
         Ok(())
     }
@@ -329,9 +348,15 @@ impl Parts {
             };
             resolved.insert(name, ModelRef { digest, format });
         }
+        let config = match &self.config {
+            Some(bytes) => DeploymentConfig::parse(bytes, &resolved)
+                .map_err(|m| ApiError::invalid("invalid_config", m))?,
+            None => DeploymentConfig::default(),
+        };
         Ok(Upload {
             component,
             models: resolved,
+            config,
             pins: self.pins,
         })
     }

@@ -125,6 +125,11 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
+    /// The `wasi:nn` context its instances get: its deployment's models.
+    pub fn nn(&self) -> &NnCtx {
+        &self.nn
+    }
+
     /// Links `component` against the imports Corral provides. Fails, naming the import or
     /// export, when the component needs something Corral does not offer or does not export
     /// `wasi:http/incoming-handler`.

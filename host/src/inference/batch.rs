@@ -14,16 +14,37 @@ use crate::backends::{InferenceError, Signature};
 pub struct BatchKey(Vec<(String, ElementType, Vec<u32>)>);
 
 /// A request's batch key and its rows (its leading dimension), or `None` when it cannot join
-/// a batch: the model has no batch axis, an input is malformed (it runs alone, so its error is
-/// its own), or the inputs disagree on their leading dimension.
-pub fn batch_key(signature: &Signature, inputs: &[(String, Tensor)]) -> Option<(BatchKey, u32)> {
-    if signature.batch_axis != Some(0) || inputs.is_empty() {
+/// a batch: the model has no batch axis (its signature's, or for a model that declares no
+/// inputs, `declared_axis` from its deployment's config), an input is malformed (it runs alone,
+/// so its error is its own), or the inputs disagree on their leading dimension.
+pub fn batch_key(
+    signature: &Signature,
+    inputs: &[(String, Tensor)],
+    declared_axis: Option<usize>,
+) -> Option<(BatchKey, u32)> {
+    let undeclared = signature.inputs.is_empty();
+    let axis = if undeclared {
+        declared_axis
+    } else {
+        signature.batch_axis
+    };
+    if axis != Some(0) || inputs.is_empty() {
         return None;
     }
     let mut rows = None;
     let mut key = Vec::with_capacity(inputs.len());
     for (name, tensor) in inputs {
         tensor.validate(name).ok()?;
+        if undeclared {
+            // Nothing to check against: the inputs only have to agree with each other, and
+            // the backend's own checks judge each request if the batch fails.
+            let (&lead, rest) = tensor.shape.split_first()?;
+            if lead == 0 || *rows.get_or_insert(lead) != lead {
+                return None;
+            }
+            key.push((name.clone(), tensor.ty, rest.to_vec()));
+            continue;
+        }
         let spec = signature.inputs.iter().find(|s| &s.name == name)?;
         let fits = spec.ty == Some(tensor.ty)
             && spec.shape.len() == tensor.shape.len()
@@ -42,10 +63,13 @@ pub fn batch_key(signature: &Signature, inputs: &[(String, Tensor)]) -> Option<(
         key.push((name.clone(), tensor.ty, rest.to_vec()));
     }
     // Every declared input must be given (a missing one is the request's own error).
-    if signature.inputs.len() != inputs.len() {
+    if !undeclared && signature.inputs.len() != inputs.len() {
         return None;
     }
-    key.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    // TorchScript takes its inputs in the guest's order: the order is part of the key there.
+    if !undeclared {
+        key.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    }
     Some((BatchKey(key), rows?))
 }
 
@@ -162,21 +186,35 @@ mod tests {
     #[test]
     fn requests_batch_only_when_all_but_the_leading_axis_agree() {
         let sig = signature();
-        let (a, rows_a) = batch_key(&sig, &[("x".into(), tensor(&[1, 3], 0))]).unwrap();
-        let (b, rows_b) = batch_key(&sig, &[("x".into(), tensor(&[4, 3], 0))]).unwrap();
+        let (a, rows_a) = batch_key(&sig, &[("x".into(), tensor(&[1, 3], 0))], None).unwrap();
+        let (b, rows_b) = batch_key(&sig, &[("x".into(), tensor(&[4, 3], 0))], None).unwrap();
         assert_eq!(a, b);
         assert_eq!((rows_a, rows_b), (1, 4));
         // Wrong trailing dimension, wrong name, malformed data, no batch axis: run alone.
-        assert!(batch_key(&sig, &[("x".into(), tensor(&[1, 4], 0))]).is_none());
-        assert!(batch_key(&sig, &[("z".into(), tensor(&[1, 3], 0))]).is_none());
+        assert!(batch_key(&sig, &[("x".into(), tensor(&[1, 4], 0))], None).is_none());
+        assert!(batch_key(&sig, &[("z".into(), tensor(&[1, 3], 0))], None).is_none());
         let mut short = tensor(&[1, 3], 0);
         short.bytes = TensorBytes::Host(vec![0; 11]);
-        assert!(batch_key(&sig, &[("x".into(), short)]).is_none());
+        assert!(batch_key(&sig, &[("x".into(), short)], None).is_none());
         let fixed = Signature {
             batch_axis: None,
             ..signature()
         };
-        assert!(batch_key(&fixed, &[("x".into(), tensor(&[1, 3], 0))]).is_none());
+        assert!(batch_key(&fixed, &[("x".into(), tensor(&[1, 3], 0))], Some(0)).is_none());
+    }
+
+    #[test]
+    fn a_model_without_declared_inputs_batches_on_the_axis_its_deployment_names() {
+        let undeclared = Signature::default();
+        let inputs = [("a".to_string(), tensor(&[2, 3], 0))];
+        assert!(batch_key(&undeclared, &inputs, None).is_none());
+        let (_, rows) = batch_key(&undeclared, &inputs, Some(0)).unwrap();
+        assert_eq!(rows, 2);
+        let disagree = [
+            ("a".to_string(), tensor(&[2, 3], 0)),
+            ("b".to_string(), tensor(&[1, 3], 0)),
+        ];
+        assert!(batch_key(&undeclared, &disagree, Some(0)).is_none());
     }
 
     #[test]

@@ -224,9 +224,14 @@ impl ModelCache {
     ) -> Result<Option<Arc<dyn LoadedModel>>, LoadError> {
         let started = std::time::Instant::now();
         let backend = backend(key.format).map_err(LoadError::Failed)?;
-        let bytes = source
-            .read()
-            .map_err(|e| LoadError::Failed(InferenceError::runtime(format!("{e:#}"))))?;
+        let bytes = source.read().map_err(|e| {
+            // The detail names server paths: it goes to the log, not to the tenant.
+            tracing::error!(digest = %key.digest, error = %format!("{e:#}"), "cannot read a model's stored bytes");
+            LoadError::Failed(InferenceError::runtime(
+                "its stored bytes cannot be read or have changed on the server's disk (the \
+                 server's log says more)",
+            ))
+        })?;
         let estimate = {
             let mut state = self.state();
             let estimate = state.sizes.get(&key).copied().unwrap_or(bytes.len() as u64);

@@ -15,12 +15,18 @@ pub struct Model {
     pub key: ModelKey,
     pub source: Arc<dyn ModelSource>,
     pub hold: ModelHold,
+    /// The batch axis its deployment declares (TorchScript, whose files declare none).
+    pub batch_axis: Option<usize>,
 }
 
-/// The named models of one deployment.
+/// The named models of one deployment, and its own batching settings.
 #[derive(Debug, Default)]
 pub struct ModelSet {
     by_name: HashMap<String, Arc<Model>>,
+    /// `max_batch_size` for this deployment's jobs, instead of the server's.
+    pub max_batch_size: Option<u32>,
+    /// `max_delay_us` for this deployment's jobs, instead of the server's.
+    pub max_delay: Option<std::time::Duration>,
 }
 
 impl ModelSet {

@@ -12,10 +12,13 @@
 //!   `max_delay_us = 0` nothing waits for company: a batch is what queued while the threads
 //!   were busy. A batched run that fails is retried one job at a time, so an error is only
 //!   ever its own request's.
-//! - **A thread for the others.** Runs are not preempted, so a tenant holding every thread with
-//!   long runs would make any other tenant wait for one to end. While another tenant has a
-//!   deployment with models ([`Scheduler::register`]), one tenant's runs hold at most all
-//!   threads but one; alone on the server, a tenant may use them all.
+//! - **The last thread stays quick.** Runs are not preempted, so a tenant holding every thread
+//!   with long runs would make any other tenant's next job wait for one of them to end. While
+//!   another tenant has a deployment with models ([`Scheduler::register`]), a tenant that
+//!   already has a run executing may take the last free thread only for a batch its model's
+//!   measured run times say ends within [`LAST_THREAD_RUN`] (a model not yet measured, or
+//!   slower than that per row, leaves it free). A tenant with nothing running may always
+//!   take it; alone on the server, a tenant may use every thread for anything.
 //! - **Bounds.** A tenant's queued jobs are bounded (`limits.nn_queued_runs`); a job whose
 //!   request ended (deadline, client gone) leaves the queue at once, or stops its run.
 
@@ -36,6 +39,9 @@ use crate::backends::{Concurrency, InferenceError, LoadedModel, RunControl};
 
 type Outputs = Result<Vec<(String, Tensor)>, InferenceError>;
 
+/// The longest batch a tenant with runs executing may start on the last free thread.
+pub const LAST_THREAD_RUN: Duration = Duration::from_millis(30);
+
 /// Who a job is for and how it may be scheduled: from its tenant's limits and its
 /// deployment's batching settings.
 #[derive(Clone)]
@@ -47,6 +53,8 @@ pub struct Submission {
     pub queue_bound: u32,
     pub max_batch_size: u32,
     pub max_delay: Duration,
+    /// The batch axis the deployment declares for a model whose format declares none.
+    pub batch_axis: Option<usize>,
     /// Lives until the job's run has ended, even when its request was dropped first.
     pub keep_alive: Option<Arc<dyn Any + Send + Sync>>,
 }
@@ -182,22 +190,29 @@ impl State {
         }
         order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         let mut wait_until: Option<Instant> = None;
+        let last_thread = self.runs.saturating_sub(self.running) <= 1;
         for (_, head, tenant) in order {
-            let others = self.registered.len() > usize::from(self.registered.contains_key(&tenant));
-            let cap = if others && self.runs > 1 {
-                self.runs - 1
-            } else {
-                self.runs
-            };
-            if self.tenants[&tenant].running >= cap {
-                continue;
-            }
             let key = self.jobs[&head].key;
             let queue = &self.models[&key];
             if queue.model.concurrency() == Concurrency::Exclusive && queue.running > 0 {
                 continue;
             }
-            let (ids, rows, cap, ready_at) = self.gather(queue, head);
+            // On the last free thread, a tenant already running (with others on the server)
+            // gets only a batch that ends quickly.
+            let others = self.registered.len() > usize::from(self.registered.contains_key(&tenant));
+            let mut row_cap = u32::MAX;
+            if last_thread && others && self.runs > 1 && self.tenants[&tenant].running > 0 {
+                match queue.stats.per_row() {
+                    Some(per_row) if per_row <= LAST_THREAD_RUN => {
+                        row_cap = (LAST_THREAD_RUN.as_secs_f64() / per_row.as_secs_f64().max(1e-9))
+                            .floor()
+                            .clamp(1.0, f64::from(u32::MAX))
+                            as u32;
+                    }
+                    _ => continue,
+                }
+            }
+            let (ids, rows, cap, ready_at) = self.gather(queue, head, row_cap);
             if rows < cap && now < ready_at {
                 wait_until = Some(wait_until.map_or(ready_at, |t| t.min(ready_at)));
                 continue;
@@ -214,7 +229,7 @@ impl State {
     /// When several threads are free, the model's compatible queue is shared among them
     /// instead of all going to the first: runs side by side of smaller batches, rather than one
     /// large batch while the other threads idle.
-    fn gather(&self, queue: &ModelQueue, head: u64) -> (Vec<u64>, u32, u32, Instant) {
+    fn gather(&self, queue: &ModelQueue, head: u64, row_cap: u32) -> (Vec<u64>, u32, u32, Instant) {
         let first = &self.jobs[&head];
         let mut ids = vec![head];
         let mut rows = first.rows();
@@ -230,7 +245,7 @@ impl State {
                 .and_then(|job| job.batch.as_ref().filter(|(other, _)| other == key))
                 .map(|(_, rows)| (*id, *rows))
         };
-        let mut cap = first.max_batch.min(queue.stats.cap());
+        let mut cap = first.max_batch.min(queue.stats.cap()).min(row_cap);
         let queued_rows: u32 = queue
             .pending
             .iter()
@@ -432,7 +447,7 @@ impl Scheduler {
         inputs: Vec<(String, Tensor)>,
     ) -> Result<Ticket, RunError> {
         let batch = if submission.max_batch_size > 1 {
-            batch::batch_key(model.signature(), &inputs)
+            batch::batch_key(model.signature(), &inputs, submission.batch_axis)
         } else {
             None
         };

@@ -89,6 +89,18 @@ impl ModelStats {
         self.cap.load(Ordering::Relaxed)
     }
 
+    /// The time per row of the fastest measured batch size: what one more row costs at best;
+    /// `None` before any run was measured.
+    pub fn per_row(&self) -> Option<Duration> {
+        let classes = self.classes.lock().unwrap_or_else(PoisonError::into_inner);
+        classes
+            .iter()
+            .filter(|c| c.samples > 0)
+            .map(|c| c.per_row)
+            .min_by(f64::total_cmp)
+            .map(Duration::from_secs_f64)
+    }
+
     /// What a run of `rows` rows is expected to take: the nearest measured class's time per
     /// row, times the rows.
     pub fn estimate(&self, rows: u32) -> Duration {

@@ -387,8 +387,9 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             tenant: Arc::clone(&self.ctx.tenant),
             weight: limits.compute_weight,
             queue_bound: limits.nn_queued_runs,
-            max_batch_size,
-            max_delay,
+            max_batch_size: self.ctx.models.max_batch_size.unwrap_or(max_batch_size),
+            max_delay: self.ctx.models.max_delay.unwrap_or(max_delay),
+            batch_axis: model.batch_axis,
             keep_alive: self.budget.slot.clone(),
         };
         match self

@@ -107,11 +107,18 @@ impl Platform {
             {
                 measured.push((key, bytes));
             }
+            let batch_axis = record
+                .config
+                .models
+                .get(name)
+                .and_then(|m| m.batch_axis)
+                .map(|axis| axis as usize);
             models.insert(Model {
                 name: name.clone(),
                 key,
                 source,
                 hold,
+                batch_axis,
             });
         }
         if let Validation::Deploy(limits) = validation {
@@ -128,6 +135,12 @@ impl Platform {
                 });
             }
         }
+        models.max_batch_size = record.config.batching.max_batch_size;
+        models.max_delay = record
+            .config
+            .batching
+            .max_delay_us
+            .map(std::time::Duration::from_micros);
         let nn = NnCtx::new(Arc::new(models), Arc::clone(&self.inference), tenant);
         let service = Service::new(&self.engine, &component, nn).map_err(|e| match e {
             LinkError::Import(_) => Refusal::invalid("unsatisfied_import", e.to_string()),

@@ -702,6 +702,7 @@ impl Tenancy {
         name: &str,
         component: Digest,
         models: BTreeMap<String, ModelRef>,
+        config: records::DeploymentConfig,
     ) -> Result<DeploymentRecord, Refusal> {
         let before = self.tenant(name)?;
         let mut record = DeploymentRecord {
@@ -709,6 +710,7 @@ impl Tenancy {
             component,
             models,
             created: records::now(),
+            config,
         };
         check_trust(name, &before.record.load(), &record)?;
         // Validation (compilation, model loading) runs before the lock: uploads to different
@@ -838,7 +840,14 @@ impl Tenancy {
 
     /// Bytes of the blobs the tenant's stored deployments hold (each distinct blob once).
     pub async fn storage_used(&self, name: &str) -> Result<u64, Refusal> {
+        /// Reads of stored records at once for this: every upload starts with one, and a
+        /// burst of uploads must not take a blocking thread each.
+        static READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
         self.tenant(name)?;
+        let _read = READS
+            .acquire()
+            .await
+            .map_err(|e| Refusal::Internal(e.into()))?;
         let platform = Arc::clone(&self.platform);
         let store_name = name.to_owned();
         blocking(move || {

@@ -54,6 +54,116 @@ pub struct DeploymentRecord {
     pub models: BTreeMap<String, ModelRef>,
     /// Seconds since the Unix epoch.
     pub created: u64,
+    /// The upload's optional `config` part.
+    #[serde(default, skip_serializing_if = "DeploymentConfig::is_empty")]
+    pub config: DeploymentConfig,
+}
+
+/// A deployment's own settings: the upload's optional `config` part, JSON.
+///
+/// ```json
+/// {"batching": {"max_batch_size": 8, "max_delay_us": 2000},
+///  "models": {"classifier": {"batch_axis": 0}}}
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// Overrides of the server's `[batching]` for this deployment's runs.
+    #[serde(default, skip_serializing_if = "BatchingOverride::is_empty")]
+    pub batching: BatchingOverride,
+    /// Per model (by name).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// `[batching]` for one deployment; unset keys keep the server's.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingOverride {
+    /// Most rows in one of this deployment's batches (1: never batch its jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_size: Option<u32>,
+    /// Longest one of its jobs waits for company, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delay_us: Option<u64>,
+}
+
+impl BatchingOverride {
+    fn is_empty(&self) -> bool {
+        self.max_batch_size.is_none() && self.max_delay_us.is_none()
+    }
+}
+
+/// One model's settings in a deployment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The axis requests are stacked on, for a TorchScript model (whose file declares no
+    /// shapes); only the leading axis, 0. ONNX models declare theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_axis: Option<u32>,
+}
+
+/// Largest `config` part accepted.
+pub const MAX_CONFIG_BYTES: usize = 64 << 10;
+/// Longest batching delay a deployment may ask for, in microseconds.
+pub const MAX_DELAY_US: u64 = 1_000_000;
+
+impl DeploymentConfig {
+    pub fn is_empty(&self) -> bool {
+        self.batching.is_empty() && self.models.is_empty()
+    }
+
+    /// Parses a `config` part and checks it against the deployment's models. Errors name the
+    /// field at fault.
+    pub fn parse(bytes: &[u8], models: &BTreeMap<String, ModelRef>) -> Result<Self, String> {
+        if bytes.len() > MAX_CONFIG_BYTES {
+            return Err(format!(
+                "the 'config' part is larger than {MAX_CONFIG_BYTES} bytes"
+            ));
+        }
+        let config: Self = serde_json::from_slice(bytes)
+            .map_err(|e| format!("the 'config' part is not a valid deployment config: {e}"))?;
+        if let Some(size) = config.batching.max_batch_size
+            && size == 0
+        {
+            return Err("config.batching.max_batch_size must be at least 1".into());
+        }
+        if config
+            .batching
+            .max_delay_us
+            .is_some_and(|d| d > MAX_DELAY_US)
+        {
+            return Err(format!(
+                "config.batching.max_delay_us must be at most {MAX_DELAY_US}"
+            ));
+        }
+        for (name, model) in &config.models {
+            let Some(stored) = models.get(name) else {
+                return Err(format!(
+                    "config.models names '{}', which is not a model of this deployment",
+                    name.escape_debug()
+                ));
+            };
+            match model.batch_axis {
+                None => {}
+                Some(_) if stored.format == ModelFormat::Onnx => {
+                    return Err(format!(
+                        "config.models.{name}.batch_axis: an ONNX model declares its own batch \
+                         axis (a dynamic leading dimension on every input and output)"
+                    ));
+                }
+                Some(0) => {}
+                Some(axis) => {
+                    return Err(format!(
+                        "config.models.{name}.batch_axis is {axis}: only the leading axis, 0, \
+                         can batch"
+                    ));
+                }
+            }
+        }
+        Ok(config)
+    }
 }
 
 impl DeploymentRecord {
