@@ -654,3 +654,52 @@ async fn a_deployments_config_is_checked_and_applies_to_it_alone() {
         }
     }
 }
+
+/// A model in use (its run executing) is never unloaded to make room, even when it is the
+/// least recently used: the next idle model goes instead.
+#[tokio::test]
+async fn a_model_in_use_is_never_unloaded() {
+    let dir = DataDir::new("in-use");
+    let size = std::fs::metadata(example_model()).unwrap().len();
+    let budget = size * 5 / 2;
+    let corral = Arc::new(Corral::start(
+        &dir,
+        &format!("[models]\nmemory_bytes = {budget}\n"),
+    ));
+    bench_tenant(&corral, "slow", &fixture("slow.onnx"), json!({})).await;
+    for n in 0..2 {
+        let model = distinct_classifier(&dir, n);
+        bench_tenant(&corral, &format!("c{n}"), &model, json!({})).await;
+    }
+    let loaded = |body: &serde_json::Value| body["status"]["models"][0]["loaded"].clone();
+    let long = Arc::clone(&corral);
+    let running =
+        tokio::spawn(async move { tensor(&long, "slow.test", "1", &[3_000_000.0]).await });
+    while corral.metric("corral_inference_runs_in_flight").await < 1.0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The slow model is now the least recently used; a third classifier needs room.
+    let image = vec![0.5f32; 3 * 224 * 224];
+    for n in 0..2 {
+        let (status, _) = tensor(&corral, &format!("c{n}.test"), "1,3,224,224", &image).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let third = distinct_classifier(&dir, 2);
+    bench_tenant(&corral, "c2", &third, json!({})).await;
+    assert_eq!(
+        corral.metric("corral_inference_runs_in_flight").await,
+        1.0,
+        "still running"
+    );
+    let (_, slow) = corral.operator("GET", "/v1/tenants/slow", json!({})).await;
+    assert_eq!(loaded(&slow), true, "the model in use stays loaded: {slow}");
+    let (_, c0) = corral.operator("GET", "/v1/tenants/c0", json!({})).await;
+    assert_eq!(
+        loaded(&c0),
+        false,
+        "the least recently used idle model made room: {c0}"
+    );
+    let (status, body) = running.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(f32_values(&body), vec![3_000_000.0]);
+}

@@ -281,11 +281,15 @@ mod torch {
 
     /// A TorchScript file declares no shapes, so it batches only when its deployment's config
     /// names the batch axis: then concurrent requests run as batches, and each request gets the
-    /// rows it gets alone (libtorch's batched kernels may differ in the last bits: 1e-4).
+    /// rows it gets alone (libtorch's batched kernels may differ in the last bits: 1e-4). The
+    /// model is a small linear layer traced by libtorch (a large one would run one row per
+    /// batch: the scheduler keeps a batch's run short).
     #[tokio::test]
     async fn torchscript_batches_on_the_axis_its_deployment_config_names() {
         use super::common::serve::{Part, multipart};
         let dir = DataDir::new("torch-batching");
+        let linear = dir.0.join("linear.pt");
+        corral::backends::torch::testing::save_linear_model(&linear).unwrap();
         let corral = std::sync::Arc::new(Corral::start(&dir, "[inference]\nruns = 1\n"));
         let (status, body) = corral
             .operator(
@@ -302,7 +306,7 @@ mod torch {
         });
         let parts = [
             Part::file("component", &guest("bench-nn")),
-            Part::file("model.model", &torchscript_model()),
+            Part::file("model.model", &linear),
             Part::bytes("config", "config.json", config.to_string().into_bytes()),
         ];
         let (status, body) = corral
@@ -314,9 +318,9 @@ mod torch {
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
-        let image = |n: usize| -> Vec<u8> {
-            (0..3 * 224 * 224)
-                .flat_map(|i| (((i * 31 + n * 17) % 255) as f32 / 127.0 - 1.0).to_le_bytes())
+        let row = |n: usize| -> Vec<u8> {
+            (0..16)
+                .flat_map(|i| (((i * 31 + n * 17) % 23) as f32 / 11.0 - 1.0).to_le_bytes())
                 .collect()
         };
         let call = |corral: std::sync::Arc<Corral>, n: usize| async move {
@@ -325,8 +329,8 @@ mod torch {
                 "POST",
                 "/tensor",
                 "batched.test",
-                &[("x-shape", "1,3,224,224"), ("x-input", "input")],
-                image(n),
+                &[("x-shape", "1,16"), ("x-input", "input")],
+                row(n),
             )
             .await;
             assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
@@ -335,10 +339,10 @@ mod torch {
                 .collect::<Vec<f32>>()
         };
         let mut alone = Vec::new();
-        for n in 0..4 {
+        for n in 0..8 {
             alone.push(call(std::sync::Arc::clone(&corral), n).await);
         }
-        let together: Vec<_> = (0..4)
+        let together: Vec<_> = (0..8)
             .map(|n| tokio::spawn(call(std::sync::Arc::clone(&corral), n)))
             .collect();
         for (n, task) in together.into_iter().enumerate() {
@@ -363,7 +367,7 @@ mod torch {
             value("corral_nn_batch_size_count"),
             value("corral_nn_batch_size_sum"),
         );
-        assert_eq!(rows, 8.0, "{metrics}");
-        assert!(runs < 8.0, "8 requests in {runs} runs: none was batched");
+        assert_eq!(rows, 16.0, "{metrics}");
+        assert!(runs < 16.0, "16 requests in {runs} runs: none was batched");
     }
 }

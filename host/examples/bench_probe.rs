@@ -383,7 +383,16 @@ fn tenants(
                             &json!({ "hosts": [host] }),
                         )
                         .await?;
-                    client.deploy(&tenant, &file, &models, None).await?;
+                    // The server validates `[store] concurrent_deploys` uploads at once and
+                    // asks the others to retry, as a client should.
+                    loop {
+                        match client.deploy(&tenant, &file, &models, None).await {
+                            Err(e) if e.to_string().contains("deploys_busy") => {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                            result => break result.map(drop)?,
+                        };
+                    }
                     if scratch {
                         std::fs::remove_file(&file)?;
                     }

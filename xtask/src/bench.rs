@@ -1,7 +1,9 @@
-//! `cargo xtask bench [--quick | --report]`: Corral against the real alternatives, side by side
-//! in one run on this machine, written to `docs/benchmarks.md` with plots in
-//! `docs/benchmarks/` (`--quick`: shorter, under `target/bench/`; `--report`: the document again
-//! from the last full run's `target/bench/results.json`, measuring nothing).
+//! `cargo xtask bench [--quick | --report | --only SCENARIO..]`: Corral against the real
+//! alternatives, side by side in one run on this machine, written to `docs/benchmarks.md` with
+//! plots in `docs/benchmarks/` (`--quick`: shorter, under `target/bench/`; `--report`: the
+//! document again from the last full run's `target/bench/results.json`, measuring nothing;
+//! `--only batching|neighbour|churn`: the inference scheduler's scenarios alone, rewriting only
+//! their section of the document).
 //!
 //! Load comes from `wrk` (Debian's `wrk` package) with `xtask/bench/wrk.lua`; in-process
 //! figures (native ONNX Runtime, instantiation, session memory, tenant deployment) come from
@@ -20,6 +22,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::{Result, build_guests, cargo, guest_dir, ort_library, root, run, setup, target_dir};
+
+mod scheduler;
 
 /// wasmtime-cli for the `wasmtime serve` anchor: the wasmtime release in Cargo.lock.
 const WASMTIME_CLI_VERSION: &str = "48.0.8";
@@ -89,11 +93,26 @@ struct Kit {
 }
 
 pub fn bench(args: &[String]) -> Result {
-    let quick = match args {
-        [] => false,
-        [flag] if flag == "--quick" => true,
+    let usage = || {
+        format!(
+            "usage: cargo xtask bench [--quick | --report | --only SCENARIO...] (scenarios: {})",
+            scheduler::SCENARIOS.join(", ")
+        )
+    };
+    let (quick, only) = match args {
+        [] => (false, Vec::new()),
+        [flag] if flag == "--quick" => (true, Vec::new()),
         [flag] if flag == "--report" => return rewrite_report(),
-        _ => return Err("usage: cargo xtask bench [--quick | --report]".into()),
+        [flag, names @ ..] if flag == "--only" && !names.is_empty() => {
+            if let Some(name) = names
+                .iter()
+                .find(|n| !scheduler::SCENARIOS.contains(&n.as_str()))
+            {
+                return Err(format!("unknown scenario {name}; {}", usage()));
+            }
+            (false, names.to_vec())
+        }
+        _ => return Err(usage()),
     };
     setup()?;
     build_guests()?;
@@ -113,7 +132,12 @@ pub fn bench(args: &[String]) -> Result {
     )?;
     eprintln!("xtask: load generator {}", wrk.display());
     let python = python_env()?;
-    let wasmtime = install_wasmtime()?;
+    // The scheduler's scenarios alone never start `wasmtime serve`.
+    let wasmtime = if only.is_empty() {
+        install_wasmtime()?
+    } else {
+        PathBuf::new()
+    };
     let work = target_dir().join("bench");
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
     let model = root().join("examples/image-classifier/model");
@@ -139,6 +163,9 @@ pub fn bench(args: &[String]) -> Result {
         commands: Vec::new(),
     };
     let started = Instant::now();
+    if !only.is_empty() {
+        return scheduler_only(&mut kit, &only);
+    }
     let mut results = BTreeMap::new();
     results.insert("machine", machine());
     results.insert("overhead", overhead(&mut kit)?);
@@ -178,13 +205,55 @@ pub fn bench(args: &[String]) -> Result {
         .arg(root().join("xtask/bench/plot.py"))
         .arg(&json_path)
         .arg(&plots))?;
-    let report = report(&results, &plots, &doc)?;
+    let mut report = report(&results, &plots, &doc)?;
+    // The scheduler's scenarios keep their own section (and their own results file), so that
+    // `--only` can rewrite them alone.
+    if !quick {
+        let commands = std::mem::take(&mut kit.commands);
+        let scheduler = run_scheduler(&mut kit, scheduler::SCENARIOS)?;
+        report = scheduler::splice(&report, &scheduler::report(&scheduler, &kit.commands));
+        kit.commands = commands;
+    }
     std::fs::write(&doc, report).map_err(|e| format!("{}: {e}", doc.display()))?;
     eprintln!(
         "xtask: benchmark written to {} ({:.1} min)",
         doc.display(),
         started.elapsed().as_secs_f64() / 60.0
     );
+    Ok(())
+}
+
+/// Runs the scheduler's `scenarios`, merged into `target/bench/results-scheduler.json` (so a
+/// later `--only` of one scenario keeps the others' last results).
+fn run_scheduler(kit: &mut Kit, scenarios: &[impl AsRef<str>]) -> Result<Value> {
+    let path = kit.work.join("results-scheduler.json");
+    let mut results: Value = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_else(|| json!({}));
+    for name in scenarios {
+        let name = name.as_ref();
+        let result = scheduler::scenario(kit, name)?;
+        results[name] = result;
+    }
+    results["run"] = json!({
+        "date": machine()["date"],
+        "seconds_per_point": kit.plan.seconds,
+    });
+    std::fs::write(&path, format!("{results:#}")).map_err(|e| e.to_string())?;
+    Ok(results)
+}
+
+/// `--only`: the named scheduler scenarios, and their section of docs/benchmarks.md rewritten
+/// in place.
+fn scheduler_only(kit: &mut Kit, scenarios: &[String]) -> Result {
+    let results = run_scheduler(kit, scenarios)?;
+    let doc = root().join("docs/benchmarks.md");
+    let text = std::fs::read_to_string(&doc).map_err(|e| format!("{}: {e}", doc.display()))?;
+    let section = scheduler::report(&results, &kit.commands);
+    std::fs::write(&doc, scheduler::splice(&text, &section))
+        .map_err(|e| format!("{}: {e}", doc.display()))?;
+    eprintln!("xtask: scheduler benchmarks written to {}", doc.display());
     Ok(())
 }
 
@@ -453,7 +522,8 @@ fn sweep(kit: &mut Kit, load: &Load, levels: &[u32]) -> Result<Vec<Value>> {
     Ok(points)
 }
 
-fn wrk(kit: &mut Kit, load: &Load, connections: u32, seconds: u32, record: bool) -> Result<Value> {
+/// A wrk command for `load` at `connections` for `seconds`, not yet run.
+fn wrk_command(load: &Load, connections: u32, seconds: u32) -> Command {
     let mut command = Command::new("wrk");
     command
         .args(["-t", "1", "-c"])
@@ -476,6 +546,11 @@ fn wrk(kit: &mut Kit, load: &Load, connections: u32, seconds: u32, record: bool)
                 .map(|(pattern, n)| format!("{pattern}:{n}"))
                 .unwrap_or_default(),
         );
+    command
+}
+
+fn wrk(kit: &mut Kit, load: &Load, connections: u32, seconds: u32, record: bool) -> Result<Value> {
+    let mut command = wrk_command(load, connections, seconds);
     if record {
         kit.commands.push(
             describe(&command)
@@ -567,8 +642,19 @@ impl Corral {
         Self::start_in(kit, name, dir)
     }
 
+    /// [`Corral::start`] with extra environment variables (configuration overrides).
+    fn start_with(kit: &mut Kit, name: &str, env: &[(&str, &str)]) -> Result<Self> {
+        let dir = kit.work.join(format!("data-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self::launch(kit, name, dir, env)
+    }
+
     /// Starts (or restarts) a server on `dir`, keeping what is stored there.
     fn start_in(kit: &mut Kit, name: &str, dir: PathBuf) -> Result<Self> {
+        Self::launch(kit, name, dir, &[])
+    }
+
+    fn launch(kit: &mut Kit, name: &str, dir: PathBuf, env: &[(&str, &str)]) -> Result<Self> {
         let (data, admin) = (free_addr()?, free_addr()?);
         let mut command = Command::new(&kit.corral);
         command
@@ -581,6 +667,9 @@ impl Corral {
             .env("CORRAL_TLS_ENABLED", "false")
             .env("RUST_LOG", "warn")
             .env("ORT_DYLIB_PATH", ort_library());
+        for (key, value) in env {
+            command.env(key, value);
+        }
         let server = Server::start(kit, name, &mut command, admin)?;
         let token = std::fs::read_to_string(dir.join("admin-token"))
             .map_err(|e| format!("{}: {e}", dir.join("admin-token").display()))?

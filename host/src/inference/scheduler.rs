@@ -8,7 +8,8 @@
 //!   current virtual time, so idling banks no credit; a tenant that flooded keeps its debt.
 //! - **Batching.** The chosen job's model takes with it every other queued job of that model
 //!   (any tenant) that agrees on all but the batch axis, up to the batch cap: the smallest
-//!   `max_batch_size` among them and what the model's measured run times allow. With
+//!   `max_batch_size` among them, what the model's measured run times allow (no batch size
+//!   slower per row than a smaller one), and the rows that run within [`BATCH_RUN`]. With
 //!   `max_delay_us = 0` nothing waits for company: a batch is what queued while the threads
 //!   were busy. A batched run that fails is retried one job at a time, so an error is only
 //!   ever its own request's.
@@ -41,6 +42,11 @@ type Outputs = Result<Vec<(String, Tensor)>, InferenceError>;
 
 /// The longest batch a tenant with runs executing may start on the last free thread.
 pub const LAST_THREAD_RUN: Duration = Duration::from_millis(30);
+
+/// The longest batch the scheduler forms (by the model's measured time per row; a single row
+/// may take longer): on CPUs a larger batch of a slow model gains little per row and holds
+/// every request in it, and its thread, for the whole run.
+pub const BATCH_RUN: Duration = Duration::from_millis(50);
 
 /// Who a job is for and how it may be scheduled: from its tenant's limits and its
 /// deployment's batching settings.
@@ -200,14 +206,21 @@ impl State {
             // On the last free thread, a tenant already running (with others on the server)
             // gets only a batch that ends quickly.
             let others = self.registered.len() > usize::from(self.registered.contains_key(&tenant));
-            let mut row_cap = u32::MAX;
+            let per_row = queue.stats.per_row();
+            // Rows that fit in `limit` at the model's best measured time per row.
+            let rows_within = |limit: Duration, per_row: Duration| {
+                (limit.as_secs_f64() / per_row.as_secs_f64().max(1e-9))
+                    .floor()
+                    .clamp(1.0, f64::from(u32::MAX)) as u32
+            };
+            // A batch runs within BATCH_RUN (at least one row; one row until the model has a
+            // measured run): a large batch of a slow model would hold its thread, and every
+            // request in it, for the whole batch.
+            let mut row_cap = per_row.map_or(1, |p| rows_within(BATCH_RUN, p));
             if last_thread && others && self.runs > 1 && self.tenants[&tenant].running > 0 {
-                match queue.stats.per_row() {
+                match per_row {
                     Some(per_row) if per_row <= LAST_THREAD_RUN => {
-                        row_cap = (LAST_THREAD_RUN.as_secs_f64() / per_row.as_secs_f64().max(1e-9))
-                            .floor()
-                            .clamp(1.0, f64::from(u32::MAX))
-                            as u32;
+                        row_cap = row_cap.min(rows_within(LAST_THREAD_RUN, per_row));
                     }
                     _ => continue,
                 }
