@@ -93,7 +93,8 @@ fn tensor_load(corral: &Corral, body: &Path, shape: &str, tenants: usize) -> Loa
     load
 }
 
-/// Sweeps `load` and adds each point's mean batch size.
+/// Sweeps `load` and adds each point's mean batch size, and the server's CPU time by thread
+/// kind (run threads against the async workers that do HTTP, instances and guests).
 fn sweep_batches(
     kit: &mut Kit,
     corral: &Corral,
@@ -104,11 +105,44 @@ fn sweep_batches(
     let mut points = Vec::new();
     for &c in levels {
         let before = metrics(&corral.admin)?;
+        let cpu_before = thread_cpu(corral.server.pid());
         let mut point = wrk(kit, load, c, kit.plan.seconds, points.is_empty())?;
+        let cpu_after = thread_cpu(corral.server.pid());
         point["mean_batch"] = json!(mean_batch(&before, &metrics(&corral.admin)?));
+        let spent =
+            |kind: &str| cpu_after.get(kind).unwrap_or(&0.0) - cpu_before.get(kind).unwrap_or(&0.0);
+        point["cpu_run_threads_s"] = json!(spent("corral-run"));
+        point["cpu_async_workers_s"] = json!(spent("tokio-rt-worker"));
         points.push(point);
     }
     Ok(points)
+}
+
+/// CPU seconds (user + system) of a process's threads, by thread name with any trailing
+/// number dropped (`corral-run-0` counts as `corral-run`).
+fn thread_cpu(pid: u32) -> BTreeMap<String, f64> {
+    let mut by_kind = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_kind;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let kind = name
+            .trim()
+            .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: utime and stime are the 12th and 13th.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+            .sum();
+        *by_kind.entry(kind.to_owned()).or_insert(0.0) += ticks / 100.0;
+    }
+    by_kind
 }
 
 /// Batching off (`max_batch_size = 1`) against on (the default), on the raw-tensor
@@ -343,8 +377,8 @@ fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
 }
 
 /// Where the scheduler's section of `docs/benchmarks.md` begins and ends.
-pub const BEGIN: &str =
-    "<!-- scheduler benchmarks: written by cargo xtask bench --only batching|neighbour|churn -->";
+pub const BEGIN: &str = "<!-- scheduler benchmarks: written by cargo xtask bench --only \
+                         batching|neighbour|churn|threads -->";
 pub const END: &str = "<!-- end of scheduler benchmarks -->";
 
 /// `doc` with its scheduler section (between [`BEGIN`] and [`END`]) replaced by `section`, or
@@ -466,6 +500,27 @@ fn sections(results: &Value, goals: &mut Vec<(String, String, String, bool)>) ->
                         .unwrap_or(0.0)
                 };
                 let gain = at16(&b["on"][key]) / at16(&b["off"][key]);
+                if let Some(p) = b["on"][key]
+                    .as_array()
+                    .and_then(|p| p.iter().find(|p| p["concurrency"] == 16))
+                {
+                    let requests = p["requests"].as_f64().unwrap_or(0.0).max(1.0);
+                    let runs = p["cpu_run_threads_s"].as_f64().unwrap_or(0.0);
+                    let host = p["cpu_async_workers_s"].as_f64().unwrap_or(0.0);
+                    let _ = writeln!(
+                        out,
+                        "Where the time goes with batching on at C = 16 (the server's CPU time \
+                         by thread over the point): run threads {runs:.2} s, async workers \
+                         (HTTP, instances, guests) {host:.2} s, for {requests:.0} requests: \
+                         {:.3} ms of runs and {:.3} ms of host path per request, with batches \
+                         of {:.1} rows on average. With `max_delay_us = 0` a batch is what \
+                         queued while the previous run executed, and the host's own path per \
+                         request competes with the runs for the same cores.\n",
+                        runs * 1000.0 / requests,
+                        host * 1000.0 / requests,
+                        p["mean_batch"].as_f64().unwrap_or(0.0),
+                    );
+                }
                 goals.push((
                     "wide MLP at C = 16, batching on / off".into(),
                     "≥ 3×".into(),
