@@ -703,3 +703,69 @@ async fn a_model_in_use_is_never_unloaded() {
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     assert_eq!(f32_values(&body), vec![3_000_000.0]);
 }
+
+/// A tenant cycling through models of its own unloads its own idle models before other
+/// tenants': the other tenant's model stays loaded even when it is the least recently used.
+#[tokio::test]
+async fn a_tenant_making_room_unloads_its_own_models_first() {
+    let dir = DataDir::new("own-first");
+    let size = std::fs::metadata(example_model()).unwrap().len();
+    let corral = Arc::new(Corral::start(
+        &dir,
+        &format!("[models]\nmemory_bytes = {}\n", size * 5 / 2),
+    ));
+    let image = vec![0.5f32; 3 * 224 * 224];
+    let call = |host: &'static str, model: &'static str| {
+        let corral = Arc::clone(&corral);
+        let body = f32_bytes(&image);
+        async move {
+            let (status, body) = send(
+                corral.data,
+                "POST",
+                "/tensor",
+                host,
+                &[
+                    ("x-shape", "1,3,224,224"),
+                    ("x-input", "input"),
+                    ("x-model", model),
+                ],
+                body,
+            )
+            .await;
+            assert_eq!(
+                status,
+                StatusCode::OK,
+                "{host} {model}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    };
+    bench_tenant(&corral, "other", &distinct_classifier(&dir, 9), json!({})).await;
+    let token = corral.create_tenant("cycler", "cycler.test").await;
+    // Two models of its own, which together fit its quota (the budget), but not beside the
+    // other tenant's.
+    let models: Vec<std::path::PathBuf> = (0..2).map(|n| distinct_classifier(&dir, n)).collect();
+    let (status, body) = corral
+        .deploy(
+            "cycler",
+            &token,
+            &guest("bench-nn"),
+            &[("m0", &models[0]), ("m1", &models[1])],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // The other tenant's model is used first, so it is the least recently used from here on.
+    call("other.test", "model").await;
+    for _ in 0..3 {
+        for model in ["m0", "m1"] {
+            call("cycler.test", model).await;
+        }
+    }
+    let (_, other) = corral.operator("GET", "/v1/tenants/other", json!({})).await;
+    assert_eq!(
+        other["status"]["models"][0]["loaded"], true,
+        "the cycling tenant unloaded another tenant's model: {other}"
+    );
+    assert!(corral.metric("corral_model_evictions_total").await >= 4.0);
+    call("other.test", "model").await;
+}

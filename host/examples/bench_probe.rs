@@ -280,7 +280,7 @@ fn sessions(model: &Path, count: usize) -> anyhow::Result<()> {
         format,
     };
     let shared: Vec<_> = (0..count)
-        .map(|_| cache.load(key, &source, Room::MakeRoom))
+        .map(|_| cache.load(key, &source, Room::MakeRoom, ""))
         .collect::<Result<_, _>>()
         .map_err(|e| anyhow::anyhow!("{}", e.to_inference()))?;
     let after_shared = rss_bytes()?;

@@ -163,7 +163,7 @@ pub fn load_files(
         });
         inference
             .cache()
-            .load(key, &*source, Room::MakeRoom)
+            .load(key, &*source, Room::MakeRoom, "")
             .map_err(|e| anyhow::anyhow!("{}", e.to_inference().message))
             .with_context(|| format!("cannot load model '{name}' from {}", path.display()))?;
         tracing::info!(model = %name, %digest, path = %path.display(), "model loaded");
@@ -171,7 +171,7 @@ pub fn load_files(
             name: name.clone(),
             key,
             source,
-            hold: inference.cache().hold(key),
+            hold: inference.cache().hold(key, ""),
             batch_axis: None,
         };
         if !models.insert(model) {

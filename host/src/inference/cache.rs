@@ -2,8 +2,10 @@
 //!
 //! A model is loaded on first use (or at deploy, to validate it) and stays loaded while it is
 //! used. When a load would take the models' measured resident bytes past the budget, idle
-//! models (held by nothing but the cache: no run queued or executing) are unloaded first,
-//! oldest use first. A model in use is never unloaded; a load that cannot fit without
+//! models (held by nothing but the cache: no run queued or executing) are unloaded first:
+//! models no deployment holds, then the loading tenant's own, then other tenants', each
+//! oldest use first. So a tenant cycling through many models of its own mostly unloads its
+//! own, and cannot push every other tenant's models out by doing so. A model in use is never unloaded; a load that cannot fit without
 //! unloading one fails instead, so the budget holds. A model larger than the whole budget never
 //! loads.
 
@@ -76,14 +78,15 @@ struct State {
     sizes: HashMap<ModelKey, u64>,
     /// The last load failure of each model whose latest load failed.
     failures: HashMap<ModelKey, String>,
-    /// Deployments' holds on each model.
-    holds: HashMap<ModelKey, usize>,
+    /// Deployments' holds on each model, by tenant.
+    holds: HashMap<ModelKey, HashMap<Arc<str>, usize>>,
 }
 
 /// A deployment's hold on a model: while one exists the cache keeps the model (budget
 /// permitting); when the last one is dropped the model is unloaded unless a run is using it.
 pub struct ModelHold {
     key: ModelKey,
+    tenant: Arc<str>,
     state: Weak<Mutex<State>>,
 }
 
@@ -99,9 +102,13 @@ impl Drop for ModelHold {
             return;
         };
         let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
-        let holds = state.holds.entry(self.key).or_insert(1);
-        *holds -= 1;
-        if *holds > 0 {
+        let holders = state.holds.entry(self.key).or_default();
+        let count = holders.entry(Arc::clone(&self.tenant)).or_insert(1);
+        *count -= 1;
+        if *count == 0 {
+            holders.remove(&self.tenant);
+        }
+        if !holders.is_empty() {
             return;
         }
         state.holds.remove(&self.key);
@@ -166,11 +173,19 @@ impl ModelCache {
         self.budget
     }
 
-    /// A deployment's hold on `key` (see [`ModelHold`]).
-    pub fn hold(&self, key: ModelKey) -> ModelHold {
-        *self.state().holds.entry(key).or_default() += 1;
+    /// A deployment's hold on `key`, for `tenant` (see [`ModelHold`]).
+    pub fn hold(&self, key: ModelKey, tenant: &str) -> ModelHold {
+        let tenant: Arc<str> = Arc::from(tenant);
+        *self
+            .state()
+            .holds
+            .entry(key)
+            .or_default()
+            .entry(Arc::clone(&tenant))
+            .or_default() += 1;
         ModelHold {
             key,
+            tenant,
             state: Arc::downgrade(&self.state),
         }
     }
@@ -185,12 +200,14 @@ impl ModelCache {
         Some(Arc::clone(&entry.model))
     }
 
-    /// The loaded model for `key`, loading it from `source` if needed. Blocking.
+    /// The loaded model for `key`, loading it from `source` if needed, for `tenant` (whose own
+    /// idle models make room before other tenants'). Blocking.
     pub fn load(
         &self,
         key: ModelKey,
         source: &dyn ModelSource,
         room: Room,
+        tenant: &str,
     ) -> Result<Option<Arc<dyn LoadedModel>>, LoadError> {
         if let Some(model) = self.get(&key) {
             return Ok(Some(model));
@@ -200,7 +217,7 @@ impl ModelCache {
             let _loading = lock.lock().unwrap_or_else(PoisonError::into_inner);
             match self.get(&key) {
                 Some(model) => Ok(Some(model)),
-                None => self.load_new(key, source, room),
+                None => self.load_new(key, source, room, tenant),
             }
         };
         drop(lock);
@@ -221,6 +238,7 @@ impl ModelCache {
         key: ModelKey,
         source: &dyn ModelSource,
         room: Room,
+        tenant: &str,
     ) -> Result<Option<Arc<dyn LoadedModel>>, LoadError> {
         let started = std::time::Instant::now();
         let backend = backend(key.format).map_err(LoadError::Failed)?;
@@ -241,7 +259,7 @@ impl ModelCache {
                     budget: self.budget,
                 });
             }
-            if !self.make_room(&mut state, estimate, room == Room::MakeRoom) {
+            if !self.make_room(&mut state, estimate, room == Room::MakeRoom, tenant) {
                 return match room {
                     Room::IfFree => Ok(None),
                     Room::MakeRoom => Err(LoadError::NoRoom {
@@ -269,7 +287,7 @@ impl ModelCache {
                 budget: self.budget,
             });
         }
-        if !self.make_room(&mut state, measured, room == Room::MakeRoom) {
+        if !self.make_room(&mut state, measured, room == Room::MakeRoom, tenant) {
             // It measured larger than estimated and what is left is in use: the budget holds.
             return match room {
                 Room::IfFree => Ok(None),
@@ -297,18 +315,24 @@ impl ModelCache {
         Ok(Some(model))
     }
 
-    /// Unloads idle models, least recently used first, until `bytes` more fit (when `evict`);
+    /// Unloads idle models until `bytes` more fit (when `evict`): first those no deployment
+    /// holds, then `tenant`'s own, then other tenants', least recently used first in each;
     /// whether they fit.
-    fn make_room(&self, state: &mut State, bytes: u64, evict: bool) -> bool {
+    fn make_room(&self, state: &mut State, bytes: u64, evict: bool, tenant: &str) -> bool {
         while state.used + bytes > self.budget {
             if !evict {
                 return false;
             }
+            let order = |key: &ModelKey| match state.holds.get(key) {
+                None => 0,
+                Some(holders) if holders.keys().all(|t| &**t == tenant) => 1,
+                Some(_) => 2,
+            };
             let victim = state
                 .entries
                 .iter()
                 .filter(|(_, entry)| Arc::strong_count(&entry.model) == 1)
-                .min_by_key(|(_, entry)| entry.last_used)
+                .min_by_key(|(key, entry)| (order(key), entry.last_used))
                 .map(|(key, _)| *key);
             let Some(victim) = victim else {
                 return false;

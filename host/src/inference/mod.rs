@@ -108,20 +108,21 @@ impl Inference {
         &self.scheduler
     }
 
-    /// `model` loaded: from the cache, or loaded now (off the async workers), unloading idle
-    /// models if the budget needs it.
+    /// `model` loaded: from the cache, or loaded now (off the async workers) for `tenant`,
+    /// unloading idle models if the budget needs it (its own before other tenants').
     pub async fn loaded(
         self: &Arc<Self>,
         model: &Arc<Model>,
+        tenant: &Arc<str>,
     ) -> Result<Arc<dyn LoadedModel>, InferenceError> {
         if let Some(loaded) = self.cache.get(&model.key) {
             return Ok(loaded);
         }
-        let (inference, model) = (Arc::clone(self), Arc::clone(model));
+        let (inference, model, tenant) = (Arc::clone(self), Arc::clone(model), Arc::clone(tenant));
         tokio::task::spawn_blocking(move || {
             inference
                 .cache
-                .load(model.key, &*model.source, Room::MakeRoom)
+                .load(model.key, &*model.source, Room::MakeRoom, &tenant)
                 .map_err(|e| e.to_inference())?
                 .ok_or_else(|| InferenceError::runtime("the model could not be loaded"))
         })

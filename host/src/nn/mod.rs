@@ -377,7 +377,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                 return self.fail(error);
             }
         }
-        let loaded = match self.ctx.inference.loaded(&model).await {
+        let loaded = match self.ctx.inference.loaded(&model, &self.ctx.tenant).await {
             Ok(loaded) => loaded,
             Err(error) => return self.fail(error),
         };

@@ -100,8 +100,8 @@ impl Platform {
             }
             // Held before it loads: a deployment's model is never unloaded for having no
             // deployment between its load and this deployment's existence.
-            let hold = self.inference.cache().hold(key);
-            let bytes = load_model(&self.inference, name, key, &source, validation)?;
+            let hold = self.inference.cache().hold(key, tenant);
+            let bytes = load_model(&self.inference, (tenant, name), key, &source, validation)?;
             if let Some(bytes) = bytes
                 && !measured.iter().any(|(k, _)| *k == key)
             {
@@ -159,7 +159,7 @@ impl Platform {
 /// when it is loaded.
 fn load_model(
     inference: &Inference,
-    name: &str,
+    (tenant, name): (&str, &str),
     key: ModelKey,
     source: &ModelFile,
     validation: Validation<'_>,
@@ -168,7 +168,7 @@ fn load_model(
         Validation::Deploy(_) => Room::MakeRoom,
         Validation::Restore => Room::IfFree,
     };
-    match inference.cache().load(key, source, room) {
+    match inference.cache().load(key, source, room, tenant) {
         Ok(Some(model)) => Ok(Some(model.resident_bytes())),
         Ok(None) => Ok(None),
         Err(LoadError::TooLarge { bytes, budget }) => match validation {

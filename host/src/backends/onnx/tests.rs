@@ -105,7 +105,7 @@ fn loading_locks_do_not_outlive_their_loads() {
     let cache = ModelCache::new(1 << 30, Placement::Cpu);
     let models: Vec<_> = std::thread::scope(|scope| {
         let loads: Vec<_> = (0..4)
-            .map(|_| scope.spawn(|| cache.load(key, &add, Room::MakeRoom).unwrap().unwrap()))
+            .map(|_| scope.spawn(|| cache.load(key, &add, Room::MakeRoom, "").unwrap().unwrap()))
             .collect();
         loads.into_iter().map(|load| load.join().unwrap()).collect()
     });
@@ -125,7 +125,7 @@ fn loading_locks_do_not_outlive_their_loads() {
             digest: bad.digest,
             format: ModelFormat::Onnx,
         };
-        assert!(cache.load(key, &bad, Room::MakeRoom).is_err());
+        assert!(cache.load(key, &bad, Room::MakeRoom, "").is_err());
     }
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(cache.loads_in_progress(), 0);

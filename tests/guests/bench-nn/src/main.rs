@@ -2,8 +2,8 @@
 //! as possible around it, so a benchmark measures the host.
 //!
 //! - `POST /tensor`: the body is the input tensor's raw little-endian f32 bytes; the `x-shape`
-//!   header gives its dimensions (`1,3,224,224`) and `x-input` the input's name (default
-//!   `input`). The answer is the first output's raw bytes.
+//!   header gives its dimensions (`1,3,224,224`), `x-input` the input's name (default `input`)
+//!   and `x-model` the model's (default `model`). The answer is the first output's raw bytes.
 //! - `POST /json`: `{"features": [f32, ...]}` runs input `x` with shape `[1, n]` and answers
 //!   `{"scores": [f32, ...]}` from the first output (a small tabular model).
 
@@ -42,6 +42,7 @@ async fn tensor(request: &mut Request<Body>) -> Result<Response<Body>, Error> {
             .map(str::to_owned)
     };
     let input = header("x-input").unwrap_or_else(|| "input".to_owned());
+    let model = header("x-model").unwrap_or_else(|| "model".to_owned());
     let shape: Result<Vec<u32>, _> = header("x-shape")
         .unwrap_or_default()
         .split(',')
@@ -56,7 +57,7 @@ async fn tensor(request: &mut Request<Body>) -> Result<Response<Body>, Error> {
     };
     let body = request.body_mut().contents().await?;
     let tensor = Tensor::from_bytes(&shape, TensorType::Fp32, body);
-    match run(vec![(input, tensor)]) {
+    match run(&model, vec![(input, tensor)]) {
         Ok(output) => Ok(Response::new(Body::from(output.bytes()))),
         Err(response) => Ok(response),
     }
@@ -69,7 +70,7 @@ async fn features(request: &mut Request<Body>) -> Response<Body> {
     };
     let n = features.features.len() as u32;
     let tensor = Tensor::f32(&[1, n], &features.features);
-    match run(vec![("x".to_owned(), tensor)]).and_then(|output| {
+    match run("model", vec![("x".to_owned(), tensor)]).and_then(|output| {
         output.to_f32().map_err(|e| {
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -83,8 +84,9 @@ async fn features(request: &mut Request<Body>) -> Response<Body> {
     }
 }
 
-/// Runs `model` and returns its first output, or the 422 answer naming the wasi:nn error.
-fn run(inputs: Vec<(String, Tensor)>) -> Result<Tensor, Response<Body>> {
+/// Runs the model named `name` and returns its first output, or the 422 answer naming the
+/// wasi:nn error.
+fn run(name: &str, inputs: Vec<(String, Tensor)>) -> Result<Tensor, Response<Body>> {
     let failed = |e: corral_guest::Error| {
         error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -92,7 +94,7 @@ fn run(inputs: Vec<(String, Tensor)>) -> Result<Tensor, Response<Body>> {
             &e.to_string(),
         )
     };
-    let outputs = Model::load("model")
+    let outputs = Model::load(name)
         .and_then(|model| model.run(inputs))
         .map_err(failed)?;
     outputs
