@@ -269,13 +269,12 @@ async fn a_light_tenant_goes_ahead_of_a_heavy_tenants_queue() {
     );
 }
 
-/// A job whose request ended while it waited for a run thread never runs: with the only thread
-/// held by another tenant's endless run, a request of 300 ms times out in the queue, and its
-/// model has run nothing once the thread is free again.
-#[tokio::test]
-async fn a_job_cancelled_while_queued_never_runs() {
-    let dir = DataDir::new("cancel-queued");
-    let corral = Arc::new(Corral::start(&dir, "[inference]\nruns = 1\n"));
+/// Creates tenant `spinner` (requests of 1.5 s at most) with a model that never ends on its
+/// own, and starts one request of it: its run holds a run thread until that request ends.
+/// Returns once the run is executing; the task answers the request's status and body.
+async fn occupy_the_run_thread(
+    corral: &Arc<Corral>,
+) -> tokio::task::JoinHandle<(StatusCode, hyper::body::Bytes)> {
     let (status, body) = corral
         .operator(
             "PUT",
@@ -294,6 +293,25 @@ async fn a_job_cancelled_while_queued_never_runs() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    let spinner = Arc::clone(corral);
+    let spin = tokio::spawn(async move {
+        spinner
+            .call("spinner.test", "GET", "/fault/spin", Vec::new())
+            .await
+    });
+    while corral.metric("corral_inference_runs_in_flight").await < 1.0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    spin
+}
+
+/// A job whose request ended while it waited for a run thread never runs: with the only thread
+/// held by another tenant's endless run, a request of 300 ms times out in the queue, and its
+/// model has run nothing once the thread is free again.
+#[tokio::test]
+async fn a_job_cancelled_while_queued_never_runs() {
+    let dir = DataDir::new("cancel-queued");
+    let corral = Arc::new(Corral::start(&dir, "[inference]\nruns = 1\n"));
     bench_tenant(
         &corral,
         "waiter",
@@ -304,16 +322,7 @@ async fn a_job_cancelled_while_queued_never_runs() {
     let model = digest(&fixture("mlp.onnx"));
     let runs = format!("corral_nn_batch_size_count{{model=\"{model}\"}}");
 
-    let spinner = Arc::clone(&corral);
-    let spin = tokio::spawn(async move {
-        spinner
-            .call("spinner.test", "GET", "/fault/spin", Vec::new())
-            .await
-    });
-    // The spin run holds the thread once its request is in flight.
-    while corral.metric("corral_inference_runs_in_flight").await < 1.0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let spin = occupy_the_run_thread(&corral).await;
     let (status, body) = tensor(&corral, "waiter.test", "1,16", &mlp_row(0)).await;
     assert_eq!(
         status,
@@ -338,24 +347,6 @@ async fn a_job_cancelled_while_queued_never_runs() {
 async fn a_tenant_past_its_queue_bound_gets_503() {
     let dir = DataDir::new("queue-bound");
     let corral = Arc::new(Corral::start(&dir, "[inference]\nruns = 1\n"));
-    let (status, body) = corral
-        .operator(
-            "PUT",
-            "/v1/tenants/spinner",
-            json!({ "hosts": ["spinner.test"], "limits": { "timeout_ms": 1500 } }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let token = body["token"].as_str().unwrap().to_owned();
-    let (status, body) = corral
-        .deploy(
-            "spinner",
-            &token,
-            &guest("nn-probe"),
-            &[("spin", &fixture("spin.onnx"))],
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
     bench_tenant(
         &corral,
         "queued",
@@ -363,15 +354,7 @@ async fn a_tenant_past_its_queue_bound_gets_503() {
         json!({ "nn_queued_runs": 2 }),
     )
     .await;
-    let spinner = Arc::clone(&corral);
-    let spin = tokio::spawn(async move {
-        spinner
-            .call("spinner.test", "GET", "/fault/spin", Vec::new())
-            .await
-    });
-    while corral.metric("corral_inference_runs_in_flight").await < 1.0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let spin = occupy_the_run_thread(&corral).await;
     let mut waiting = Vec::new();
     for n in 0..2 {
         let corral = Arc::clone(&corral);

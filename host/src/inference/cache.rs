@@ -246,27 +246,15 @@ impl ModelCache {
             // The detail names server paths: it goes to the log, not to the tenant.
             tracing::error!(digest = %key.digest, error = %format!("{e:#}"), "cannot read a model's stored bytes");
             LoadError::Failed(InferenceError::runtime(
-                "its stored bytes cannot be read or have changed on the server's disk (the \
-                 server's log says more)",
+                "its stored bytes are damaged or missing: they changed on the server's disk or \
+                 cannot be read (the server's log says more)",
             ))
         })?;
         let estimate = {
             let mut state = self.state();
             let estimate = state.sizes.get(&key).copied().unwrap_or(bytes.len() as u64);
-            if estimate > self.budget {
-                return Err(LoadError::TooLarge {
-                    bytes: estimate,
-                    budget: self.budget,
-                });
-            }
-            if !self.make_room(&mut state, estimate, room == Room::MakeRoom, tenant) {
-                return match room {
-                    Room::IfFree => Ok(None),
-                    Room::MakeRoom => Err(LoadError::NoRoom {
-                        bytes: estimate,
-                        budget: self.budget,
-                    }),
-                };
+            if let Some(refused) = self.fit(&mut state, estimate, room, tenant) {
+                return refused;
             }
             state.used += estimate;
             estimate
@@ -281,21 +269,9 @@ impl ModelCache {
             state.sizes.clear();
         }
         state.sizes.insert(key, measured);
-        if measured > self.budget {
-            return Err(LoadError::TooLarge {
-                bytes: measured,
-                budget: self.budget,
-            });
-        }
-        if !self.make_room(&mut state, measured, room == Room::MakeRoom, tenant) {
-            // It measured larger than estimated and what is left is in use: the budget holds.
-            return match room {
-                Room::IfFree => Ok(None),
-                Room::MakeRoom => Err(LoadError::NoRoom {
-                    bytes: measured,
-                    budget: self.budget,
-                }),
-            };
+        // It may measure larger than estimated, with what is left in use: the budget holds.
+        if let Some(refused) = self.fit(&mut state, measured, room, tenant) {
+            return refused;
         }
         state.used += measured;
         state.clock += 1;
@@ -313,6 +289,27 @@ impl ModelCache {
         self.load_times.observe(started.elapsed());
         tracing::info!(digest = %key.digest, format = key.format.name(), bytes = measured, "model loaded");
         Ok(Some(model))
+    }
+
+    /// Makes room for `bytes` more as `room` allows; the answer to give when they cannot fit.
+    fn fit(
+        &self,
+        state: &mut State,
+        bytes: u64,
+        room: Room,
+        tenant: &str,
+    ) -> Option<Result<Option<Arc<dyn LoadedModel>>, LoadError>> {
+        let budget = self.budget;
+        if bytes > budget {
+            return Some(Err(LoadError::TooLarge { bytes, budget }));
+        }
+        if self.make_room(state, bytes, room == Room::MakeRoom, tenant) {
+            return None;
+        }
+        Some(match room {
+            Room::IfFree => Ok(None),
+            Room::MakeRoom => Err(LoadError::NoRoom { bytes, budget }),
+        })
     }
 
     /// Unloads idle models until `bytes` more fit (when `evict`): first those no deployment

@@ -9,8 +9,8 @@ use wasmtime::component::Component;
 
 use super::Refusal;
 use super::records::DeploymentRecord;
-use crate::backends::models::{ModelFile, ModelFormat, ModelKey};
-use crate::backends::onnx::{ModelCheckError, check_self_contained};
+use crate::backends::ErrorKind;
+use crate::backends::models::{ModelFile, ModelKey};
 use crate::engine::{CompileError, ComponentCache, EngineSettings, LinkError, Service};
 use crate::inference::{Inference, LoadError, Model, ModelSet, Room};
 use crate::limits::Limits;
@@ -87,17 +87,6 @@ impl Platform {
                 path: self.store.blob_path(&model.digest),
                 digest: model.digest,
             });
-            if !self.inference.cache().is_loaded(&key) && model.format == ModelFormat::Onnx {
-                let bytes = self.store.read_blob(&model.digest)?;
-                check_self_contained(&bytes).map_err(|e| match e {
-                    ModelCheckError::ExternalData(_) => {
-                        Refusal::invalid("external_data", format!("model '{name}': {e}"))
-                    }
-                    ModelCheckError::Malformed(_) => {
-                        Refusal::invalid("invalid_model", format!("model '{name}': {e}"))
-                    }
-                })?;
-            }
             // Held before it loads: a deployment's model is never unloaded for having no
             // deployment between its load and this deployment's existence.
             let hold = self.inference.cache().hold(key, tenant);
@@ -192,10 +181,15 @@ fn load_model(
             ),
         }),
         Err(LoadError::Failed(e)) => match e.kind {
-            crate::backends::ErrorKind::RuntimeError => Err(Refusal::Internal(anyhow::anyhow!(
+            ErrorKind::RuntimeError => Err(Refusal::Internal(anyhow::anyhow!(
                 "cannot load model '{name}': {}",
                 e.message
             ))),
+            // The backend's check of an ONNX model's self-containment (run on every load).
+            ErrorKind::Security => Err(Refusal::invalid(
+                "external_data",
+                format!("model '{name}': {}", e.message),
+            )),
             _ => Err(Refusal::invalid(
                 "invalid_model",
                 format!("model '{name}': {}", e.message),

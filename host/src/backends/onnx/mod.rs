@@ -50,8 +50,15 @@ impl Backend for OnnxBackend {
         placement: Placement,
     ) -> Result<Arc<dyn LoadedModel>, InferenceError> {
         let Placement::Cpu = placement;
-        check_self_contained(bytes)
-            .map_err(|e| InferenceError::new(ErrorKind::InvalidEncoding, e.to_string()))?;
+        // A model naming external data is refused by policy (`security`), one that does not
+        // parse is not ONNX (`invalid-encoding`).
+        check_self_contained(bytes).map_err(|e| {
+            let kind = match e {
+                ModelCheckError::ExternalData(_) => ErrorKind::Security,
+                ModelCheckError::Malformed(_) => ErrorKind::InvalidEncoding,
+            };
+            InferenceError::new(kind, e.to_string())
+        })?;
         let runtime =
             OnnxRuntime::global().map_err(|e| InferenceError::runtime(format!("{e:#}")))?;
         let (session, resident) =
