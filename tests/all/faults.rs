@@ -3,14 +3,12 @@
 //! request, the status and error code it must get, and what must hold for everyone else: the
 //! server stays up, every healthy request succeeds, and memory returns to its baseline.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::serve::{Corral, DataDir, Part, multipart, raw_request};
-use common::*;
+use crate::common::serve::{Corral, DataDir, Part, multipart, raw_request};
+use crate::common::*;
 use hyper::StatusCode;
 use serde_json::{Value, json};
 

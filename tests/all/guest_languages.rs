@@ -2,11 +2,9 @@
 //! real ONNX model: `examples/python-sum` (componentize-py) and `examples/js-sum`
 //! (`jco componentize`), both built by `cargo xtask build-guests`.
 
-mod common;
-
 use std::sync::OnceLock;
 
-use common::*;
+use crate::common::*;
 use hyper::StatusCode;
 use serde_json::json;
 

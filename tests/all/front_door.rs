@@ -2,16 +2,14 @@
 //! status (or closes the offending connection) while a well-behaved client on another
 //! connection keeps getting 200s.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::common::serve::{Corral, DataDir, send};
+use crate::common::*;
 use bytes::Bytes;
-use common::serve::{Corral, DataDir, send};
-use common::*;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::{Request, StatusCode};
@@ -330,7 +328,8 @@ async fn each_front_door_limit_triggers_while_a_good_client_is_served() {
     drop(held);
     let mut served = false;
     for _ in 0..50 {
-        if let Some((StatusCode::OK, _)) = common::serve::get(addr, HOST, "/case/add").await {
+        if let Some((StatusCode::OK, _)) = crate::common::serve::get(addr, HOST, "/case/add").await
+        {
             served = true;
             break;
         }

@@ -2,14 +2,12 @@
 //! deployed through the admin API with real uploads, real components built from this
 //! repository, real ONNX Runtime sessions.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::serve::{Corral, DataDir, Part, multipart, raw_request};
-use common::*;
+use crate::common::serve::{Corral, DataDir, Part, multipart, raw_request};
+use crate::common::*;
 use hyper::StatusCode;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -769,7 +767,7 @@ async fn deploys_beyond_the_slots_are_busy() {
             ];
             let headers: Vec<(&str, &str)> =
                 headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-            common::serve::send_full(
+            crate::common::serve::send_full(
                 corral.admin,
                 "POST",
                 "/v1/tenants/vision/deployments",

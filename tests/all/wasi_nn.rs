@@ -1,11 +1,9 @@
 //! Corral's `wasi:nn` host driven by a real guest (tests/guests/nn-probe): every tensor type
 //! round-trips, every guest mistake is a `wasi:nn` error value, and the next request works.
 
-mod common;
-
 use std::sync::OnceLock;
 
-use common::*;
+use crate::common::*;
 use corral::dev::load_files;
 use corral::inference::Inference;
 use hyper::StatusCode;

@@ -1,11 +1,9 @@
 //! The text-embedding example end to end: JSON → sandboxed component (WordPiece tokenization,
 //! pooling) → wasi:nn → the shared MiniLM session installed by `cargo xtask setup`.
 
-mod common;
-
 use std::sync::OnceLock;
 
-use common::*;
+use crate::common::*;
 use hyper::StatusCode;
 use serde_json::{Value, json};
 

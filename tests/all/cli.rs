@@ -1,11 +1,9 @@
 //! The `corral` binary as a user runs it.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 use hyper::StatusCode;
 
 fn corral() -> Command {
@@ -93,7 +91,7 @@ fn a_file_that_is_not_a_component_names_the_file() {
 /// The README's multi-tenant walk-through, with the real CLI against a real `corral serve`.
 #[tokio::test]
 async fn the_cli_creates_tenants_deploys_lists_and_rolls_back() {
-    use common::serve::{Corral, DataDir};
+    use crate::common::serve::{Corral, DataDir};
     let dir = DataDir::new("cli");
     let server = Corral::start(&dir, "");
     let cli = |args: &[&str], token: &str| {
@@ -196,7 +194,7 @@ async fn the_cli_creates_tenants_deploys_lists_and_rolls_back() {
 /// its README says.
 #[tokio::test]
 async fn corral_new_scaffolds_a_project_that_builds_and_serves() {
-    use common::serve::DataDir;
+    use crate::common::serve::DataDir;
     let dir = DataDir::new("new");
     let project = dir.0.join("my-service");
     let output = corral()

@@ -2,14 +2,12 @@
 //! certificates uploaded, rotated and removed without a restart, every refused certificate,
 //! `421` when SNI and Host name different tenants, HTTP/2 and HTTP/1.1 by ALPN.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::common::serve::{Corral, DataDir};
+use crate::common::*;
 use bytes::Bytes;
-use common::serve::{Corral, DataDir};
-use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};

@@ -2,8 +2,6 @@
 //! ONNX model's answers through the same component, in `corral run` and for a trusted tenant of
 //! `corral serve`; untrusted tenants are refused; guest mistakes come back as `wasi:nn` errors.
 
-mod common;
-
 /// Without the feature there is nothing to test here, which is fine on a developer's machine
 /// and a failure in CI (its test command builds the feature).
 #[cfg(not(feature = "torch"))]
@@ -20,8 +18,8 @@ mod torch {
     use std::path::PathBuf;
     use std::sync::OnceLock;
 
-    use super::common::serve::{Corral, DataDir};
-    use super::common::*;
+    use crate::common::serve::{Corral, DataDir};
+    use crate::common::*;
     use hyper::StatusCode;
     use serde_json::{Value, json};
 
@@ -286,7 +284,7 @@ mod torch {
     /// batch: the scheduler keeps a batch's run short).
     #[tokio::test]
     async fn torchscript_batches_on_the_axis_its_deployment_config_names() {
-        use super::common::serve::{Part, multipart};
+        use crate::common::serve::{Part, multipart};
         let dir = DataDir::new("torch-batching");
         let linear = dir.0.join("linear.pt");
         corral::backends::torch::testing::save_linear_model(&linear).unwrap();
@@ -324,7 +322,7 @@ mod torch {
                 .collect()
         };
         let call = |corral: std::sync::Arc<Corral>, n: usize| async move {
-            let (status, body) = super::common::serve::send(
+            let (status, body) = crate::common::serve::send(
                 corral.data,
                 "POST",
                 "/tensor",

@@ -1,12 +1,10 @@
 //! Operating Corral: graceful shutdown, request ids in logs, the metrics a request produces,
 //! health endpoints and configuration checks, against the real `corral serve` binary.
 
-mod common;
-
 use std::time::Duration;
 
-use common::serve::{Corral, DataDir};
-use common::*;
+use crate::common::serve::{Corral, DataDir};
+use crate::common::*;
 use hyper::StatusCode;
 use serde_json::json;
 
@@ -32,7 +30,7 @@ async fn sigterm_lets_every_accepted_request_finish_then_exits_zero() {
     let mut in_flight = Vec::new();
     for _ in 0..6 {
         in_flight.push(tokio::spawn(async move {
-            common::serve::get(data, "acme.test", "/fault/sleep?ms=3000").await
+            crate::common::serve::get(data, "acme.test", "/fault/sleep?ms=3000").await
         }));
     }
     // Once the server has accepted all six (each has an instance running), ask it to stop.
@@ -73,7 +71,7 @@ async fn a_request_has_an_id_in_its_logs_and_produces_its_metrics() {
 
     let (status, _) = corral.admin("GET", "/readyz", None, None).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, headers, body) = common::serve::get_with(
+    let (status, headers, body) = crate::common::serve::get_with(
         corral.data,
         "acme.test",
         "/fault/print?text=marker-7f",
@@ -83,9 +81,10 @@ async fn a_request_has_an_id_in_its_logs_and_produces_its_metrics() {
     .unwrap();
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     assert_eq!(headers["x-request-id"], "req-test-42");
-    let (status, headers, _) = common::serve::get_with(corral.data, "acme.test", "/case/add", &[])
-        .await
-        .unwrap();
+    let (status, headers, _) =
+        crate::common::serve::get_with(corral.data, "acme.test", "/case/add", &[])
+            .await
+            .unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["x-request-id"].len(), 16, "a generated id");
 

@@ -1,11 +1,9 @@
 //! The image-classifier example end to end: HTTP → sandboxed component (decode, resize,
 //! normalize) → wasi:nn → the shared EfficientNet-Lite0 session.
 
-mod common;
-
 use std::sync::OnceLock;
 
-use common::*;
+use crate::common::*;
 use hyper::StatusCode;
 
 static SERVER: OnceLock<Shared> = OnceLock::new();

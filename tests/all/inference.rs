@@ -2,14 +2,12 @@
 //! sessions, real guests): batching across requests and tenants, a bad input inside a batch,
 //! fair shares of the run threads, jobs dropped while queued, and the model memory budget.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::serve::*;
-use common::*;
+use crate::common::serve::*;
+use crate::common::*;
 use hyper::StatusCode;
 use serde_json::json;
 
