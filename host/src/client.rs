@@ -76,7 +76,7 @@ impl AdminClient {
         config: Option<&Path>,
     ) -> anyhow::Result<Value> {
         // RFC 2046 boundaries are at most 70 characters.
-        let mut boundary = format!("corral-{}", crate::tenancy::records::new_token("b")?);
+        let mut boundary = format!("corral-{}", crate::tenancy::tokens::new_token("b")?);
         boundary.truncate(48);
         let mut segments = VecDeque::new();
         let mut total = 0u64;
@@ -176,7 +176,11 @@ impl AdminClient {
         if !status.is_success() {
             let code = value["error"]["code"].as_str().unwrap_or("error");
             let message = value["error"]["message"].as_str().unwrap_or("(no message)");
-            bail!("the server refused {method} {path}: {status} {code}: {message}");
+            // What the code means in general, for one the CLI knows (docs/errors.md).
+            let meaning = crate::error::ErrorCode::parse(code)
+                .map(|known| format!("\n({code}: {})", known.meaning()))
+                .unwrap_or_default();
+            bail!("the server refused {method} {path}: {status} {code}: {message}{meaning}");
         }
         Ok(value)
     }
@@ -270,38 +274,9 @@ impl Body for UploadBody {
     }
 }
 
-/// `seconds` since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`.
-pub fn format_time(seconds: u64) -> String {
-    let days = (seconds / 86_400) as i64;
-    let rem = seconds % 86_400;
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_are_shown_as_utc_dates() {
-        assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(format_time(1_795_953_600), "2026-11-29 12:00:00 UTC");
-        assert_eq!(format_time(951_782_400), "2000-02-29 00:00:00 UTC");
-    }
 
     #[test]
     fn the_server_must_be_an_http_url_and_a_token_is_required() {

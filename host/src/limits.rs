@@ -24,6 +24,10 @@
 
 pub use corral_parsers::limits::{LimitOverrides, Limits};
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::error::ErrorCode;
+
 /// Which limit stopped a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LimitHit {
@@ -41,14 +45,14 @@ pub enum LimitHit {
 
 impl LimitHit {
     /// The error code clients see.
-    pub fn code(self) -> &'static str {
+    pub fn code(self) -> ErrorCode {
         match self {
-            Self::Memory => "memory_limit",
-            Self::Instances => "instance_limit",
-            Self::CpuTime => "cpu_time_limit",
-            Self::NnCalls | Self::NnBytes | Self::NnResources | Self::NnRank => "nn_limit",
-            Self::NnQueue => "overloaded",
-            Self::RequestBody => "request_too_large",
+            Self::Memory => ErrorCode::MemoryLimit,
+            Self::Instances => ErrorCode::InstanceLimit,
+            Self::CpuTime => ErrorCode::CpuTimeLimit,
+            Self::NnCalls | Self::NnBytes | Self::NnResources | Self::NnRank => ErrorCode::NnLimit,
+            Self::NnQueue => ErrorCode::Overloaded,
+            Self::RequestBody => ErrorCode::RequestTooLarge,
         }
     }
 
@@ -94,6 +98,44 @@ impl LimitHit {
     }
 }
 
+/// Which limit, if any, stopped a request. Shared between the store and the request handler.
+#[derive(Debug, Default)]
+pub struct Outcome(AtomicU8);
+
+impl Outcome {
+    const HITS: [LimitHit; 9] = [
+        LimitHit::Memory,
+        LimitHit::Instances,
+        LimitHit::CpuTime,
+        LimitHit::NnCalls,
+        LimitHit::NnBytes,
+        LimitHit::NnResources,
+        LimitHit::NnRank,
+        LimitHit::NnQueue,
+        LimitHit::RequestBody,
+    ];
+
+    /// Records `hit` (the first one wins) and returns the trap to stop the guest with.
+    pub fn trap(&self, hit: LimitHit, limits: &Limits) -> wasmtime::Error {
+        self.record(hit);
+        wasmtime::format_err!("{}", hit.describe(limits))
+    }
+
+    pub fn record(&self, hit: LimitHit) {
+        let code = Self::HITS.iter().position(|h| *h == hit).unwrap_or(0) as u8 + 1;
+        let _ = self
+            .0
+            .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    pub fn hit(&self) -> Option<LimitHit> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            n => Self::HITS.get(usize::from(n) - 1).copied(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +163,16 @@ mod tests {
             ..LimitOverrides::default()
         });
         assert!(zero.check().unwrap_err().contains("queued_requests"));
+    }
+
+    #[test]
+    fn the_first_limit_hit_is_the_one_reported() {
+        let outcome = Outcome::default();
+        assert_eq!(outcome.hit(), None);
+        let limits = Limits::default();
+        let trap = outcome.trap(LimitHit::CpuTime, &limits);
+        assert!(trap.to_string().contains("CPU time"));
+        outcome.record(LimitHit::Memory);
+        assert_eq!(outcome.hit(), Some(LimitHit::CpuTime));
     }
 }

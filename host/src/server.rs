@@ -18,12 +18,13 @@ use crate::backends::onnx::OnnxRuntime;
 use crate::config::Config;
 use crate::engine::{self, ComponentCache};
 use crate::http::error::HostError;
-use crate::http::listener::{ConnectionStats, Listener};
+use crate::http::listener::Listener;
 use crate::http::{self, Router, Target};
 use crate::inference::{Inference, InferenceOptions};
+use crate::metrics::ConnectionStats;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::tenancy::records::{new_token, token_hash};
+use crate::tenancy::tokens::{new_token, token_hash};
 use crate::tenancy::{Platform, Route, Tenancy};
 use crate::tls::{self, CertResolver};
 
@@ -51,7 +52,7 @@ pub fn inference_options(config: &Config) -> InferenceOptions {
     #[cfg(feature = "torch")]
     crate::backends::torch::set_threads(threads);
     let memory_bytes = match config.models.memory_bytes {
-        0 => crate::inference::memory_available() / 2,
+        0 => crate::backends::memory_available() / 2,
         bytes => bytes,
     };
     tracing::info!(
@@ -152,7 +153,7 @@ impl Server {
             let resolver = Arc::new(CertResolver::new(
                 &options.tls,
                 &options.data_dir,
-                Arc::clone(&tenancy),
+                Arc::clone(&tenancy) as Arc<dyn crate::tls::CertificateSource>,
             )?);
             let socket = TcpListener::bind(options.tls.listen)
                 .await

@@ -12,6 +12,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::Serialize;
 use x509_parser::extensions::GeneralName;
 
+use crate::clock::format_time;
 use crate::digest::Digest;
 
 /// The crypto provider every TLS object of the process uses (ring).
@@ -150,24 +151,6 @@ pub fn check_covers(certificate: &Certificate, hosts: &[String]) -> Result<(), S
     Ok(())
 }
 
-/// A time as `YYYY-MM-DD HH:MM:SS UTC`.
-pub fn format_time(seconds: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(seconds).map_or_else(
-        |_| format!("{seconds} s after 1970"),
-        |t| {
-            format!(
-                "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-                t.year(),
-                u8::from(t.month()),
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second()
-            )
-        },
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,11 +203,5 @@ mod tests {
         let other = rcgen::KeyPair::generate().unwrap();
         let err = parse(&cert.pem(), &other.serialize_pem()).unwrap_err();
         assert!(err.contains("is not the private key"), "{err}");
-    }
-
-    #[test]
-    fn times_read_as_dates() {
-        assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(format_time(1_798_761_600), "2027-01-01 00:00:00 UTC");
     }
 }

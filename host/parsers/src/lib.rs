@@ -8,6 +8,7 @@
 //! as ordinary tests (`tests/corpus.rs`).
 
 pub mod certs;
+pub mod clock;
 pub mod config;
 pub mod digest;
 pub mod fuzz;

@@ -8,6 +8,8 @@
 //! tenant token used on another tenant or on an operator route is `403`, without saying
 //! whether that tenant exists. Every error is `{"error":{"code","message"}}`.
 
+mod paced;
+mod tenants;
 mod upload;
 
 pub use corral_parsers::multipart;
@@ -18,17 +20,19 @@ use std::sync::Arc;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::TcpListener;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::config::HttpSettings;
-use crate::http::error::{json_error, json_response, text_response};
-use crate::http::listener::{ConnectionStats, Listener};
+use crate::error::{ErrorCode, Refusal};
+use crate::http::error::{json_response, refusal_response, text_response};
+use crate::http::listener::Listener;
+use crate::metrics::ConnectionStats;
 use crate::metrics::{Gauges, Metrics};
 use crate::store::Digest;
-use crate::tenancy::records::{DeploymentRecord, TenantRecord, token_hash};
-use crate::tenancy::{Refusal, Tenancy, TenantUpdate, Unavailable};
+use crate::tenancy::Tenancy;
+use crate::tenancy::tokens::token_hash;
 
 /// Largest JSON body the admin API reads.
 const MAX_JSON_BODY: usize = 64 * 1024;
@@ -57,70 +61,6 @@ pub struct UploadSettings {
     pub max_bytes: u64,
     /// Each 10 s of an upload carries at least ten times this (`408 upload_too_slow`).
     pub min_bytes_per_sec: u64,
-}
-
-/// An admin API failure, answered as JSON.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
-    }
-
-    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    pub fn internal(error: anyhow::Error) -> Self {
-        tracing::error!(error = ?error, "admin request failed");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the server failed; see its log",
-        )
-    }
-
-    fn into_response(self) -> Response<HyperOutgoingBody> {
-        let mut response = json_error(self.status, self.code, &self.message);
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                hyper::header::RETRY_AFTER,
-                hyper::header::HeaderValue::from_static("5"),
-            );
-        }
-        response
-    }
-}
-
-impl From<Refusal> for ApiError {
-    fn from(refusal: Refusal) -> Self {
-        match refusal {
-            Refusal::NotFound(message) => Self::new(StatusCode::NOT_FOUND, "not_found", message),
-            Refusal::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
-            Refusal::Invalid { code, message } => Self::invalid(code, message),
-            Refusal::Forbidden { code, message } => Self::new(StatusCode::FORBIDDEN, code, message),
-            Refusal::Quota { code, message } => {
-                Self::new(StatusCode::INSUFFICIENT_STORAGE, code, message)
-            }
-            Refusal::Busy { code, message } => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
-            }
-            Refusal::Internal(e) => Self::internal(e),
-        }
-    }
 }
 
 /// Who is calling.
@@ -157,10 +97,7 @@ impl Admin {
     pub async fn handle(&self, request: Request<Incoming>) -> Response<HyperOutgoingBody> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let response = self
-            .route(request)
-            .await
-            .unwrap_or_else(ApiError::into_response);
+        let response = self.route(request).await.unwrap_or_else(refusal_response);
         tracing::info!(%method, %path, status = response.status().as_u16(), "admin request");
         response
     }
@@ -168,7 +105,7 @@ impl Admin {
     async fn route(
         &self,
         request: Request<Incoming>,
-    ) -> Result<Response<HyperOutgoingBody>, ApiError> {
+    ) -> Result<Response<HyperOutgoingBody>, Refusal> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -203,7 +140,9 @@ impl Admin {
                         .scheduler()
                         .model_stats(&cache.loaded_keys())
                         .into_iter()
-                        .map(|(key, stats)| (digest(&key), stats))
+                        .map(|(key, stats)| {
+                            (digest(&key), stats as Arc<dyn crate::metrics::ModelSeries>)
+                        })
                         .collect(),
                     tenant_compute: inference
                         .scheduler()
@@ -229,230 +168,13 @@ impl Admin {
                 let caller = self.caller(&request)?;
                 self.tenants(caller, method, rest, request).await
             }
-            _ => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no admin route {method} {path}"),
-            )),
+            _ => Err(Refusal::not_found(format!(
+                "no admin route {method} {path}"
+            ))),
         }
     }
 
-    async fn tenants(
-        &self,
-        caller: Caller,
-        method: Method,
-        rest: &[&str],
-        request: Request<Incoming>,
-    ) -> Result<Response<HyperOutgoingBody>, ApiError> {
-        match (&method, rest) {
-            (&Method::GET, [] | [""]) => {
-                operator_only(&caller)?;
-                let tenants: Vec<Value> = self.tenancy.list().iter().map(tenant_json).collect();
-                Ok(json_response(
-                    StatusCode::OK,
-                    &json!({ "tenants": tenants }),
-                ))
-            }
-            (&Method::PUT, [tenant]) => {
-                operator_only(&caller)?;
-                let update: TenantUpdate = read_json(request, self.body_timeout).await?;
-                let (record, token) = self.tenancy.put_tenant(tenant, update).await?;
-                let mut answer = tenant_json(&record);
-                match token {
-                    Some(token) => {
-                        answer["token"] = Value::String(token);
-                        Ok(json_response(StatusCode::CREATED, &answer))
-                    }
-                    None => Ok(json_response(StatusCode::OK, &answer)),
-                }
-            }
-            (&Method::DELETE, [tenant]) => {
-                operator_only(&caller)?;
-                self.tenancy.delete_tenant(tenant).await?;
-                Ok(json_response(StatusCode::OK, &json!({ "deleted": tenant })))
-            }
-            (_, [tenant, rest @ ..]) => {
-                if caller != Caller::Operator && caller != Caller::Tenant((*tenant).to_owned()) {
-                    return Err(forbidden());
-                }
-                self.tenant(tenant, method, rest, request).await
-            }
-            _ => Err(method_not_allowed(&method)),
-        }
-    }
-
-    /// Routes under `/v1/tenants/{tenant}`, for a caller allowed to touch that tenant.
-    /// Each model of a deployment: loaded now or not, its measured size, and why its latest
-    /// load failed, if it did (a model loads on first use, and may fail then).
-    fn model_status(&self, models: &crate::inference::ModelSet) -> Value {
-        let cache = self.tenancy.platform().inference.cache();
-        let mut all: Vec<Value> = models
-            .iter()
-            .map(|model| {
-                let mut status = json!({
-                    "name": model.name,
-                    "digest": model.key.digest.to_string(),
-                    "format": model.key.format.name(),
-                    "loaded": cache.is_loaded(&model.key),
-                });
-                if let Some(bytes) = cache.measured_bytes(&model.key) {
-                    status["resident_bytes"] = json!(bytes);
-                }
-                if let Some(error) = cache.failure(&model.key) {
-                    status["load_error"] = json!(error);
-                }
-                status
-            })
-            .collect();
-        all.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-        Value::Array(all)
-    }
-
-    async fn tenant(
-        &self,
-        tenant: &str,
-        method: Method,
-        rest: &[&str],
-        request: Request<Incoming>,
-    ) -> Result<Response<HyperOutgoingBody>, ApiError> {
-        match (&method, rest) {
-            (&Method::GET, []) => {
-                let record = self.tenancy.get(tenant)?;
-                let mut answer = tenant_json(&record);
-                answer["status"] = match self.tenancy.unavailable(tenant) {
-                    Some(Unavailable::Restoring) => json!({ "state": "restoring" }),
-                    Some(Unavailable::Failed(reason)) => {
-                        json!({ "state": "unavailable", "reason": reason })
-                    }
-                    None if record.active.is_some() => json!({ "state": "serving" }),
-                    None => json!({ "state": "no_deployment" }),
-                };
-                if let Some(service) = self.tenancy.active_service(tenant) {
-                    answer["status"]["models"] = self.model_status(service.nn().models());
-                }
-                answer["limits"] = serde_json::to_value(self.tenancy.limits(tenant)?)
-                    .map_err(|e| ApiError::internal(e.into()))?;
-                answer["limit_overrides"] = serde_json::to_value(&record.limits)
-                    .map_err(|e| ApiError::internal(e.into()))?;
-                Ok(json_response(StatusCode::OK, &answer))
-            }
-            (&Method::GET, ["deployments"]) => {
-                let list = self.tenancy.deployments(tenant).await?;
-                let deployments: Vec<Value> = list
-                    .deployments
-                    .iter()
-                    .map(|d| {
-                        let mut value = deployment_json(d);
-                        value["active"] = Value::Bool(list.active == Some(d.version));
-                        value
-                    })
-                    .collect();
-                Ok(json_response(
-                    StatusCode::OK,
-                    &json!({ "tenant": tenant, "active": list.active, "deployments": deployments }),
-                ))
-            }
-            (&Method::POST, ["deployments"]) => {
-                // Refuse before reading a byte of the upload when the tenant does not exist.
-                self.tenancy.get(tenant)?;
-                let platform = Arc::clone(self.tenancy.platform());
-                let deployed = async {
-                    let quota = upload::Quota {
-                        limit: self.tenancy.limits(tenant)?.storage_bytes,
-                        used: self.tenancy.storage_used(tenant).await?,
-                    };
-                    let upload = upload::receive(&platform, request, self.uploads, quota).await?;
-                    let record = self
-                        .tenancy
-                        .deploy(tenant, upload.component, upload.models, upload.config)
-                        .await;
-                    // Recorded (the deployment now holds its blobs) or refused (they go unless
-                    // something else holds them): the upload's pins are no longer needed.
-                    drop(upload.pins);
-                    Ok::<_, ApiError>(record?)
-                }
-                .await;
-                let result = deployed.as_ref().map_or_else(|e| e.code, |_| "ok");
-                self.metrics.record_deployment(tenant, result);
-                let record = deployed?;
-                let mut answer = deployment_json(&record);
-                answer["active"] = Value::Bool(true);
-                answer["urls"] = self.urls(tenant);
-                Ok(json_response(StatusCode::CREATED, &answer))
-            }
-            (&Method::PUT, ["certificate"]) => {
-                #[derive(serde::Deserialize)]
-                #[serde(deny_unknown_fields)]
-                struct Upload {
-                    cert: String,
-                    key: String,
-                }
-                let upload: Upload = read_json(request, self.body_timeout).await?;
-                let info = self
-                    .tenancy
-                    .put_certificate(tenant, upload.cert, upload.key)
-                    .await?;
-                Ok(json_response(
-                    StatusCode::OK,
-                    &json!({ "tenant": tenant, "certificate": certificate_json(&info) }),
-                ))
-            }
-            (&Method::GET, ["certificate"]) => match self.tenancy.certificate(tenant)? {
-                Some(info) => Ok(json_response(
-                    StatusCode::OK,
-                    &json!({ "tenant": tenant, "certificate": certificate_json(&info) }),
-                )),
-                None => Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("tenant '{tenant}' has no certificate"),
-                )),
-            },
-            (&Method::DELETE, ["certificate"]) => {
-                self.tenancy.delete_certificate(tenant).await?;
-                Ok(json_response(
-                    StatusCode::OK,
-                    &json!({ "tenant": tenant, "deleted": "certificate" }),
-                ))
-            }
-            (&Method::DELETE, ["deployments", version]) => {
-                let version = parse_version(version)?;
-                self.tenancy.delete_deployment(tenant, version).await?;
-                Ok(json_response(
-                    StatusCode::OK,
-                    &json!({ "tenant": tenant, "deleted": version }),
-                ))
-            }
-            (&Method::POST, ["deployments", version, "activate"]) => {
-                let version = parse_version(version)?;
-                let record = self.tenancy.activate(tenant, version).await?;
-                let mut answer = deployment_json(&record);
-                answer["active"] = Value::Bool(true);
-                Ok(json_response(StatusCode::OK, &answer))
-            }
-            _ => Err(method_not_allowed(&method)),
-        }
-    }
-
-    /// Where the tenant's service answers on the data plane.
-    fn urls(&self, tenant: &str) -> Value {
-        let hosts = self
-            .tenancy
-            .get(tenant)
-            .map(|t| t.hosts)
-            .unwrap_or_default();
-        let listeners = [("https", self.tls_addr), ("http", self.data_addr)];
-        hosts
-            .iter()
-            .flat_map(|host| {
-                listeners.iter().filter_map(move |(scheme, addr)| {
-                    addr.map(|a| Value::String(format!("{scheme}://{host}:{}/", a.port())))
-                })
-            })
-            .collect()
-    }
-
-    fn caller(&self, request: &Request<Incoming>) -> Result<Caller, ApiError> {
+    fn caller(&self, request: &Request<Incoming>) -> Result<Caller, Refusal> {
         let header = request
             .headers()
             .get(hyper::header::AUTHORIZATION)
@@ -473,63 +195,38 @@ impl Admin {
     }
 }
 
-fn certificate_json(info: &crate::tls::certs::CertInfo) -> Value {
-    json!({
-        "names": info.names,
-        "not_before": crate::tls::certs::format_time(info.not_before),
-        "not_after": crate::tls::certs::format_time(info.not_after),
-        "issuer": info.issuer,
-        "sha256": info.sha256,
-    })
-}
-
-fn operator_only(caller: &Caller) -> Result<(), ApiError> {
+fn operator_only(caller: &Caller) -> Result<(), Refusal> {
     match caller {
         Caller::Operator => Ok(()),
         Caller::Tenant(_) => Err(forbidden()),
     }
 }
 
-fn unauthorized(message: &str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+fn unauthorized(message: &str) -> Refusal {
+    Refusal::new(ErrorCode::Unauthorized, message)
 }
 
-fn forbidden() -> ApiError {
-    ApiError::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        "this token may not do that",
-    )
+fn forbidden() -> Refusal {
+    Refusal::new(ErrorCode::Forbidden, "this token may not do that")
 }
 
-fn method_not_allowed(method: &Method) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+fn method_not_allowed(method: &Method) -> Refusal {
+    Refusal::new(
+        ErrorCode::MethodNotAllowed,
         format!("{method} is not allowed on this route"),
     )
-}
-
-fn parse_version(version: &str) -> Result<u32, ApiError> {
-    version.parse().map_err(|_| {
-        ApiError::bad_request(format!(
-            "'{}' is not a version number",
-            version.escape_debug()
-        ))
-    })
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(
     request: Request<Incoming>,
     timeout: std::time::Duration,
-) -> Result<T, ApiError> {
+) -> Result<T, Refusal> {
     let limited = http_body_util::Limited::new(request.into_body(), MAX_JSON_BODY);
     let bytes = tokio::time::timeout(timeout, limited.collect())
         .await
         .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
+            Refusal::new(
+                ErrorCode::BodyTimeout,
                 format!(
                     "the JSON body did not arrive within {} ms",
                     timeout.as_millis()
@@ -537,9 +234,8 @@ async fn read_json<T: serde::de::DeserializeOwned>(
             )
         })?
         .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
+            Refusal::new(
+                ErrorCode::BodyTooLarge,
                 format!("JSON bodies are limited to {MAX_JSON_BODY} bytes"),
             )
         })?
@@ -550,36 +246,5 @@ async fn read_json<T: serde::de::DeserializeOwned>(
         &bytes[..]
     };
     serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::invalid("invalid_json", format!("invalid JSON body: {e}")))
-}
-
-fn tenant_json(record: &TenantRecord) -> Value {
-    json!({
-        "tenant": record.name,
-        "hosts": record.hosts,
-        "created": record.created,
-        "active": record.active,
-        "outgoing_hosts": record.outgoing_hosts,
-        "trusted_models": record.trusted_models,
-    })
-}
-
-fn deployment_json(record: &DeploymentRecord) -> Value {
-    let models: serde_json::Map<String, Value> = record
-        .models
-        .iter()
-        .map(|(name, model)| (name.clone(), Value::String(model.digest.to_string())))
-        .collect();
-    let formats: serde_json::Map<String, Value> = record
-        .models
-        .iter()
-        .map(|(name, model)| (name.clone(), Value::String(model.format.name().into())))
-        .collect();
-    json!({
-        "version": record.version,
-        "component": record.component.to_string(),
-        "models": models,
-        "formats": formats,
-        "created": record.created,
-    })
+        .map_err(|e| Refusal::new(ErrorCode::InvalidJson, format!("invalid JSON body: {e}")))
 }

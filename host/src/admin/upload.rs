@@ -7,24 +7,22 @@
 //! side, parsed by [`super::multipart`] (its headers and part count bounded), and written in
 //! pieces of at most [`WRITE_BYTES`] through [`STORE_WRITES`], a few blocking slots of their
 //! own. An upload is bounded by the configured size, must keep a minimum rate
-//! ([`UploadSettings::min_bytes_per_sec`] over each [`RATE_WINDOW`]), and a part cut short is
+//! ([`UploadSettings::min_bytes_per_sec`] over each [`RATE_WINDOW`](super::paced::RATE_WINDOW)), and a part cut short is
 //! never stored. Blobs of a refused upload are removed at once unless something else holds
 //! them ([`Pins`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::Request;
 use hyper::body::Incoming;
 use tokio::sync::Semaphore;
-use tokio::time::Instant;
 
+use super::UploadSettings;
 use super::multipart::{self, Event, Parser};
-use super::{ApiError, UploadSettings};
+use super::paced::Paced;
 use crate::backends::models::ModelFormat;
+use crate::error::{ErrorCode, Refusal};
 use crate::store::{BlobWriter, Digest};
 use crate::tenancy::Platform;
 use crate::tenancy::records::{DeploymentConfig, MAX_CONFIG_BYTES, ModelRef, check_model_name};
@@ -35,9 +33,6 @@ const WRITE_BYTES: usize = 64 * 1024;
 /// Store writes for uploads running at once, across the process: uploads never take more
 /// blocking threads than this, whatever their number.
 static STORE_WRITES: Semaphore = Semaphore::const_new(4);
-
-/// The period over which an upload's rate is measured.
-const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 /// The blobs of an upload, all stored, and pinned while this lives.
 #[derive(Debug)]
@@ -89,10 +84,9 @@ impl Quota {
         self.limit.saturating_sub(self.used)
     }
 
-    fn exceeded(self) -> ApiError {
-        ApiError::new(
-            hyper::StatusCode::INSUFFICIENT_STORAGE,
-            "storage_quota_exceeded",
+    fn exceeded(self) -> Refusal {
+        Refusal::new(
+            ErrorCode::StorageQuotaExceeded,
             format!(
                 "the tenant's deployments use {} of its {} bytes of storage and this upload \
                  does not fit; delete old deployments (DELETE \
@@ -110,7 +104,7 @@ pub async fn receive(
     request: Request<Incoming>,
     settings: UploadSettings,
     quota: Quota,
-) -> Result<Upload, ApiError> {
+) -> Result<Upload, Refusal> {
     let limit = settings.max_bytes;
     let content_type = request
         .headers()
@@ -118,7 +112,7 @@ pub async fn receive(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let boundary = multipart::boundary(content_type).ok_or_else(|| {
-        ApiError::bad_request(
+        Refusal::bad_request(
             "expected a multipart/form-data body with parts 'component' and 'model.NAME'",
         )
     })?;
@@ -212,12 +206,12 @@ impl Parts {
         }
     }
 
-    async fn begin(&mut self, head: multipart::PartHead) -> Result<(), ApiError> {
+    async fn begin(&mut self, head: multipart::PartHead) -> Result<(), Refusal> {
         self.end().await?;
         let platform = &self.platform;
         let name = head.name;
         if !self.names.insert(name.clone()) {
-            return Err(ApiError::bad_request(format!(
+            return Err(Refusal::bad_request(format!(
                 "the part '{}' is given twice",
                 name.escape_debug()
             )));
@@ -225,7 +219,7 @@ impl Parts {
         self.current = Some(if name == "component" {
             Current::Component(BlobSink::open(platform).await?)
         } else if let Some(model) = name.strip_prefix("model.") {
-            check_model_name(model).map_err(|m| ApiError::invalid("invalid_model_name", m))?;
+            check_model_name(model).map_err(|m| Refusal::new(ErrorCode::InvalidModelName, m))?;
             let format = head
                 .file_name
                 .and_then(|f| ModelFormat::from_path(f.as_ref()).ok());
@@ -242,7 +236,7 @@ impl Parts {
         } else if name == "config" {
             Current::Config(Vec::new())
         } else {
-            return Err(ApiError::bad_request(format!(
+            return Err(Refusal::bad_request(format!(
                 "unexpected part '{}': expected 'component', 'model.NAME', 'format.NAME' or \
                  'config'",
                 name.escape_debug()
@@ -251,12 +245,12 @@ impl Parts {
         Ok(())
     }
 
-    async fn data(&mut self, data: &[u8]) -> Result<(), ApiError> {
+    async fn data(&mut self, data: &[u8]) -> Result<(), Refusal> {
         match &mut self.current {
             Some(Current::Component(sink) | Current::Model { sink, .. }) => sink.write(data).await,
             Some(Current::Format { name, value }) => {
                 if value.len() + data.len() > MAX_FORMAT_BYTES {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(Refusal::bad_request(format!(
                         "the part 'format.{}' is longer than {MAX_FORMAT_BYTES} bytes",
                         name.escape_debug()
                     )));
@@ -266,22 +260,22 @@ impl Parts {
             }
             Some(Current::Config(value)) => {
                 if value.len() + data.len() > MAX_CONFIG_BYTES {
-                    return Err(ApiError::invalid(
-                        "invalid_config",
+                    return Err(Refusal::new(
+                        ErrorCode::InvalidConfig,
                         format!("the 'config' part is longer than {MAX_CONFIG_BYTES} bytes"),
                     ));
                 }
                 value.extend_from_slice(data);
                 Ok(())
             }
-            None => Err(ApiError::internal(anyhow::anyhow!(
+            None => Err(Refusal::Internal(anyhow::anyhow!(
                 "multipart data outside a part"
             ))),
         }
     }
 
     /// Completes the current part, if any: its blob is committed.
-    async fn end(&mut self) -> Result<(), ApiError> {
+    async fn end(&mut self) -> Result<(), Refusal> {
         match self.current.take() {
             None => {}
             Some(Current::Component(sink)) => {
@@ -296,7 +290,7 @@ impl Parts {
             }
             Some(Current::Format { name, value }) => {
                 let value = String::from_utf8(value).map_err(|_| {
-                    ApiError::bad_request(format!(
+                    Refusal::bad_request(format!(
                         "the part 'format.{}' is not UTF-8",
                         name.escape_debug()
                     ))
@@ -308,15 +302,15 @@ impl Parts {
         Ok(())
     }
 
-    fn into_upload(self) -> Result<Upload, ApiError> {
+    fn into_upload(self) -> Result<Upload, Refusal> {
         let component = self.component.ok_or_else(|| {
-            ApiError::invalid(
-                "missing_component",
+            Refusal::new(
+                ErrorCode::MissingComponent,
                 "the upload has no 'component' part (the .wasm file)",
             )
         })?;
         if let Some(orphan) = self.formats.keys().find(|m| !self.models.contains_key(*m)) {
-            return Err(ApiError::bad_request(format!(
+            return Err(Refusal::bad_request(format!(
                 "'format.{}' names no model part 'model.{}'",
                 orphan.escape_debug(),
                 orphan.escape_debug()
@@ -326,8 +320,8 @@ impl Parts {
         for (name, (digest, from_file)) in self.models {
             let format = match self.formats.get(&name) {
                 Some(value) => ModelFormat::from_name(value).ok_or_else(|| {
-                    ApiError::invalid(
-                        "unknown_format",
+                    Refusal::new(
+                        ErrorCode::UnknownFormat,
                         format!(
                             "model '{name}': unknown format '{}'; Corral serves 'onnx' and \
                              'pytorch' (TorchScript)",
@@ -336,8 +330,8 @@ impl Parts {
                     )
                 })?,
                 None => from_file.ok_or_else(|| {
-                    ApiError::invalid(
-                        "unknown_format",
+                    Refusal::new(
+                        ErrorCode::UnknownFormat,
                         format!(
                             "model '{name}': cannot tell its format from the file name; name the \
                              file *.onnx (or *.pt, *.torchscript) or add a part 'format.{name}' \
@@ -350,7 +344,7 @@ impl Parts {
         }
         let config = match &self.config {
             Some(bytes) => DeploymentConfig::parse(bytes, &resolved)
-                .map_err(|m| ApiError::invalid("invalid_config", m))?,
+                .map_err(|m| Refusal::new(ErrorCode::InvalidConfig, m))?,
             None => DeploymentConfig::default(),
         };
         Ok(Upload {
@@ -371,7 +365,7 @@ struct BlobSink {
 }
 
 impl BlobSink {
-    async fn open(platform: &Arc<Platform>) -> Result<Self, ApiError> {
+    async fn open(platform: &Arc<Platform>) -> Result<Self, Refusal> {
         let platform = Arc::clone(platform);
         let writer = on_store(move || platform.store.blob_writer()).await?;
         Ok(Self {
@@ -380,7 +374,7 @@ impl BlobSink {
         })
     }
 
-    async fn write(&mut self, data: &[u8]) -> Result<(), ApiError> {
+    async fn write(&mut self, data: &[u8]) -> Result<(), Refusal> {
         let mut data = data;
         while !data.is_empty() {
             let take = data.len().min(WRITE_BYTES - self.pending.len());
@@ -393,7 +387,7 @@ impl BlobSink {
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), ApiError> {
+    async fn flush(&mut self) -> Result<(), Refusal> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -411,7 +405,7 @@ impl BlobSink {
     }
 
     /// Commits the blob, pinned (see [`Pins`]).
-    async fn commit(mut self, platform: &Arc<Platform>) -> Result<Digest, ApiError> {
+    async fn commit(mut self, platform: &Arc<Platform>) -> Result<Digest, Refusal> {
         self.flush().await?;
         let writer = self.writer.take().ok_or_else(closed)?;
         let platform = Arc::clone(platform);
@@ -420,101 +414,31 @@ impl BlobSink {
     }
 }
 
-fn closed() -> ApiError {
-    ApiError::internal(anyhow::anyhow!("an upload's blob was used after it failed"))
+fn closed() -> Refusal {
+    Refusal::Internal(anyhow::anyhow!("an upload's blob was used after it failed"))
 }
 
 /// Runs a store call on the blocking pool, holding one of [`STORE_WRITES`].
 async fn on_store<T: Send + 'static>(
     work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> Result<T, ApiError> {
+) -> Result<T, Refusal> {
     let _slot = STORE_WRITES
         .acquire()
         .await
-        .map_err(|e| ApiError::internal(e.into()))?;
+        .map_err(|e| Refusal::Internal(e.into()))?;
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| ApiError::internal(anyhow::anyhow!("upload task failed: {e}")))?
-        .map_err(ApiError::internal)
+        .map_err(|e| Refusal::Internal(anyhow::anyhow!("upload task failed: {e}")))?
+        .map_err(Refusal::Internal)
 }
 
-/// The request body, refused once a [`RATE_WINDOW`] passes carrying less than the minimum
-/// rate: a client trickling bytes cannot hold a connection (and the blob it is writing)
-/// for ever.
-struct Paced {
-    body: Incoming,
-    min_per_window: u64,
-    window_end: Instant,
-    in_window: u64,
+fn malformed(e: multipart::Error) -> Refusal {
+    Refusal::bad_request(format!("malformed multipart body: {e}"))
 }
 
-impl Paced {
-    fn new(body: Incoming, min_bytes_per_sec: u64) -> Self {
-        Self {
-            body,
-            min_per_window: min_bytes_per_sec.saturating_mul(RATE_WINDOW.as_secs()),
-            window_end: Instant::now() + RATE_WINDOW,
-            in_window: 0,
-        }
-    }
-
-    /// The next bytes of the body; `None` at its end.
-    async fn next_chunk(&mut self) -> Result<Option<Bytes>, ApiError> {
-        loop {
-            match tokio::time::timeout_at(self.window_end, self.body.frame()).await {
-                Ok(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.in_window += data.len() as u64;
-                        self.check_window()?;
-                        return Ok(Some(data));
-                    }
-                }
-                Ok(Some(Err(e))) => {
-                    return Err(ApiError::bad_request(format!(
-                        "the upload could not be read: {e}"
-                    )));
-                }
-                Ok(None) => return Ok(None),
-                Err(_) => self.check_window()?,
-            }
-        }
-    }
-
-    /// At the end of a window: refuses the upload if it fell below the rate, else starts the
-    /// next window.
-    fn check_window(&mut self) -> Result<(), ApiError> {
-        let now = Instant::now();
-        if now < self.window_end {
-            return Ok(());
-        }
-        if self.in_window < self.min_per_window {
-            return Err(ApiError::new(
-                hyper::StatusCode::REQUEST_TIMEOUT,
-                "upload_too_slow",
-                format!(
-                    "the upload sent {} bytes in {} s; this server needs at least {} bytes \
-                     every {} s",
-                    self.in_window,
-                    RATE_WINDOW.as_secs(),
-                    self.min_per_window,
-                    RATE_WINDOW.as_secs()
-                ),
-            ));
-        }
-        self.window_end = now + RATE_WINDOW;
-        self.in_window = 0;
-        Ok(())
-    }
-}
-
-fn malformed(e: multipart::Error) -> ApiError {
-    ApiError::bad_request(format!("malformed multipart body: {e}"))
-}
-
-fn too_large(limit: u64) -> ApiError {
-    ApiError::new(
-        hyper::StatusCode::PAYLOAD_TOO_LARGE,
-        "upload_too_large",
+fn too_large(limit: u64) -> Refusal {
+    Refusal::new(
+        ErrorCode::UploadTooLarge,
         format!("the upload is larger than this server's limit of {limit} bytes"),
     )
 }

@@ -1,5 +1,5 @@
 //! Models by content: their format, their identity ([`ModelKey`]) and where their bytes can be
-//! read again ([`ModelSource`]). The model cache (`crate::inference`) loads each distinct file
+//! read again ([`ModelSource`]). The model cache (`inference::cache`) loads each distinct file
 //! once and shares it with every deployment that refers to it.
 
 use std::path::{Path, PathBuf};

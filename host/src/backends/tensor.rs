@@ -5,7 +5,6 @@
 //! [`InferenceError`] before anything is allocated or handed to a backend.
 
 use super::InferenceError;
-use super::onnx::OutputTensor;
 
 pub use corral_parsers::tensor::{ElementType, byte_len, element_count};
 
@@ -14,14 +13,21 @@ pub use corral_parsers::tensor::{ElementType, byte_len, element_count};
 #[derive(Debug)]
 pub enum TensorBytes {
     Host(Vec<u8>),
-    Onnx(OutputTensor),
+    Backend(Box<dyn OutputBuffer>),
+}
+
+/// A backend's own output buffer, held until the guest has read it (e.g. an ONNX Runtime
+/// output value, freed by its drop).
+pub trait OutputBuffer: Send + Sync + std::fmt::Debug {
+    /// The tensor's bytes, in place.
+    fn bytes(&self) -> &[u8];
 }
 
 impl TensorBytes {
     pub fn as_slice(&self) -> &[u8] {
         match self {
             Self::Host(bytes) => bytes,
-            Self::Onnx(output) => output.bytes(),
+            Self::Backend(output) => output.bytes(),
         }
     }
 }

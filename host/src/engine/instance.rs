@@ -1,56 +1,19 @@
 //! One request's sandbox: the store data of an instance, and the limits that bound it.
 //!
-//! Every limit that stops a guest records which one it was in the request's [`Outcome`]
+//! Every limit that stops a guest records which one it was in the request's
+//! [`Outcome`](crate::limits::Outcome)
 //! before trapping, so the client gets an error naming the limit rather than a bare 500.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use crate::limits::{LimitHit, Limits};
+use crate::limits::{LimitHit, Limits, Outcome};
 use crate::nn::{NnBudget, NnCtx, NnView};
-
-/// Which limit, if any, stopped a request. Shared between the store and the request handler.
-#[derive(Debug, Default)]
-pub struct Outcome(AtomicU8);
-
-impl Outcome {
-    const HITS: [LimitHit; 9] = [
-        LimitHit::Memory,
-        LimitHit::Instances,
-        LimitHit::CpuTime,
-        LimitHit::NnCalls,
-        LimitHit::NnBytes,
-        LimitHit::NnResources,
-        LimitHit::NnRank,
-        LimitHit::NnQueue,
-        LimitHit::RequestBody,
-    ];
-
-    /// Records `hit` (the first one wins) and returns the trap to stop the guest with.
-    pub fn trap(&self, hit: LimitHit, limits: &Limits) -> wasmtime::Error {
-        self.record(hit);
-        wasmtime::format_err!("{}", hit.describe(limits))
-    }
-
-    pub fn record(&self, hit: LimitHit) {
-        let code = Self::HITS.iter().position(|h| *h == hit).unwrap_or(0) as u8 + 1;
-        let _ = self
-            .0
-            .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
-    }
-
-    pub fn hit(&self) -> Option<LimitHit> {
-        match self.0.load(Ordering::Relaxed) {
-            0 => None,
-            n => Self::HITS.get(usize::from(n) - 1).copied(),
-        }
-    }
-}
 
 /// Bounds an instance's memories (all of them together), tables and instances.
 pub struct Limiter {
@@ -179,10 +142,13 @@ pub struct OutgoingHttp {
 
 impl OutgoingHttp {
     fn allows(&self, uri: &http::Uri) -> bool {
-        let Some(host) = uri.host() else {
+        // Compared as the entries were normalized when the operator set them.
+        let Some(host) = uri
+            .host()
+            .and_then(corral_parsers::hostname::normalize_host)
+        else {
             return false;
         };
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         self.allowed
@@ -216,21 +182,5 @@ impl WasiHttpHooks for OutgoingHttp {
                 Box::new(io) as Box<dyn Future<Output = _> + Send>,
             ))
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_first_limit_hit_is_the_one_reported() {
-        let outcome = Outcome::default();
-        assert_eq!(outcome.hit(), None);
-        let limits = Limits::default();
-        let trap = outcome.trap(LimitHit::CpuTime, &limits);
-        assert!(trap.to_string().contains("CPU time"));
-        outcome.record(LimitHit::Memory);
-        assert_eq!(outcome.hit(), Some(LimitHit::CpuTime));
     }
 }

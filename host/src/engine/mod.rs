@@ -22,7 +22,7 @@ use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi_http::WasiHttpCtx;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::limits::{LimitHit, Limits};
+use crate::limits::{LimitHit, Limits, Outcome};
 use crate::metrics::TenantCounters;
 use crate::nn::{self, NnBudget, NnCtx};
 
@@ -32,7 +32,7 @@ pub mod log;
 
 pub use cache::{CompileError, ComponentCache, check_component_header};
 pub use corral_parsers::config::EngineSettings;
-pub use instance::{InstanceState, Outcome, live_instances};
+pub use instance::{InstanceState, live_instances};
 use instance::{Limiter, OutgoingHttp};
 use log::{GuestOutput, GuestStream};
 

@@ -12,7 +12,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::HostError;
-use crate::engine::Outcome;
+use crate::limits::Outcome;
 use crate::limits::{LimitHit, Limits};
 use crate::metrics::TenantCounters;
 

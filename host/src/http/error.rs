@@ -1,4 +1,5 @@
-//! Every HTTP error Corral answers on its own, built in this one place.
+//! Every HTTP error Corral answers on its own, built in this one place from an
+//! [`ErrorCode`](crate::error::ErrorCode).
 //!
 //! Bodies are always `{"error":{"code":"...","message":"..."}}`. Messages describe what the
 //! client can act on; trap details and backtraces go to the log, never to the client.
@@ -7,6 +8,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Response, StatusCode};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::error::{ErrorCode, Refusal};
 
 /// A failure answered by the host rather than the guest.
 #[derive(Debug)]
@@ -37,60 +40,46 @@ pub enum HostError {
 }
 
 impl HostError {
-    fn parts(&self) -> (StatusCode, &'static str, String) {
+    /// The code and message the client gets.
+    fn parts(&self) -> (ErrorCode, String) {
         match self {
-            Self::BadRequest(message) => (StatusCode::BAD_REQUEST, "bad_request", message.clone()),
+            Self::BadRequest(message) => (ErrorCode::BadRequest, message.clone()),
             Self::ComponentFailed(None) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "component_failed",
+                ErrorCode::ComponentFailed,
                 "the service's component failed while handling the request".into(),
             ),
             Self::ComponentFailed(Some(trap)) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "component_trapped",
+                ErrorCode::ComponentTrapped,
                 format!("the service's component trapped: {trap}"),
             ),
-            Self::Limit(hit, message) => {
-                let status = match hit {
-                    crate::limits::LimitHit::RequestBody => StatusCode::PAYLOAD_TOO_LARGE,
-                    crate::limits::LimitHit::NnQueue => StatusCode::SERVICE_UNAVAILABLE,
-                    _ => StatusCode::INTERNAL_SERVER_ERROR,
-                };
-                (status, hit.code(), message.clone())
-            }
+            Self::Limit(hit, message) => (hit.code(), message.clone()),
             Self::Overloaded => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
+                ErrorCode::Overloaded,
                 "this service is handling as many requests as it may; retry shortly".into(),
             ),
             Self::ComponentError(code) => (
-                StatusCode::BAD_GATEWAY,
-                "component_error",
+                ErrorCode::ComponentError,
                 format!(
                     "the service's component answered with an error instead of a response: {code}"
                 ),
             ),
             Self::Timeout(limit) => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
+                ErrorCode::Timeout,
                 format!(
                     "the service's component did not answer within {} s",
                     limit.as_secs_f64()
                 ),
             ),
             Self::UnknownHost(Some(host)) => (
-                StatusCode::NOT_FOUND,
-                "unknown_host",
+                ErrorCode::UnknownHost,
                 format!("no service is deployed at host '{}'", host.escape_debug()),
             ),
             Self::UnknownHost(None) => (
-                StatusCode::NOT_FOUND,
-                "unknown_host",
+                ErrorCode::UnknownHost,
                 "the request names no host (Host header or :authority)".into(),
             ),
             Self::DeploymentUnavailable { restoring } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "deployment_unavailable",
+                ErrorCode::DeploymentUnavailable,
                 if *restoring {
                     "this service's deployment is being restored after a restart; retry shortly"
                         .into()
@@ -101,13 +90,11 @@ impl HostError {
                 },
             ),
             Self::NoDeployment => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_active_deployment",
+                ErrorCode::NoActiveDeployment,
                 "this service has no active deployment".into(),
             ),
             Self::Misdirected { sni, host } => (
-                StatusCode::MISDIRECTED_REQUEST,
-                "misdirected_request",
+                ErrorCode::MisdirectedRequest,
                 format!(
                     "this connection was opened for '{}' (TLS server name), which is not the \
                      service at '{}': open a new connection for that host",
@@ -115,38 +102,47 @@ impl HostError {
                     host.escape_debug()
                 ),
             ),
-            Self::HeadersTooLarge(message) => (
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "headers_too_large",
-                message.clone(),
-            ),
+            Self::HeadersTooLarge(message) => (ErrorCode::HeadersTooLarge, message.clone()),
         }
     }
 
     pub fn into_response(self) -> Response<HyperOutgoingBody> {
-        let (status, code, message) = self.parts();
-        let mut response = json_error(status, code, &message);
-        if matches!(
-            self,
-            Self::Overloaded
-                | Self::DeploymentUnavailable { restoring: true }
-                | Self::Limit(crate::limits::LimitHit::NnQueue, _)
-        ) {
-            response.headers_mut().insert(
-                hyper::header::RETRY_AFTER,
-                hyper::header::HeaderValue::from_static("1"),
-            );
+        let (code, message) = self.parts();
+        let mut response = error_response(code, &message);
+        if let Self::DeploymentUnavailable { restoring: false } = self {
+            // Retrying does not help a deployment that could not be restored.
+            response.headers_mut().remove(hyper::header::RETRY_AFTER);
         }
         response
     }
 }
 
-/// A JSON error response.
-pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<HyperOutgoingBody> {
-    json_response(
-        status,
-        &serde_json::json!({ "error": { "code": code, "message": message } }),
-    )
+/// The one place an error becomes a response: `code`'s status, `{"error":{"code","message"}}`,
+/// and `Retry-After` where the code passes.
+pub fn error_response(code: ErrorCode, message: &str) -> Response<HyperOutgoingBody> {
+    let mut response = json_response(
+        code.status(),
+        &serde_json::json!({ "error": { "code": code.as_str(), "message": message } }),
+    );
+    if let Some(seconds) = code.retry_after() {
+        response.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from(seconds),
+        );
+    }
+    response
+}
+
+/// A refusal as its response; Corral's own failure is logged and answered `500 internal`
+/// without its cause.
+pub fn refusal_response(refusal: Refusal) -> Response<HyperOutgoingBody> {
+    match refusal {
+        Refusal::Refused { code, message } => error_response(code, &message),
+        Refusal::Internal(error) => {
+            tracing::error!(error = ?error, "request failed");
+            error_response(ErrorCode::Internal, "the server failed; see its log")
+        }
+    }
 }
 
 /// A JSON response (the admin API's successful answers use it too).

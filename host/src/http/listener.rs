@@ -34,6 +34,7 @@ use tokio_rustls::TlsAcceptor;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::config::HttpSettings;
+use crate::metrics::ConnectionStats;
 
 /// What a request knows about the connection it came on.
 #[derive(Clone, Debug, Default)]
@@ -44,17 +45,6 @@ pub struct Connection {
     pub tls: bool,
     /// The name the client asked for in the TLS handshake (SNI), if any.
     pub sni: Option<String>,
-}
-
-/// Counts the listener keeps, for metrics.
-#[derive(Debug, Default)]
-pub struct ConnectionStats {
-    /// Connections open now.
-    pub open: AtomicUsize,
-    /// Connections closed at once because `max_connections` were open.
-    pub refused: AtomicU64,
-    /// TLS handshakes that failed or timed out.
-    pub failed_handshakes: AtomicU64,
 }
 
 /// One listener: its socket, TLS (if any), limits and counters.

@@ -16,8 +16,9 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::engine::{Outcome, RequestSandbox, Service};
+use crate::engine::{RequestSandbox, Service};
 use crate::limits::LimitHit;
+use crate::limits::Outcome;
 use bounds::{Bounded, Gate};
 use error::HostError;
 use http_body_util::BodyExt;

@@ -54,31 +54,6 @@ impl InferenceOptions {
     }
 }
 
-/// Memory the process may use: its cgroup's limit if one is set, else the machine's.
-pub fn memory_available() -> u64 {
-    let cgroup = [
-        "/sys/fs/cgroup/memory.max",
-        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-    ]
-    .iter()
-    .filter_map(|path| std::fs::read_to_string(path).ok())
-    .find_map(|text| text.trim().parse::<u64>().ok());
-    let machine = physical_memory();
-    cgroup.map_or(machine, |limit| limit.min(machine))
-}
-
-/// The machine's physical memory, in bytes (4 GiB if it cannot be read).
-pub fn physical_memory() -> u64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    meminfo
-        .lines()
-        .find_map(|line| {
-            let kib = line.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?;
-            kib.trim().parse::<u64>().ok()
-        })
-        .map_or(4 << 30, |kib| kib * 1024)
-}
-
 /// The process's inference layer.
 #[derive(Debug)]
 pub struct Inference {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::metrics::{CountHistogram, Histogram};
+use crate::metrics::{CountHistogram, Histogram, ModelSeries};
 
 /// Batch sizes are measured in power-of-two classes: 1, 2–3, 4–7, ... 256 and more.
 const CLASSES: usize = 9;
@@ -113,6 +113,20 @@ impl ModelStats {
             Some(k) => Duration::from_secs_f64(classes[k].per_row * f64::from(rows.max(1))),
             None => UNMEASURED,
         }
+    }
+}
+
+impl ModelSeries for ModelStats {
+    fn batch_size(&self) -> &CountHistogram {
+        &self.batch_size
+    }
+
+    fn queue(&self) -> &Histogram {
+        &self.queue
+    }
+
+    fn compute(&self) -> &Histogram {
+        &self.compute
     }
 }
 

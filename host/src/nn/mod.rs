@@ -26,9 +26,9 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use crate::backends::tensor::{ElementType, Tensor, TensorBytes};
 use crate::backends::{ErrorKind, InferenceError};
-use crate::engine::Outcome;
 use crate::inference::scheduler::Registration;
 use crate::inference::{Inference, Model, ModelSet, RunError, Submission};
+use crate::limits::Outcome;
 use crate::limits::{LimitHit, Limits};
 
 mod generated {

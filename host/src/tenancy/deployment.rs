@@ -1,22 +1,105 @@
 //! Turning a stored deployment into one that serves: compile (or load from the cache) the
 //! component, load each model into the model cache (or find it there), link. Every failure is a
-//! [`Refusal`] naming the part at fault, and nothing is activated until all of it succeeded.
+//! [`BuildError`] naming the part at fault, and nothing is activated until all of it succeeded.
 
 use std::sync::Arc;
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use super::Refusal;
 use super::records::DeploymentRecord;
-use crate::backends::ErrorKind;
 use crate::backends::models::{ModelFile, ModelKey};
+use crate::backends::{ErrorKind, InferenceError};
 use crate::engine::{CompileError, ComponentCache, EngineSettings, LinkError, Service};
+use crate::error::{ErrorCode, Refusal};
 use crate::inference::{Inference, LoadError, Model, ModelSet, Room};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::nn::NnCtx;
 use crate::store::Store;
+
+/// Why a deployment does not build: the part at fault, and the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The component does not compile.
+    #[error(transparent)]
+    Component(CompileError),
+    /// It does not link (an import Corral lacks, no `wasi:http` handler).
+    #[error(transparent)]
+    Link(LinkError),
+    /// The backend refused a model's bytes.
+    #[error("model '{name}': {}", source.message)]
+    InvalidModel {
+        name: String,
+        source: InferenceError,
+    },
+    /// An ONNX model refers to files outside itself (checked by the backend on every load).
+    #[error("model '{name}': {}", source.message)]
+    ExternalData {
+        name: String,
+        source: InferenceError,
+    },
+    /// The backend or the store failed while loading a model: not the model's fault.
+    #[error("cannot load model '{name}': {}", source.message)]
+    ModelLoad {
+        name: String,
+        source: InferenceError,
+    },
+    /// A model is larger loaded than the whole model memory budget.
+    #[error(
+        "model '{name}' needs {bytes} bytes loaded, more than the server's model memory budget \
+         of {budget} bytes"
+    )]
+    ModelTooLarge {
+        name: String,
+        bytes: u64,
+        budget: u64,
+    },
+    /// Models in use hold the budget now.
+    #[error(
+        "model '{name}' ({bytes} bytes) cannot be loaded now: models in use hold the server's \
+         model memory budget of {budget} bytes; retry shortly"
+    )]
+    ModelsBusy {
+        name: String,
+        bytes: u64,
+        budget: u64,
+    },
+    /// Together the models are over the tenant's `model_bytes`.
+    #[error(
+        "the deployment's models measure {total} bytes loaded, more than this tenant's model \
+         memory quota of {quota} bytes"
+    )]
+    ModelQuota { total: u64, quota: u64 },
+}
+
+impl BuildError {
+    /// The code the uploader gets; `None` when Corral itself failed.
+    pub fn code(&self) -> Option<ErrorCode> {
+        Some(match self {
+            Self::Component(CompileError::Invalid(_)) => ErrorCode::InvalidComponent,
+            Self::Link(LinkError::Import(_)) => ErrorCode::UnsatisfiedImport,
+            Self::Link(LinkError::Export(_)) => ErrorCode::MissingExport,
+            Self::InvalidModel { .. } => ErrorCode::InvalidModel,
+            Self::ExternalData { .. } => ErrorCode::ExternalData,
+            Self::ModelTooLarge { .. } => ErrorCode::ModelTooLarge,
+            Self::ModelsBusy { .. } => ErrorCode::ModelsBusy,
+            Self::ModelQuota { .. } => ErrorCode::ModelQuotaExceeded,
+            Self::Component(CompileError::Store(_))
+            | Self::Link(LinkError::Host(_))
+            | Self::ModelLoad { .. } => return None,
+        })
+    }
+}
+
+impl From<BuildError> for Refusal {
+    fn from(error: BuildError) -> Self {
+        match error.code() {
+            Some(code) => Refusal::new(code, error.to_string()),
+            None => Refusal::Internal(anyhow::Error::new(error)),
+        }
+    }
+}
 
 /// What every deployment of the process shares.
 #[derive(Debug)]
@@ -68,14 +151,11 @@ impl Platform {
         tenant: &str,
         record: &DeploymentRecord,
         validation: Validation<'_>,
-    ) -> Result<LiveDeployment, Refusal> {
+    ) -> Result<LiveDeployment, BuildError> {
         let component = self
             .components
             .load(&self.engine, &self.store, &record.component)
-            .map_err(|e| match e {
-                CompileError::Invalid(message) => Refusal::invalid("invalid_component", message),
-                CompileError::Store(e) => Refusal::Internal(e),
-            })?;
+            .map_err(BuildError::Component)?;
         let mut models = ModelSet::default();
         let mut measured: Vec<(ModelKey, u64)> = Vec::new();
         for (name, model) in &record.models {
@@ -115,13 +195,7 @@ impl Platform {
             let quota = limits.model_bytes.min(budget);
             let total: u64 = measured.iter().map(|(_, bytes)| bytes).sum();
             if total > quota {
-                return Err(Refusal::Quota {
-                    code: "model_quota_exceeded",
-                    message: format!(
-                        "the deployment's models measure {total} bytes loaded, more than this \
-                         tenant's model memory quota of {quota} bytes"
-                    ),
-                });
+                return Err(BuildError::ModelQuota { total, quota });
             }
         }
         models.max_batch_size = record.config.batching.max_batch_size;
@@ -131,11 +205,7 @@ impl Platform {
             .max_delay_us
             .map(std::time::Duration::from_micros);
         let nn = NnCtx::new(Arc::new(models), Arc::clone(&self.inference), tenant);
-        let service = Service::new(&self.engine, &component, nn).map_err(|e| match e {
-            LinkError::Import(_) => Refusal::invalid("unsatisfied_import", e.to_string()),
-            LinkError::Export(_) => Refusal::invalid("missing_export", e.to_string()),
-            LinkError::Host(e) => Refusal::Internal(e),
-        })?;
+        let service = Service::new(&self.engine, &component, nn).map_err(BuildError::Link)?;
         Ok(LiveDeployment {
             version: record.version,
             service: Arc::new(service),
@@ -152,48 +222,37 @@ fn load_model(
     key: ModelKey,
     source: &ModelFile,
     validation: Validation<'_>,
-) -> Result<Option<u64>, Refusal> {
+) -> Result<Option<u64>, BuildError> {
     let room = match validation {
         Validation::Deploy(_) => Room::MakeRoom,
         Validation::Restore => Room::IfFree,
     };
+    let name = name.to_owned();
     match inference.cache().load(key, source, room, tenant) {
         Ok(Some(model)) => Ok(Some(model.resident_bytes())),
         Ok(None) => Ok(None),
         Err(LoadError::TooLarge { bytes, budget }) => match validation {
-            Validation::Deploy(_) => Err(Refusal::invalid(
-                "model_too_large",
-                format!(
-                    "model '{name}' needs {bytes} bytes loaded, more than the server's model \
-                     memory budget of {budget} bytes"
-                ),
-            )),
+            Validation::Deploy(_) => Err(BuildError::ModelTooLarge {
+                name,
+                bytes,
+                budget,
+            }),
             Validation::Restore => {
                 tracing::warn!(model = %name, bytes, budget, "a restored model is larger than the model memory budget: it cannot load");
                 Ok(None)
             }
         },
-        Err(LoadError::NoRoom { bytes, budget }) => Err(Refusal::Busy {
-            code: "models_busy",
-            message: format!(
-                "model '{name}' ({bytes} bytes) cannot be loaded now: models in use hold the \
-                 server's model memory budget of {budget} bytes; retry shortly"
-            ),
+        Err(LoadError::NoRoom { bytes, budget }) => Err(BuildError::ModelsBusy {
+            name,
+            bytes,
+            budget,
         }),
-        Err(LoadError::Failed(e)) => match e.kind {
-            ErrorKind::RuntimeError => Err(Refusal::Internal(anyhow::anyhow!(
-                "cannot load model '{name}': {}",
-                e.message
-            ))),
+        Err(LoadError::Failed(source)) => Err(match source.kind {
             // The backend's check of an ONNX model's self-containment (run on every load).
-            ErrorKind::Security => Err(Refusal::invalid(
-                "external_data",
-                format!("model '{name}': {}", e.message),
-            )),
-            _ => Err(Refusal::invalid(
-                "invalid_model",
-                format!("model '{name}': {}", e.message),
-            )),
-        },
+            ErrorKind::Security => BuildError::ExternalData { name, source },
+            // The runtime, or reading the blob, failed: Corral's fault, not the model's.
+            ErrorKind::RuntimeError => BuildError::ModelLoad { name, source },
+            _ => BuildError::InvalidModel { name, source },
+        }),
     }
 }

@@ -23,14 +23,22 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::config::TlsSettings;
-use crate::tenancy::Tenancy;
-use crate::tenancy::records::normalize_host;
 use ca::LocalCa;
+use corral_parsers::hostname::normalize_host;
+
+/// Where the certificates of the names Corral serves come from (the tenants): what TLS needs
+/// of them, and nothing more.
+pub trait CertificateSource: Send + Sync + std::fmt::Debug {
+    /// The certificate of whoever serves `host` (normalized), if they have their own.
+    fn certificate_for_host(&self, host: &str) -> Option<Arc<CertifiedKey>>;
+    /// Whether anyone serves `host` (normalized): only such names get a local-CA certificate.
+    fn serves_host(&self, host: &str) -> bool;
+}
 
 /// Picks the certificate for each TLS handshake.
 #[derive(Debug)]
 pub struct CertResolver {
-    tenancy: Arc<Tenancy>,
+    source: Arc<dyn CertificateSource>,
     default: Option<Arc<CertifiedKey>>,
     local_ca: Option<LocalCa>,
     /// Certificates the local CA issued in this process, by name (bounded by the tenants'
@@ -45,7 +53,7 @@ impl CertResolver {
     pub fn new(
         settings: &TlsSettings,
         data_dir: &Path,
-        tenancy: Arc<Tenancy>,
+        source: Arc<dyn CertificateSource>,
     ) -> anyhow::Result<Self> {
         let default = if settings.cert_file.as_os_str().is_empty() {
             None
@@ -63,7 +71,7 @@ impl CertResolver {
             );
         }
         Ok(Self {
-            tenancy,
+            source,
             default,
             local_ca,
             issued: DashMap::new(),
@@ -79,7 +87,7 @@ impl CertResolver {
     pub fn certificate_for(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let name = server_name.and_then(normalize_host);
         if let Some(name) = &name
-            && let Some(key) = self.tenancy.certificate_for_host(name)
+            && let Some(key) = self.source.certificate_for_host(name)
         {
             return Some(key);
         }
@@ -88,7 +96,7 @@ impl CertResolver {
         }
         let ca = self.local_ca.as_ref()?;
         let name = match name {
-            Some(name) if self.tenancy.tenant_of_host(&name).is_some() => name,
+            Some(name) if self.source.serves_host(&name) => name,
             _ => "localhost".to_owned(),
         };
         if let Some(key) = self.issued.get(&name) {
@@ -126,9 +134,9 @@ fn load_default(cert_file: &Path, key_file: &Path) -> anyhow::Result<Arc<Certifi
             key_file.display()
         )
     })?;
-    let now = i64::try_from(crate::tenancy::records::now()).unwrap_or(i64::MAX);
+    let now = i64::try_from(crate::clock::now()).unwrap_or(i64::MAX);
     if parsed.info.not_after < now {
-        tracing::warn!(file = %cert_file.display(), not_after = %certs::format_time(parsed.info.not_after), "the default certificate has expired");
+        tracing::warn!(file = %cert_file.display(), not_after = %crate::clock::format_time(parsed.info.not_after), "the default certificate has expired");
     }
     Ok(parsed.key)
 }

@@ -189,6 +189,12 @@ impl OutputTensor {
     }
 }
 
+impl crate::backends::tensor::OutputBuffer for OutputTensor {
+    fn bytes(&self) -> &[u8] {
+        OutputTensor::bytes(self)
+    }
+}
+
 impl Drop for OutputTensor {
     fn drop(&mut self) {
         // SAFETY: we own the value returned by `Run` and release it exactly once.

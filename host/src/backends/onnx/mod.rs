@@ -362,7 +362,7 @@ fn tensor_from_output(name: &str, output: OutputTensor) -> Result<Tensor, Infere
     Ok(Tensor {
         shape,
         ty,
-        bytes: TensorBytes::Onnx(output),
+        bytes: TensorBytes::Backend(Box::new(output)),
     })
 }
 

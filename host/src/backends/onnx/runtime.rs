@@ -63,7 +63,7 @@ impl OnnxRuntime {
         .context("cannot describe CPU memory to ONNX Runtime")?;
         let settings = SETTINGS.get_or_init(OnnxSettings::default);
         let run_memory = match settings.run_memory_bytes {
-            0 => crate::inference::memory_available() / 2,
+            0 => crate::backends::memory_available() / 2,
             bytes => bytes,
         };
         super::ffi::register_run_arena(

@@ -6,93 +6,14 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
 
-/// Upper bounds of the latency histograms' buckets, in seconds.
-const BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-];
+mod histogram;
 
-/// A latency histogram with fixed buckets.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
-
-impl Histogram {
-    pub fn observe(&self, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|le| seconds <= *le) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (le, bucket) in BUCKETS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
-        }
-        let count = self.count();
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
-    }
-}
-
-/// Upper bounds of the batch-size histogram's buckets.
-const SIZE_BUCKETS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
-
-/// A histogram of counts (batch sizes) with power-of-two buckets.
-#[derive(Debug, Default)]
-pub struct CountHistogram {
-    buckets: [AtomicU64; SIZE_BUCKETS.len()],
-    count: AtomicU64,
-    sum: AtomicU64,
-}
-
-impl CountHistogram {
-    pub fn observe(&self, value: u64) {
-        if let Some(i) = SIZE_BUCKETS.iter().position(|le| value <= *le) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum.fetch_add(value, Ordering::Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    pub fn sum(&self) -> u64 {
-        self.sum.load(Ordering::Relaxed)
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (le, bucket) in SIZE_BUCKETS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
-        }
-        let count = self.count();
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum());
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
-    }
-}
+pub use histogram::{CountHistogram, Histogram};
 
 /// One tenant's counters, shared with the parts of the server that count them.
 #[derive(Debug, Default)]
@@ -117,6 +38,16 @@ pub struct Metrics {
 }
 
 /// Values read from the live system when metrics are scraped.
+/// A loaded model's series, as whoever measures them (the scheduler) keeps them.
+pub trait ModelSeries: Send + Sync + std::fmt::Debug {
+    /// Rows in each run.
+    fn batch_size(&self) -> &CountHistogram;
+    /// Time jobs waited in the model's queue.
+    fn queue(&self) -> &Histogram;
+    /// Time of each run.
+    fn compute(&self) -> &Histogram;
+}
+
 #[derive(Debug, Default)]
 pub struct Gauges {
     /// Loaded models: (digest, measured resident bytes).
@@ -128,7 +59,7 @@ pub struct Gauges {
     /// Time of each model load.
     pub model_load_times: Arc<Histogram>,
     /// Per loaded model (digest): its scheduler measurements.
-    pub model_stats: Vec<(String, Arc<crate::inference::ModelStats>)>,
+    pub model_stats: Vec<(String, Arc<dyn ModelSeries>)>,
     /// Tenant → seconds of inference runs (its share of each batch), with the device.
     pub tenant_compute: Vec<(String, &'static str, f64)>,
     /// Tenant → inference jobs waiting for a run thread.
@@ -141,7 +72,7 @@ pub struct Gauges {
     /// Inference runs executing now (stopped runs count until they have really ended).
     pub inference_runs: usize,
     /// Data-plane listener (`http`, `https`) → its connection counts.
-    pub connections: Vec<(&'static str, Arc<crate::http::listener::ConnectionStats>)>,
+    pub connections: Vec<(&'static str, Arc<ConnectionStats>)>,
 }
 
 impl Metrics {
@@ -188,28 +119,28 @@ impl Metrics {
 
     /// The inference layer's series: per loaded model, per tenant, and the cache's counters.
     fn render_inference(&self, out: &mut String, gauges: &Gauges) {
-        type Render = fn(&crate::inference::ModelStats, &mut String, &str, &str);
+        type Render = fn(&dyn ModelSeries, &mut String, &str, &str);
         let per_model: [(&str, &str, Render); 3] = [
             (
                 "corral_nn_batch_size",
                 "Rows in each inference run (a batch of requests stacked on the batch axis), by model digest.",
-                |s, out, name, labels| s.batch_size.render(out, name, labels),
+                |s, out, name, labels| s.batch_size().render(out, name, labels),
             ),
             (
                 "corral_nn_queue_seconds",
                 "Time wasi:nn compute jobs waited in their model's queue, by model digest.",
-                |s, out, name, labels| s.queue.render(out, name, labels),
+                |s, out, name, labels| s.queue().render(out, name, labels),
             ),
             (
                 "corral_nn_compute_seconds",
                 "Time of each inference run (batch) on the backend, by model digest.",
-                |s, out, name, labels| s.compute.render(out, name, labels),
+                |s, out, name, labels| s.compute().render(out, name, labels),
             ),
         ];
         for (name, help, render) in per_model {
             header(out, name, "histogram", help);
             for (model, stats) in &gauges.model_stats {
-                render(stats, out, name, &format!("model=\"{model}\""));
+                render(&**stats, out, name, &format!("model=\"{model}\""));
             }
         }
         header(
@@ -430,7 +361,7 @@ impl Metrics {
             let _ = writeln!(out, "{name} {value}");
         }
 
-        type StatOf = fn(&crate::http::listener::ConnectionStats) -> u64;
+        type StatOf = fn(&ConnectionStats) -> u64;
         let connection_rows: [(&str, &str, &str, StatOf); 3] = [
             (
                 "corral_open_connections",
@@ -474,6 +405,18 @@ fn escape(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// Counts a listener keeps (`corral_open_connections`, `corral_connections_refused_total`,
+/// `corral_tls_handshake_failures_total`).
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    /// Connections open now.
+    pub open: AtomicUsize,
+    /// Connections closed at once because `max_connections` were open.
+    pub refused: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub failed_handshakes: AtomicU64,
 }
 
 #[cfg(test)]

@@ -1,0 +1,64 @@
+//! `corral deploy`: upload a component and its models as a tenant's new active deployment.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::output::{print_json, version};
+use super::{ClientArgs, parse_model};
+use crate::client::AdminClient;
+
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    /// The tenant to deploy to.
+    #[arg(long)]
+    pub tenant: String,
+    /// The component (.wasm) to serve.
+    pub component: PathBuf,
+    /// A model the component loads by name: NAME=PATH (repeatable). PATH ends in .onnx.
+    #[arg(long = "model", value_name = "NAME=PATH", value_parser = parse_model)]
+    pub models: Vec<(String, PathBuf)>,
+    /// The deployment's settings, a JSON file: batching overrides and TorchScript batch axes
+    /// (docs/config.md, "Per deployment").
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+pub(super) async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    let api = AdminClient::new(&args.client.server, args.client.token)?;
+    for (name, path) in &args.models {
+        crate::backends::models::ModelFormat::from_path(path)
+            .with_context(|| format!("--model {name}={}", path.display()))?;
+    }
+    let answer = api
+        .deploy(
+            &args.tenant,
+            &args.component,
+            &args.models,
+            args.config.as_deref(),
+        )
+        .await?;
+    if args.client.json {
+        return print_json(&answer);
+    }
+    println!(
+        "deployed '{}' version {} (active)",
+        args.tenant,
+        version(&answer["version"])
+    );
+    println!(
+        "  component {}",
+        answer["component"].as_str().unwrap_or_default()
+    );
+    if let Some(models) = answer["models"].as_object() {
+        for (name, digest) in models {
+            println!("  model {name} {}", digest.as_str().unwrap_or_default());
+        }
+    }
+    for url in answer["urls"].as_array().into_iter().flatten() {
+        println!("  call it: curl {}", url.as_str().unwrap_or_default());
+    }
+    Ok(())
+}
