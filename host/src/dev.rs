@@ -9,14 +9,16 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::backends::models::{ModelFile, ModelFormat, ModelKey};
+use crate::backends::models::{ModelFormat, ModelKey};
 use crate::config::Config;
+use crate::deployment::{BuildError, DeploymentBuilder, ModelPart, Parts, Validation, load_models};
 use crate::engine::log::GuestOutput;
-use crate::engine::{self, EngineSettings, RequestSandbox, Service};
+use crate::engine::{self, EngineSettings, RequestSandbox};
 use crate::http::Target;
-use crate::inference::{Inference, Model, ModelSet, Room};
+use crate::inference::{Inference, ModelSet};
 use crate::limits::Limits;
-use crate::nn::NnCtx;
+use crate::store::Digest;
+use crate::store::records::DeploymentConfig;
 
 /// What `corral run` serves.
 #[derive(Clone, Debug)]
@@ -49,37 +51,45 @@ impl DevServer {
     /// file or model at fault.
     pub async fn start(options: DevOptions) -> anyhow::Result<Self> {
         let engine = engine::new_engine(&options.engine)?;
-        let component_path = options.component.clone();
-        let compile_engine = engine.clone();
-        let component =
-            tokio::task::spawn_blocking(move || engine::compile(&compile_engine, &component_path))
-                .await??;
         let mut config = Config::default();
         config.inference.runs = options.runs.unwrap_or(0);
         let inference = Arc::new(Inference::new(crate::server::inference_options(&config)));
-        let model_files = options.models.clone();
-        let loading = Arc::clone(&inference);
-        let models =
-            tokio::task::spawn_blocking(move || load_files(&loading, &model_files)).await??;
-        let loaded = options
-            .models
-            .iter()
-            .filter_map(|(name, _)| {
-                models
-                    .get(name)
-                    .map(|m| (name.clone(), m.key.digest.to_string()))
-            })
-            .collect();
-        let nn = NnCtx::new(Arc::new(models), Arc::clone(&inference), "");
-        let service = Service::new(&engine, &component, nn)
-            .with_context(|| format!("cannot serve {}", options.component.display()))?;
+        // The same builder as `corral serve`'s, without a cache of compiled components.
+        let builder = DeploymentBuilder::new(engine, Arc::clone(&inference), None);
+        let (component_path, files, limits) = (
+            options.component.clone(),
+            options.models.clone(),
+            options.limits.clone(),
+        );
+        let (built, loaded) = tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&component_path)
+                .with_context(|| format!("cannot read component {}", component_path.display()))?;
+            let models = model_parts(&files)?;
+            let loaded: Vec<(String, String)> = models
+                .iter()
+                .map(|m| (m.name.clone(), m.key.digest.to_string()))
+                .collect();
+            let parts = Parts {
+                component: Digest::of(&bytes),
+                component_bytes: &|| Ok(bytes.clone()),
+                models,
+                config: &DeploymentConfig::default(),
+            };
+            let built = builder
+                .build("", parts, Validation::Deploy(&limits))
+                .map_err(|e| dev_error(e, &files))
+                .with_context(|| format!("cannot serve {}", component_path.display()))?;
+            anyhow::Ok((built, loaded))
+        })
+        .await??;
+        let service = built.service;
         let output = if options.inherit_stdio {
             GuestOutput::Inherit
         } else {
             GuestOutput::Discard
         };
         let target = Target {
-            service: Arc::new(service),
+            service,
             sandbox: RequestSandbox {
                 limits: Arc::new(options.limits.clone()),
                 stdout: output.clone(),
@@ -143,40 +153,60 @@ impl DevServer {
     }
 }
 
-/// Loads `(name, path)` pairs into the model cache (so a bad file fails at start, naming it)
-/// and returns the deployment's named models.
-pub fn load_files(
-    inference: &Inference,
-    files: &[(String, std::path::PathBuf)],
-) -> anyhow::Result<ModelSet> {
-    let mut models = ModelSet::default();
+/// Loads `(name, path)` pairs into the model cache the way `corral run` does (so a bad file
+/// fails at start, naming it) and returns the deployment's named models.
+pub fn load_files(inference: &Inference, files: &[(String, PathBuf)]) -> anyhow::Result<ModelSet> {
+    let parts = model_parts(files)?;
+    load_models(
+        inference,
+        "",
+        &parts,
+        &DeploymentConfig::default(),
+        Validation::Deploy(&Limits::default()),
+    )
+    .map_err(|e| dev_error(e, files))
+}
+
+/// The model files as a deployment's parts: each one's format (from its extension) and
+/// digest. Every failure names the file.
+fn model_parts(files: &[(String, PathBuf)]) -> anyhow::Result<Vec<ModelPart>> {
+    let mut parts: Vec<ModelPart> = Vec::with_capacity(files.len());
     for (name, path) in files {
+        if parts.iter().any(|p| p.name == *name) {
+            anyhow::bail!("model name '{name}' is given twice");
+        }
         let format = ModelFormat::from_path(path)?;
         let bytes = std::fs::read(path)
             .with_context(|| format!("cannot read model '{name}' from {}", path.display()))?;
-        let digest = crate::store::Digest::of(&bytes);
-        drop(bytes);
-        let key = ModelKey { digest, format };
-        let source = Arc::new(ModelFile {
-            path: path.clone(),
-            digest,
-        });
-        inference
-            .cache()
-            .load(key, &*source, Room::MakeRoom, "")
-            .map_err(|e| anyhow::anyhow!("{}", e.to_inference().message))
-            .with_context(|| format!("cannot load model '{name}' from {}", path.display()))?;
-        tracing::info!(model = %name, %digest, path = %path.display(), "model loaded");
-        let model = Model {
+        let digest = Digest::of(&bytes);
+        tracing::info!(model = %name, %digest, path = %path.display(), "model file read");
+        parts.push(ModelPart {
             name: name.clone(),
-            key,
-            source,
-            hold: inference.cache().hold(key, ""),
-            batch_axis: None,
-        };
-        if !models.insert(model) {
-            anyhow::bail!("model name '{name}' is given twice");
-        }
+            key: ModelKey { digest, format },
+            path: path.clone(),
+        });
     }
-    Ok(models)
+    Ok(parts)
+}
+
+/// A build failure with the file of the model at fault, when it names one.
+fn dev_error(error: BuildError, files: &[(String, PathBuf)]) -> anyhow::Error {
+    let model = match &error {
+        BuildError::InvalidModel { name, .. }
+        | BuildError::ExternalData { name, .. }
+        | BuildError::ModelLoad { name, .. }
+        | BuildError::ModelTooLarge { name, .. }
+        | BuildError::ModelsBusy { name, .. } => Some(name.clone()),
+        _ => None,
+    };
+    let path = model
+        .as_ref()
+        .and_then(|name| files.iter().find(|(n, _)| n == name).map(|(_, p)| p));
+    match (model, path) {
+        (Some(name), Some(path)) => anyhow::Error::new(error).context(format!(
+            "cannot load model '{name}' from {}",
+            path.display()
+        )),
+        _ => anyhow::Error::new(error),
+    }
 }

@@ -13,6 +13,7 @@
 //! - [`error`]: every error code a client can receive, its status and meaning;
 //! - [`limits`]: per-tenant limits and where each is enforced;
 //! - [`metrics`]: Prometheus counters;
+//! - [`deployment`]: the one way a deployment is built (compile, load models, link);
 //! - [`dev`]: single-tenant development mode (`corral run`);
 //! - [`scaffold`]: `corral new`, a guest project to start from;
 //! - [`cli`]: the command line.
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod client;
 pub use corral_parsers::clock;
 pub use corral_parsers::config;
+pub mod deployment;
 pub mod dev;
 pub mod engine;
 pub mod error;
@@ -36,3 +38,6 @@ pub mod server;
 pub mod store;
 pub mod tenancy;
 pub mod tls;
+
+#[cfg(test)]
+mod layering;

@@ -16,7 +16,8 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, Admin};
 use crate::backends::onnx::OnnxRuntime;
 use crate::config::Config;
-use crate::engine::{self, ComponentCache};
+use crate::deployment::DeploymentBuilder;
+use crate::engine;
 use crate::http::error::HostError;
 use crate::http::listener::Listener;
 use crate::http::{self, Router, Target};
@@ -122,11 +123,14 @@ impl Server {
         let inference = Arc::new(Inference::new(inference_options(&options)));
         let engine = engine::new_engine(&options.engine)?;
         let metrics = Arc::new(Metrics::default());
+        let store = Arc::new(store);
         let platform = Arc::new(Platform {
-            components: ComponentCache::new(&engine),
-            engine,
-            store,
-            inference,
+            builder: DeploymentBuilder::new(
+                engine,
+                Arc::clone(&inference),
+                Some(store.cache.clone()),
+            ),
+            store: Arc::clone(&store),
             engine_settings: options.engine.clone(),
             default_limits: options.limits.clone(),
             metrics: Arc::clone(&metrics),
@@ -189,6 +193,9 @@ impl Server {
         let tls_stats = Arc::new(ConnectionStats::default());
         let admin = Arc::new(Admin {
             tenancy: Arc::clone(&tenancy),
+            inference,
+            store,
+            instance_slots: options.engine.instances,
             metrics,
             operator_token_sha256: token_hash(operator_token.trim()),
             uploads: admin::UploadSettings {
@@ -358,7 +365,7 @@ impl Router for TenantRouter {
 
 /// Reads the operator token from `path`, creating it (mode 0600) on first start.
 fn operator_token_file(store: &Store) -> anyhow::Result<String> {
-    let path = store.path(TOKEN_FILE.as_ref())?;
+    let path = store.dir.path(TOKEN_FILE.as_ref())?;
     match std::fs::read_to_string(&path) {
         Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
         // Written atomically, so an empty file is one someone else left: write it again.
@@ -368,6 +375,8 @@ fn operator_token_file(store: &Store) -> anyhow::Result<String> {
     }
     let token = new_token("corral_op")?;
     // A temporary file (mode 0600), synced, then renamed: never a torn or empty token.
-    store.write_file(TOKEN_FILE.as_ref(), format!("{token}\n").as_bytes())?;
+    store
+        .dir
+        .write_file(TOKEN_FILE.as_ref(), format!("{token}\n").as_bytes())?;
     Ok(token)
 }

@@ -302,6 +302,19 @@ impl EngineSettings {
         }
         Ok(())
     }
+
+    /// Refuses `limits` this engine cannot give a request: the one place a tenant's memory
+    /// limit is held against the engine's maximum (the defaults at start, each tenant's
+    /// overrides when the operator sets them).
+    pub fn check_limits(&self, limits: &Limits) -> Result<(), String> {
+        if limits.memory_bytes > self.max_memory_bytes {
+            return Err(format!(
+                "limit 'memory_bytes' ({}) must be at most the engine's max_memory_bytes ({})",
+                limits.memory_bytes, self.max_memory_bytes
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What the store keeps, and how many uploads are validated at once.
@@ -468,13 +481,9 @@ impl Config {
         self.limits
             .check()
             .map_err(|m| anyhow::anyhow!("[limits]: {m}"))?;
-        if self.limits.memory_bytes > self.engine.max_memory_bytes {
-            anyhow::bail!(
-                "[limits] memory_bytes ({}) is more than [engine] max_memory_bytes ({})",
-                self.limits.memory_bytes,
-                self.engine.max_memory_bytes
-            );
-        }
+        self.engine
+            .check_limits(&self.limits)
+            .map_err(|m| anyhow::anyhow!("[limits]: {m}"))?;
         if self.batching.max_batch_size == 0 {
             anyhow::bail!("[batching] max_batch_size must be at least 1 (1 turns batching off)");
         }

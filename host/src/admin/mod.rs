@@ -41,6 +41,12 @@ const MAX_JSON_BODY: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct Admin {
     pub tenancy: Arc<Tenancy>,
+    /// The shared inference layer (model status, `/metrics`).
+    pub inference: Arc<crate::inference::Inference>,
+    /// Where uploads are written.
+    pub store: Arc<crate::store::Store>,
+    /// The engine's instance slots, for `/metrics`.
+    pub instance_slots: u32,
     pub metrics: Arc<Metrics>,
     pub operator_token_sha256: Digest,
     /// How large and how slow a deployment upload may be.
@@ -122,8 +128,7 @@ impl Admin {
                 &json!({"status": "ready", "tenants": self.tenancy.tenant_count()}),
             )),
             (&Method::GET, ["metrics"]) => {
-                let platform = self.tenancy.platform();
-                let inference = &platform.inference;
+                let inference = &self.inference;
                 let cache = inference.cache();
                 let digest = |key: &crate::backends::models::ModelKey| key.digest.to_string();
                 let gauges = Gauges {
@@ -154,7 +159,7 @@ impl Admin {
                     tenants: self.tenancy.tenant_count(),
                     queue_depth: self.tenancy.queue_depths(),
                     instances_in_use: crate::engine::live_instances(),
-                    instance_slots: platform.engine_settings.instances,
+                    instance_slots: self.instance_slots,
                     inference_runs: inference.runs_in_flight(),
                     connections: self.connections.clone(),
                 };

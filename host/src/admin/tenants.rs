@@ -1,8 +1,6 @@
 //! The routes under `/v1/tenants`: tenants, their deployments, uploads and certificates, and
 //! the JSON they answer with.
 
-use std::sync::Arc;
-
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
@@ -11,7 +9,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use super::{Admin, Caller, forbidden, method_not_allowed, operator_only, read_json, upload};
 use crate::error::Refusal;
 use crate::http::error::json_response;
-use crate::tenancy::records::{DeploymentRecord, TenantRecord};
+use crate::store::records::{DeploymentRecord, TenantRecord};
 use crate::tenancy::{TenantUpdate, Unavailable};
 
 impl Admin {
@@ -63,7 +61,7 @@ impl Admin {
     /// Each model of a deployment: loaded now or not, its measured size, and why its latest
     /// load failed, if it did (a model loads on first use, and may fail then).
     fn model_status(&self, models: &crate::inference::ModelSet) -> Value {
-        let cache = self.tenancy.platform().inference.cache();
+        let cache = self.inference.cache();
         let mut all: Vec<Value> = models
             .iter()
             .map(|model| {
@@ -133,13 +131,13 @@ impl Admin {
             (&Method::POST, ["deployments"]) => {
                 // Refuse before reading a byte of the upload when the tenant does not exist.
                 self.tenancy.get(tenant)?;
-                let platform = Arc::clone(self.tenancy.platform());
+
                 let deployed = async {
                     let quota = upload::Quota {
                         limit: self.tenancy.limits(tenant)?.storage_bytes,
                         used: self.tenancy.storage_used(tenant).await?,
                     };
-                    let upload = upload::receive(&platform, request, self.uploads, quota).await?;
+                    let upload = upload::receive(&self.store, request, self.uploads, quota).await?;
                     let record = self
                         .tenancy
                         .deploy(tenant, upload.component, upload.models, upload.config)

@@ -23,9 +23,8 @@ use super::multipart::{self, Event, Parser};
 use super::paced::Paced;
 use crate::backends::models::ModelFormat;
 use crate::error::{ErrorCode, Refusal};
-use crate::store::{BlobWriter, Digest};
-use crate::tenancy::Platform;
-use crate::tenancy::records::{DeploymentConfig, MAX_CONFIG_BYTES, ModelRef, check_model_name};
+use crate::store::records::{DeploymentConfig, MAX_CONFIG_BYTES, ModelRef, check_model_name};
+use crate::store::{BlobWriter, Digest, Store};
 
 /// Upload bytes gathered before one write to the store.
 const WRITE_BYTES: usize = 64 * 1024;
@@ -48,7 +47,7 @@ pub struct Upload {
 /// (or another upload) holds them: a refused upload leaves nothing behind.
 #[derive(Debug)]
 pub struct Pins {
-    platform: Arc<Platform>,
+    store: Arc<Store>,
     digests: Vec<Digest>,
 }
 
@@ -58,10 +57,10 @@ impl Drop for Pins {
         if digests.is_empty() {
             return;
         }
-        let platform = Arc::clone(&self.platform);
+        let store = Arc::clone(&self.store);
         let unpin = move || {
             for digest in &digests {
-                platform.store.unpin(digest);
+                store.blobs.unpin(digest);
             }
         };
         // Removing a large file can block: off the async threads when there are some.
@@ -100,7 +99,7 @@ impl Quota {
 /// Reads a deployment upload into the store. Its blobs stay pinned (never collected) while
 /// the returned [`Upload`] lives.
 pub async fn receive(
-    platform: &Arc<Platform>,
+    store: &Arc<Store>,
     request: Request<Incoming>,
     settings: UploadSettings,
     quota: Quota,
@@ -128,7 +127,7 @@ pub async fn receive(
     }
     let mut body = Paced::new(request.into_body(), settings.min_bytes_per_sec);
     let mut parser = Parser::new(&boundary, multipart::Bounds::default());
-    let mut parts = Parts::new(platform);
+    let mut parts = Parts::new(store);
     let mut received = 0u64;
     loop {
         match body.next_chunk().await? {
@@ -159,7 +158,7 @@ pub async fn receive(
 
 /// The parts read so far and the one being read.
 struct Parts {
-    platform: Arc<Platform>,
+    store: Arc<Store>,
     pins: Pins,
     names: BTreeSet<String>,
     component: Option<Digest>,
@@ -190,11 +189,11 @@ enum Current {
 const MAX_FORMAT_BYTES: usize = 64;
 
 impl Parts {
-    fn new(platform: &Arc<Platform>) -> Self {
+    fn new(store: &Arc<Store>) -> Self {
         Self {
-            platform: Arc::clone(platform),
+            store: Arc::clone(store),
             pins: Pins {
-                platform: Arc::clone(platform),
+                store: Arc::clone(store),
                 digests: Vec::new(),
             },
             names: BTreeSet::new(),
@@ -208,7 +207,7 @@ impl Parts {
 
     async fn begin(&mut self, head: multipart::PartHead) -> Result<(), Refusal> {
         self.end().await?;
-        let platform = &self.platform;
+        let store = &self.store;
         let name = head.name;
         if !self.names.insert(name.clone()) {
             return Err(Refusal::bad_request(format!(
@@ -217,7 +216,7 @@ impl Parts {
             )));
         }
         self.current = Some(if name == "component" {
-            Current::Component(BlobSink::open(platform).await?)
+            Current::Component(BlobSink::open(store).await?)
         } else if let Some(model) = name.strip_prefix("model.") {
             check_model_name(model).map_err(|m| Refusal::new(ErrorCode::InvalidModelName, m))?;
             let format = head
@@ -226,7 +225,7 @@ impl Parts {
             Current::Model {
                 name: model.to_owned(),
                 format,
-                sink: BlobSink::open(platform).await?,
+                sink: BlobSink::open(store).await?,
             }
         } else if let Some(model) = name.strip_prefix("format.") {
             Current::Format {
@@ -279,12 +278,12 @@ impl Parts {
         match self.current.take() {
             None => {}
             Some(Current::Component(sink)) => {
-                let digest = sink.commit(&self.platform).await?;
+                let digest = sink.commit(&self.store).await?;
                 self.pins.digests.push(digest);
                 self.component = Some(digest);
             }
             Some(Current::Model { name, format, sink }) => {
-                let digest = sink.commit(&self.platform).await?;
+                let digest = sink.commit(&self.store).await?;
                 self.pins.digests.push(digest);
                 self.models.insert(name, (digest, format));
             }
@@ -365,9 +364,9 @@ struct BlobSink {
 }
 
 impl BlobSink {
-    async fn open(platform: &Arc<Platform>) -> Result<Self, Refusal> {
-        let platform = Arc::clone(platform);
-        let writer = on_store(move || platform.store.blob_writer()).await?;
+    async fn open(store: &Arc<Store>) -> Result<Self, Refusal> {
+        let store = Arc::clone(store);
+        let writer = on_store(move || store.blobs.writer()).await?;
         Ok(Self {
             writer: Some(writer),
             pending: Vec::with_capacity(WRITE_BYTES),
@@ -405,11 +404,11 @@ impl BlobSink {
     }
 
     /// Commits the blob, pinned (see [`Pins`]).
-    async fn commit(mut self, platform: &Arc<Platform>) -> Result<Digest, Refusal> {
+    async fn commit(mut self, store: &Arc<Store>) -> Result<Digest, Refusal> {
         self.flush().await?;
         let writer = self.writer.take().ok_or_else(closed)?;
-        let platform = Arc::clone(platform);
-        let (digest, _) = on_store(move || platform.store.commit_pinned(writer)).await?;
+        let store = Arc::clone(store);
+        let (digest, _) = on_store(move || store.blobs.commit_pinned(writer)).await?;
         Ok(digest)
     }
 }

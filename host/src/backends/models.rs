@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 
 /// The sha256 of a model file's bytes: a model's identity everywhere in Corral.
-pub type ModelDigest = crate::store::Digest;
+pub type ModelDigest = corral_parsers::digest::Digest;
 
 /// Model file formats Corral can serve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

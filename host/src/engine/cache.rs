@@ -4,13 +4,13 @@
 //! `cache/components/<component sha256>-<engine key>.cwasm`, where the engine key hashes
 //! everything that makes compiled code valid for this engine (wasmtime version, compiler
 //! settings, tunables). A different engine simply misses the cache. Files are written
-//! atomically through the store, and an unreadable entry is recompiled, never fatal.
+//! atomically through the store's node-local [`CacheDir`], and an unreadable entry is
+//! recompiled, never fatal.
 //!
 //! In memory, a component is loaded once however many deployments use it: tenants deploying
 //! the same component bytes share its code, metadata and type registrations.
 
 use std::hash::Hasher;
-use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
@@ -19,7 +19,7 @@ use sha2::{Digest as _, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use crate::store::{Digest, Store};
+use crate::store::{CacheDir, Digest};
 
 /// Why a component cannot be compiled.
 #[derive(Debug, thiserror::Error)]
@@ -51,40 +51,42 @@ impl ComponentCache {
         }
     }
 
-    /// The component stored as blob `digest`: the one already in memory if a deployment holds
-    /// it, else loaded by [`Self::load_uncached`] and kept for later deployments while any
-    /// holds it. Blocking and possibly slow.
+    /// The component whose bytes have `digest` (read by `bytes` only when they must be
+    /// compiled): the one already in memory if a deployment holds it, else loaded by
+    /// [`Self::load_uncached`] and kept for later deployments while any holds it. Blocking and
+    /// possibly slow.
     pub fn load(
         &self,
         engine: &Engine,
-        store: &Store,
+        cache: Option<&CacheDir>,
         digest: &Digest,
+        bytes: &dyn Fn() -> anyhow::Result<Vec<u8>>,
     ) -> Result<Arc<Component>, CompileError> {
         if let Some(component) = self.live.get(digest).and_then(|weak| weak.upgrade()) {
             return Ok(component);
         }
-        let component = Arc::new(self.load_uncached(engine, store, digest)?);
+        let component = Arc::new(self.load_uncached(engine, cache, digest, bytes)?);
         self.live.retain(|_, weak| weak.strong_count() > 0);
         self.live.insert(*digest, Arc::downgrade(&component));
         Ok(component)
     }
 
-    /// The component stored as blob `digest`, compiled for `engine`: from the cache when it
-    /// is there, else compiled from the blob and cached. Blocking and possibly slow.
+    /// The component whose bytes have `digest`, compiled for `engine`: from the cache when
+    /// it is there, else compiled from its bytes and cached. Blocking and possibly slow.
     fn load_uncached(
         &self,
         engine: &Engine,
-        store: &Store,
+        cache: Option<&CacheDir>,
         digest: &Digest,
+        bytes: &dyn Fn() -> anyhow::Result<Vec<u8>>,
     ) -> Result<Component, CompileError> {
-        let relative = PathBuf::from(format!(
-            "cache/components/{}-{}.cwasm",
-            digest.hex(),
-            self.key
-        ));
-        let path = store.path(&relative).map_err(CompileError::Store)?;
-        if path.is_file() {
-            match deserialize(engine, &path) {
+        let name = format!("components/{}-{}.cwasm", digest.hex(), self.key);
+        let path = match cache {
+            Some(cache) => Some(cache.path(&name).map_err(CompileError::Store)?),
+            None => None,
+        };
+        if let Some(path) = path.as_ref().filter(|path| path.is_file()) {
+            match deserialize(engine, path) {
                 Ok(component) => {
                     tracing::info!(component = %digest, "compiled component loaded from cache");
                     return Ok(component);
@@ -96,14 +98,17 @@ impl ComponentCache {
                 ),
             }
         }
-        let bytes = store.read_blob(digest).map_err(CompileError::Store)?;
+        let bytes = bytes().map_err(CompileError::Store)?;
         let started = std::time::Instant::now();
         let compiled = compile_bytes(engine, &bytes);
         release_compiler_memory();
         let component = compiled.map_err(|e| CompileError::Invalid(e.to_string()))?;
         tracing::info!(component = %digest, compile_ms = started.elapsed().as_millis() as u64, "component compiled");
+        let (Some(cache), Some(path)) = (cache, path) else {
+            return Ok(component);
+        };
         match component.serialize() {
-            Ok(compiled) => match store.write_file(&relative, &compiled) {
+            Ok(compiled) => match cache.write(&name, &compiled) {
                 // Serve from the file, as after a restart: its code is mapped from the page
                 // cache (only the pages in use resident) instead of held in this process's
                 // heap, with the compiler's scratch memory freed.
@@ -190,20 +195,32 @@ mod tests {
     fn deployments_of_the_same_bytes_share_one_component_while_any_holds_it() {
         let dir = std::env::temp_dir().join(format!("corral-cache-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let store = Store::open(&dir).unwrap();
+        let store = crate::store::Store::open(&dir).unwrap();
+        let read = |digest: Digest| {
+            let blobs = &store.blobs;
+            move || blobs.read(&digest)
+        };
         let engine = Engine::default();
         let cache = ComponentCache::new(&engine);
         let first = store
-            .put_blob(&wat::parse_str("(component)").unwrap())
+            .blobs
+            .put(&wat::parse_str("(component)").unwrap())
             .unwrap();
         let other = store
-            .put_blob(&wat::parse_str("(component (core module))").unwrap())
+            .blobs
+            .put(&wat::parse_str("(component (core module))").unwrap())
             .unwrap();
 
-        let a = cache.load(&engine, &store, &first).unwrap();
-        let b = cache.load(&engine, &store, &first).unwrap();
+        let a = cache
+            .load(&engine, Some(&store.cache), &first, &read(first))
+            .unwrap();
+        let b = cache
+            .load(&engine, Some(&store.cache), &first, &read(first))
+            .unwrap();
         assert!(Arc::ptr_eq(&a, &b), "the same bytes load one component");
-        let c = cache.load(&engine, &store, &other).unwrap();
+        let c = cache
+            .load(&engine, Some(&store.cache), &other, &read(other))
+            .unwrap();
         assert!(!Arc::ptr_eq(&a, &c), "other bytes are another component");
         assert!(
             dir.join(format!(
@@ -218,7 +235,9 @@ mod tests {
         let weak = Arc::downgrade(&a);
         drop((a, b));
         assert!(weak.upgrade().is_none(), "the cache does not keep it alive");
-        let again = cache.load(&engine, &store, &first).unwrap();
+        let again = cache
+            .load(&engine, Some(&store.cache), &first, &read(first))
+            .unwrap();
         assert_eq!(Arc::strong_count(&again), 1);
         assert_eq!(cache.live.len(), 2, "only live components are listed");
         drop(c);

@@ -1,5 +1,7 @@
-use std::path::Path;
+use std::fs;
+use std::path::{Path, PathBuf};
 
+use super::records::{DeploymentRecord, TenantRecord};
 use super::*;
 
 struct TempDir(PathBuf);
@@ -10,6 +12,10 @@ impl TempDir {
         let _ = fs::remove_dir_all(&path);
         Self(path)
     }
+
+    fn temp_files(&self) -> usize {
+        fs::read_dir(self.0.join("tmp")).unwrap().count()
+    }
 }
 
 impl Drop for TempDir {
@@ -18,44 +24,72 @@ impl Drop for TempDir {
     }
 }
 
+fn tenant(name: &str) -> TenantRecord {
+    TenantRecord {
+        name: name.to_owned(),
+        hosts: vec![format!("{name}.example")],
+        token_sha256: Digest::of(name.as_bytes()),
+        created: 1,
+        active: None,
+        limits: Default::default(),
+        outgoing_hosts: Vec::new(),
+        trusted_models: false,
+    }
+}
+
+fn deployment(component: &[u8]) -> DeploymentRecord {
+    DeploymentRecord {
+        version: 0,
+        component: Digest::of(component),
+        models: Default::default(),
+        created: 1,
+        config: Default::default(),
+    }
+}
+
 #[test]
 fn blobs_are_stored_under_their_digest_once() {
     let dir = TempDir::new("blobs");
     let store = Store::open(&dir.0).unwrap();
-    let digest = store.put_blob(b"model bytes").unwrap();
+    let digest = store.blobs.put(b"model bytes").unwrap();
     assert_eq!(digest, Digest::of(b"model bytes"));
     assert_eq!(
-        store.put_blob(b"model bytes").unwrap(),
+        store.blobs.put(b"model bytes").unwrap(),
         digest,
         "storing again is a no-op"
     );
-    assert_eq!(store.read_blob(&digest).unwrap(), b"model bytes");
-    assert!(store.blob_path(&digest).ends_with(digest.hex()));
-    assert_eq!(
-        fs::read_dir(dir.0.join(TEMP)).unwrap().count(),
-        0,
-        "no temporary file is left"
+    assert_eq!(store.blobs.read(&digest).unwrap(), b"model bytes");
+    assert!(
+        store
+            .blobs
+            .local_path(&digest)
+            .unwrap()
+            .ends_with(digest.hex())
     );
+    assert_eq!(dir.temp_files(), 0, "no temporary file is left");
 }
 
 #[test]
 fn a_blob_over_the_limit_is_refused_and_nothing_is_kept() {
     let dir = TempDir::new("limit");
     let store = Store::open(&dir.0).unwrap();
-    let err = store.put_blob_from(&[7u8; 1000][..], 999).unwrap_err();
+    let err = store.blobs.put_from(&[7u8; 1000][..], 999).unwrap_err();
     assert!(err.to_string().contains("limit of 999 bytes"), "{err}");
-    assert!(!store.has_blob(&Digest::of(&[7u8; 1000])));
-    assert_eq!(fs::read_dir(dir.0.join(TEMP)).unwrap().count(), 0);
-    assert_eq!(store.put_blob_from(&[7u8; 1000][..], 1000).unwrap().1, 1000);
+    assert!(!store.blobs.contains(&Digest::of(&[7u8; 1000])));
+    assert_eq!(dir.temp_files(), 0);
+    assert_eq!(
+        store.blobs.put_from(&[7u8; 1000][..], 1000).unwrap().1,
+        1000
+    );
 }
 
 #[test]
 fn a_damaged_blob_is_an_error_naming_it() {
     let dir = TempDir::new("damaged");
     let store = Store::open(&dir.0).unwrap();
-    let digest = store.put_blob(b"component").unwrap();
-    fs::write(store.blob_path(&digest), b"c0mponent").unwrap();
-    let err = store.read_blob(&digest).unwrap_err().to_string();
+    let digest = store.blobs.put(b"component").unwrap();
+    fs::write(store.blobs.local_path(&digest).unwrap(), b"c0mponent").unwrap();
+    let err = store.blobs.read(&digest).unwrap_err().to_string();
     assert!(
         err.contains("damaged") && err.contains(&digest.hex()),
         "{err}"
@@ -63,61 +97,68 @@ fn a_damaged_blob_is_an_error_naming_it() {
 }
 
 #[test]
-fn records_are_replaced_whole_and_read_back() {
-    let dir = TempDir::new("records");
-    let store = Store::open(&dir.0).unwrap();
+fn files_are_replaced_whole_and_read_back() {
+    let dir = TempDir::new("files");
+    let data = DataDir::open(&dir.0).unwrap();
     let path = Path::new("tenants/acme.json");
-    assert_eq!(store.read_record::<serde_json::Value>(path).unwrap(), None);
-    store
-        .write_record(path, &serde_json::json!({"hosts": ["a.example"]}))
-        .unwrap();
-    store
-        .write_record(path, &serde_json::json!({"hosts": ["b.example"]}))
-        .unwrap();
-    let value: serde_json::Value = store.read_record(path).unwrap().unwrap();
-    assert_eq!(value["hosts"][0], "b.example");
-    store.remove_record(path).unwrap();
-    store.remove_record(path).unwrap();
-    assert_eq!(store.read_record::<serde_json::Value>(path).unwrap(), None);
+    assert_eq!(data.read_file(path).unwrap(), None);
+    data.write_file(path, b"one").unwrap();
+    data.write_file(path, b"two").unwrap();
+    assert_eq!(data.read_file(path).unwrap().unwrap(), b"two");
+    assert!(data.remove_file(path).unwrap());
+    assert!(
+        !data.remove_file(path).unwrap(),
+        "removing again is no error"
+    );
+    assert_eq!(data.read_file(path).unwrap(), None);
 }
 
 #[test]
 fn a_crash_mid_write_leaves_the_old_record_and_reopening_cleans_up() {
     let dir = TempDir::new("crash");
-    let path = Path::new("tenants/acme.json");
     {
         let store = Store::open(&dir.0).unwrap();
         store
-            .write_record(path, &serde_json::json!({"version": 1}))
+            .records
+            .put_tenant(&tenant("acme"), Generation::ABSENT)
             .unwrap();
         // A write that crashed before its rename: a partial temporary file.
-        fs::write(dir.0.join(TEMP).join("999-0"), b"{\"version\": 2, \"tru").unwrap();
+        fs::write(dir.0.join("tmp/999-0"), b"{\"name\": \"acme\", \"tru").unwrap();
     }
     let store = Store::open(&dir.0).unwrap();
-    let value: serde_json::Value = store.read_record(path).unwrap().unwrap();
-    assert_eq!(value["version"], 1);
-    assert_eq!(fs::read_dir(dir.0.join(TEMP)).unwrap().count(), 0);
+    let read = store.records.tenant("acme").unwrap().unwrap();
+    assert_eq!(read.value.hosts, ["acme.example"]);
+    assert_eq!(dir.temp_files(), 0);
 }
 
 #[test]
 fn a_corrupt_record_names_the_file() {
     let dir = TempDir::new("corrupt");
     let store = Store::open(&dir.0).unwrap();
-    fs::create_dir_all(dir.0.join("tenants")).unwrap();
-    fs::write(dir.0.join("tenants/acme.json"), b"{not json").unwrap();
-    let err = store
-        .read_record::<serde_json::Value>(Path::new("tenants/acme.json"))
-        .unwrap_err();
-    assert!(format!("{err:#}").contains("tenants/acme.json"), "{err:#}");
+    fs::create_dir_all(dir.0.join("tenants/acme")).unwrap();
+    fs::write(dir.0.join("tenants/acme/tenant.json"), b"{not json").unwrap();
+    assert_eq!(store.records.tenant_names().unwrap(), ["acme"]);
+    let err = store.records.tenant("acme").unwrap_err();
+    assert!(
+        format!("{err:#}").contains("tenants/acme/tenant.json"),
+        "{err:#}"
+    );
 }
 
 #[test]
-fn record_paths_cannot_escape_or_touch_blobs() {
+fn file_paths_cannot_escape_or_touch_blobs() {
     let dir = TempDir::new("paths");
-    let store = Store::open(&dir.0).unwrap();
-    for bad in ["../x.json", "/etc/passwd", "blobs/sha256/x", "tmp/x", ""] {
+    let data = DataDir::open(&dir.0).unwrap();
+    for bad in [
+        "../x.json",
+        "/etc/passwd",
+        "blobs/sha256/x",
+        "tmp/x",
+        "lock",
+        "",
+    ] {
         assert!(
-            store.write_record(Path::new(bad), &1).is_err(),
+            data.write_file(Path::new(bad), b"1").is_err(),
             "{bad} accepted"
         );
     }
@@ -146,7 +187,7 @@ fn digests_round_trip_through_text_and_refuse_garbage() {
 fn one_process_at_a_time_holds_a_data_directory() {
     let dir = TempDir::new("lock");
     let first = Store::open(&dir.0).unwrap();
-    fs::write(dir.0.join(TEMP).join("in-flight"), b"another's upload").unwrap();
+    fs::write(dir.0.join("tmp/in-flight"), b"another's upload").unwrap();
     let err = Store::open(&dir.0).unwrap_err().to_string();
     assert!(
         err.contains("in use by another Corral process")
@@ -154,12 +195,12 @@ fn one_process_at_a_time_holds_a_data_directory() {
         "{err}"
     );
     assert!(
-        dir.0.join(TEMP).join("in-flight").is_file(),
+        dir.0.join("tmp/in-flight").is_file(),
         "a refused open clears nothing"
     );
     drop(first);
     Store::open(&dir.0).unwrap();
-    assert!(!dir.0.join(TEMP).join("in-flight").exists());
+    assert!(!dir.0.join("tmp/in-flight").exists());
 }
 
 /// A blob stays while a record refers to it or an upload pins it, and goes the moment neither
@@ -168,35 +209,225 @@ fn one_process_at_a_time_holds_a_data_directory() {
 fn a_blob_lives_exactly_as_long_as_something_holds_it() {
     let dir = TempDir::new("owners");
     let store = Store::open(&dir.0).unwrap();
+    let blobs = &store.blobs;
     let commit = |bytes: &[u8]| {
-        let mut writer = store.blob_writer().unwrap();
+        let mut writer = blobs.writer().unwrap();
         writer.write(bytes).unwrap();
-        store.commit_pinned(writer).unwrap().0
+        blobs.commit_pinned(writer).unwrap().0
     };
     let model = commit(b"model");
     let component = commit(b"component");
-    store.refer([model, component]);
-    store.unpin(&model);
-    store.unpin(&component);
-    assert!(store.has_blob(&model) && store.has_blob(&component));
+    blobs.refer([model, component]);
+    blobs.unpin(&model);
+    blobs.unpin(&component);
+    assert!(blobs.contains(&model) && blobs.contains(&component));
 
     // A second upload of the same bytes pins them again; the record going does not remove
     // them while that upload lasts.
     assert_eq!(commit(b"model"), model);
-    store.release([model, component]);
-    assert!(store.has_blob(&model), "pinned by the second upload");
-    assert!(!store.has_blob(&component), "nothing holds it");
-    store.unpin(&model);
-    assert!(!store.has_blob(&model));
+    blobs.release([model, component]);
+    assert!(blobs.contains(&model), "pinned by the second upload");
+    assert!(!blobs.contains(&component), "nothing holds it");
+    blobs.unpin(&model);
+    assert!(!blobs.contains(&model));
 
     // A sweep takes what a crash orphaned and nothing held.
-    let orphan = store.put_blob(b"orphan").unwrap();
+    let orphan = blobs.put(b"orphan").unwrap();
     let held = commit(b"held");
-    assert_eq!(store.sweep().unwrap(), (1, 6));
-    assert!(!store.has_blob(&orphan) && store.has_blob(&held));
+    assert_eq!(blobs.sweep().unwrap(), (1, 6));
+    assert!(!blobs.contains(&orphan) && blobs.contains(&held));
 
     // Once some record could not be read, nothing is removed.
-    store.keep_all_blobs();
-    store.unpin(&held);
-    assert!(store.has_blob(&held));
+    blobs.keep_all();
+    blobs.unpin(&held);
+    assert!(blobs.contains(&held));
+}
+
+/// Two writers that read the same generation: the second is refused, and a tenant deleted and
+/// created again never matches a generation read before.
+#[test]
+fn tenant_writes_are_compare_and_swap_on_the_generation() {
+    let dir = TempDir::new("cas");
+    let store = Store::open(&dir.0).unwrap();
+    let records = &*store.records;
+    let first = records
+        .put_tenant(&tenant("acme"), Generation::ABSENT)
+        .unwrap();
+    assert!(matches!(
+        records.put_tenant(&tenant("acme"), Generation::ABSENT),
+        Err(RecordError::Conflict { .. })
+    ));
+    let mut update = tenant("acme");
+    update.active = Some(1);
+    let second = records.put_tenant(&update, first).unwrap();
+    assert!(second > first);
+    let stale = records.put_tenant(&tenant("acme"), first).unwrap_err();
+    assert!(stale.to_string().contains("changed meanwhile"), "{stale}");
+    assert_eq!(
+        records.tenant("acme").unwrap().unwrap().value.active,
+        Some(1)
+    );
+
+    assert!(matches!(
+        records.delete_tenant("acme", first),
+        Err(RecordError::Conflict { .. })
+    ));
+    records.delete_tenant("acme", second).unwrap();
+    assert!(records.tenant("acme").unwrap().is_none());
+    let again = records
+        .put_tenant(&tenant("acme"), Generation::ABSENT)
+        .unwrap();
+    assert!(again > second, "generations only grow");
+    assert!(matches!(
+        records.put_tenant(&tenant("acme"), second),
+        Err(RecordError::Conflict { .. })
+    ));
+}
+
+#[test]
+fn the_store_allocates_versions_and_a_deleted_tenant_takes_its_deployments() {
+    let dir = TempDir::new("versions");
+    let store = Store::open(&dir.0).unwrap();
+    let records = &*store.records;
+    let generation = records
+        .put_tenant(&tenant("acme"), Generation::ABSENT)
+        .unwrap();
+    for expected in 1..=3 {
+        let stored = records.add_deployment("acme", deployment(b"c")).unwrap();
+        assert_eq!(stored.version, expected);
+        assert_eq!(
+            records.deployment("acme", expected).unwrap().as_ref(),
+            Some(&stored)
+        );
+    }
+    let removed = records.remove_deployment("acme", 2).unwrap().unwrap();
+    assert_eq!(removed.version, 2);
+    assert!(records.remove_deployment("acme", 2).unwrap().is_none());
+    assert_eq!(records.versions("acme").unwrap(), [1, 3]);
+    assert_eq!(
+        records
+            .add_deployment("acme", deployment(b"d"))
+            .unwrap()
+            .version,
+        4
+    );
+
+    let gone = records.delete_tenant("acme", generation).unwrap();
+    assert_eq!(
+        gone.iter().map(|d| d.version).collect::<Vec<_>>(),
+        [1, 3, 4]
+    );
+    assert!(records.versions("acme").unwrap().is_empty());
+    assert!(!dir.0.join("tenants/acme").exists());
+}
+
+/// A watcher follows every change by revision, and one that fell behind the log is told to
+/// reload.
+#[test]
+fn a_watcher_follows_the_change_log() {
+    let dir = TempDir::new("changes");
+    let store = Store::open(&dir.0).unwrap();
+    let records = &*store.records;
+    let start = records.revision();
+    let generation = records
+        .put_tenant(&tenant("acme"), Generation::ABSENT)
+        .unwrap();
+    records.add_deployment("acme", deployment(b"c")).unwrap();
+    records
+        .put_certificate(
+            "acme",
+            &records::CertificateRecord {
+                cert: "c".into(),
+                key: "k".into(),
+                uploaded: 1,
+            },
+        )
+        .unwrap();
+    let Changes::Since { changes, revision } = records.changes_since(start) else {
+        panic!("the log reaches back to the start");
+    };
+    assert_eq!(
+        changes,
+        [
+            Change::Tenant("acme".into()),
+            Change::Deployment {
+                tenant: "acme".into(),
+                version: 1
+            },
+            Change::Certificate("acme".into()),
+        ]
+    );
+    assert_eq!(revision, records.revision());
+    assert_eq!(
+        records.changes_since(revision),
+        Changes::Since {
+            changes: Vec::new(),
+            revision
+        }
+    );
+
+    let mut generation = generation;
+    for _ in 0..5000 {
+        generation = records.put_tenant(&tenant("acme"), generation).unwrap();
+    }
+    assert_eq!(
+        records.changes_since(revision),
+        Changes::Reload {
+            revision: records.revision()
+        },
+        "5000 changes later, the log no longer reaches back"
+    );
+}
+
+/// A data directory written by an earlier Corral (these files, byte for byte) opens, and a
+/// tenant directory whose creation a crash interrupted is removed.
+#[test]
+fn data_directories_from_before_open() {
+    let dir = TempDir::new("before");
+    let component = Digest::of(b"component");
+    let tenant_dir = dir.0.join("tenants/acme");
+    fs::create_dir_all(tenant_dir.join("deployments")).unwrap();
+    fs::create_dir_all(dir.0.join("tenants/half-made/deployments")).unwrap();
+    fs::write(
+        tenant_dir.join("tenant.json"),
+        format!(
+            r#"{{
+  "name": "acme",
+  "hosts": ["acme.example"],
+  "token_sha256": "{component}",
+  "created": 1795953600,
+  "active": 2
+}}"#
+        ),
+    )
+    .unwrap();
+    for version in [1, 2] {
+        fs::write(
+            tenant_dir.join(format!("deployments/{version}.json")),
+            format!(
+                r#"{{"version": {version}, "component": "{component}", "models": {{}}, "created": 1795953600}}"#
+            ),
+        )
+        .unwrap();
+    }
+    let store = Store::open(&dir.0).unwrap();
+    let records = &*store.records;
+    assert_eq!(records.tenant_names().unwrap(), ["acme"]);
+    assert!(!dir.0.join("tenants/half-made").exists());
+    let acme = records.tenant("acme").unwrap().unwrap();
+    assert_eq!(acme.value.active, Some(2));
+    assert_eq!(records.versions("acme").unwrap(), [1, 2]);
+    assert_eq!(
+        records.deployment("acme", 2).unwrap().unwrap().component,
+        component
+    );
+    assert_eq!(
+        records
+            .add_deployment("acme", deployment(b"x"))
+            .unwrap()
+            .version,
+        3
+    );
+    // The generation of a tenant read from disk is one its writer can swap on.
+    records.put_tenant(&acme.value, acme.generation).unwrap();
 }

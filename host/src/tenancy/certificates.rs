@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
-use super::records::{self, CertificateRecord};
 use super::{Refusal, Tenancy, blocking};
 use crate::error::ErrorCode;
+use crate::store::Records;
+use crate::store::records::CertificateRecord;
 use crate::tls::CertificateSource;
 use crate::tls::certs::{self, CertInfo, Certificate};
 
@@ -54,8 +55,14 @@ impl Tenancy {
             uploaded: crate::clock::now(),
         };
         let platform = Arc::clone(&self.platform);
-        let path = records::certificate_path(name);
-        blocking(move || Ok(platform.store.write_record(&path, &stored)?)).await?;
+        let store_name = name.to_owned();
+        blocking(move || {
+            Ok(platform
+                .store
+                .records
+                .put_certificate(&store_name, &stored)?)
+        })
+        .await?;
         let info = parsed.info.clone();
         tenant.certificate.store(Some(Arc::new(parsed)));
         tracing::info!(tenant = %name, names = ?info.names, not_after = %crate::clock::format_time(info.not_after), "certificate installed");
@@ -72,8 +79,8 @@ impl Tenancy {
             )));
         }
         let platform = Arc::clone(&self.platform);
-        let path = records::certificate_path(name);
-        blocking(move || Ok(platform.store.remove_record(&path)?)).await?;
+        let store_name = name.to_owned();
+        blocking(move || Ok(platform.store.records.remove_certificate(&store_name)?)).await?;
         tenant.certificate.store(None);
         tracing::info!(tenant = %name, "certificate removed");
         Ok(())
@@ -82,11 +89,8 @@ impl Tenancy {
 
 /// The certificate stored for a tenant, if it still parses. An expired one is still served
 /// (and logged): the tenant or operator replaces it.
-pub(super) fn restore_certificate(
-    store: &crate::store::Store,
-    tenant: &str,
-) -> Option<Certificate> {
-    let stored = match store.read_record::<CertificateRecord>(&records::certificate_path(tenant)) {
+pub(super) fn restore_certificate(records: &dyn Records, tenant: &str) -> Option<Certificate> {
+    let stored = match records.certificate(tenant) {
         Ok(stored) => stored?,
         Err(e) => {
             tracing::error!(tenant = %tenant, error = ?e, "cannot read the tenant's certificate; it gets the default one");

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::records::{self, DeploymentRecord, ModelRef, TenantRecord};
-use super::{LiveDeployment, Platform, Refusal, Tenancy, Tenant, Validation, blocking};
+use super::{LiveDeployment, Refusal, Tenancy, Tenant, Validation, blocking};
 use crate::backends::models::ModelFormat;
 use crate::error::ErrorCode;
-use crate::store::Digest;
+use crate::store::records::{DeploymentConfig, DeploymentRecord, ModelRef, TenantRecord};
+use crate::store::{Digest, stored_deployments};
 
 /// A tenant's deployments, oldest first, and which one is active.
 #[derive(Debug)]
@@ -23,7 +23,8 @@ impl Tenancy {
         let tenant = self.tenant(name)?;
         let platform = Arc::clone(&self.platform);
         let dir_name = name.to_owned();
-        let deployments = blocking(move || Ok(stored_deployments(&platform, &dir_name)?)).await?;
+        let deployments =
+            blocking(move || Ok(stored_deployments(&*platform.store.records, &dir_name)?)).await?;
         Ok(DeploymentList {
             deployments,
             active: tenant.record.load().active,
@@ -36,10 +37,11 @@ impl Tenancy {
         name: &str,
         component: Digest,
         models: BTreeMap<String, ModelRef>,
-        config: records::DeploymentConfig,
+        config: DeploymentConfig,
     ) -> Result<DeploymentRecord, Refusal> {
         let before = self.tenant(name)?;
-        let mut record = DeploymentRecord {
+        let record = DeploymentRecord {
+            // Allocated by the store when the deployment is recorded.
             version: 0,
             component,
             models,
@@ -70,21 +72,10 @@ impl Tenancy {
         check_trust(name, &tenant.record.load(), &record)?;
         let platform = Arc::clone(&self.platform);
         let store_name = name.to_owned();
-        record.version = blocking(move || {
-            Ok(versions(&platform, &store_name)?
-                .last()
-                .map_or(1, |v| v + 1))
-        })
-        .await?;
-        let platform = Arc::clone(&self.platform);
-        let (store_name, to_store) = (name.to_owned(), record.clone());
-        blocking(move || {
-            platform.store.write_record(
-                &records::deployment_path(&store_name, to_store.version),
-                &to_store,
-            )?;
-            platform.store.refer(to_store.blobs());
-            Ok(())
+        let record = blocking(move || {
+            let record = platform.store.records.add_deployment(&store_name, record)?;
+            platform.store.blobs.refer(record.blobs());
+            Ok(record)
         })
         .await?;
         self.activate_live(
@@ -128,20 +119,17 @@ impl Tenancy {
         let keep = self.platform.keep_deployments;
         let platform = Arc::clone(&self.platform);
         blocking(move || {
-            let versions = versions(&platform, &record.name)?;
+            let store = &platform.store;
+            let versions = store.records.versions(&record.name)?;
             let old = versions.len().saturating_sub(keep);
             for &version in &versions[..old] {
                 if record.active == Some(version) {
                     continue;
                 }
-                let path = records::deployment_path(&record.name, version);
-                let Some(deployment) = platform.store.read_record::<DeploymentRecord>(&path)?
-                else {
-                    continue;
-                };
-                platform.store.remove_record(&path)?;
-                platform.store.release(deployment.blobs());
-                tracing::info!(tenant = %record.name, version, "old deployment collected");
+                if let Some(deployment) = store.records.remove_deployment(&record.name, version)? {
+                    store.blobs.release(deployment.blobs());
+                    tracing::info!(tenant = %record.name, version, "old deployment collected");
+                }
             }
             Ok(())
         })
@@ -160,15 +148,14 @@ impl Tenancy {
         let platform = Arc::clone(&self.platform);
         let store_name = name.to_owned();
         blocking(move || {
-            let path = records::deployment_path(&store_name, version);
             let deployment = platform
                 .store
-                .read_record::<DeploymentRecord>(&path)?
+                .records
+                .remove_deployment(&store_name, version)?
                 .ok_or_else(|| {
                     Refusal::not_found(format!("tenant '{store_name}' has no version {version}"))
                 })?;
-            platform.store.remove_record(&path)?;
-            platform.store.release(deployment.blobs());
+            platform.store.blobs.release(deployment.blobs());
             Ok(())
         })
         .await
@@ -188,11 +175,11 @@ impl Tenancy {
         let store_name = name.to_owned();
         blocking(move || {
             let blobs: std::collections::BTreeSet<Digest> =
-                stored_deployments(&platform, &store_name)?
+                stored_deployments(&*platform.store.records, &store_name)?
                     .iter()
                     .flat_map(DeploymentRecord::blobs)
                     .collect();
-            Ok(blobs.iter().map(|d| platform.store.blob_len(d)).sum())
+            Ok(blobs.iter().map(|d| platform.store.blobs.len(d)).sum())
         })
         .await
     }
@@ -209,10 +196,8 @@ impl Tenancy {
                 let _slot = slot;
                 let record = platform
                     .store
-                    .read_record::<DeploymentRecord>(&records::deployment_path(
-                        &store_name,
-                        version,
-                    ))?
+                    .records
+                    .deployment(&store_name, version)?
                     .ok_or_else(|| {
                         Refusal::not_found(format!(
                             "tenant '{store_name}' has no version {version}"
@@ -255,41 +240,13 @@ impl Tenancy {
     async fn activate_live(&self, tenant: &Tenant, live: LiveDeployment) -> Result<(), Refusal> {
         let mut record = (**tenant.record.load()).clone();
         record.active = Some(live.version);
-        self.write_tenant(&record).await?;
+        let generation = self.write_tenant(&record, tenant.generation()).await?;
         tenant.record.store(Arc::new(record));
+        tenant.set_generation(generation);
         tenant.live.store(Some(Arc::new(live)));
         tenant.unavailable.store(None);
         Ok(())
     }
-}
-
-/// The versions stored for a tenant, ascending.
-pub(super) fn versions(platform: &Platform, tenant: &str) -> anyhow::Result<Vec<u32>> {
-    let mut versions: Vec<u32> = platform
-        .store
-        .list(&records::deployments_dir(tenant))?
-        .iter()
-        .filter_map(|file| file.strip_suffix(".json")?.parse().ok())
-        .collect();
-    versions.sort_unstable();
-    Ok(versions)
-}
-
-/// Every stored deployment record of a tenant, by version. Blocking.
-pub(super) fn stored_deployments(
-    platform: &Platform,
-    tenant: &str,
-) -> anyhow::Result<Vec<DeploymentRecord>> {
-    let mut all = Vec::new();
-    for version in versions(platform, tenant)? {
-        if let Some(record) = platform
-            .store
-            .read_record::<DeploymentRecord>(&records::deployment_path(tenant, version))?
-        {
-            all.push(record);
-        }
-    }
-    Ok(all)
 }
 
 /// Refuses a deployment with TorchScript models for a tenant the operator has not trusted:

@@ -15,7 +15,6 @@ mod certificates;
 mod deploy;
 mod deployment;
 pub mod hostname;
-pub mod records;
 mod registry;
 mod restore;
 mod tenants;
@@ -26,27 +25,41 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use dashmap::DashMap;
 
+pub use crate::deployment::{BuildError, Validation};
 pub use crate::error::Refusal;
 pub use deploy::DeploymentList;
-pub use deployment::{BuildError, LiveDeployment, Platform, Validation};
+pub use deployment::{LiveDeployment, Platform};
 pub use registry::{Route, TenantBounds, Unavailable};
 pub use tenants::TenantUpdate;
 
-use records::TenantRecord;
-
-use crate::store::Digest;
+use crate::store::records::TenantRecord;
+use crate::store::{Digest, Generation};
 use crate::tls::certs::Certificate;
 
 /// A tenant as the server holds it.
 #[derive(Debug)]
 struct Tenant {
     record: ArcSwap<TenantRecord>,
+    /// The store's generation of `record`: every write of it is a compare-and-swap on it.
+    generation: std::sync::atomic::AtomicU64,
     live: ArcSwapOption<LiveDeployment>,
     /// Why the active deployment could not be restored, if it could not.
     unavailable: ArcSwapOption<String>,
     bounds: ArcSwap<TenantBounds>,
     /// The tenant's own TLS certificate, served for its host names.
     certificate: ArcSwapOption<Certificate>,
+}
+
+impl Tenant {
+    fn generation(&self) -> Generation {
+        Generation(self.generation.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Call with the changes lock held, after a write of `record`.
+    fn set_generation(&self, generation: Generation) {
+        self.generation
+            .store(generation.0, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// The tenants of this process.
@@ -64,10 +77,6 @@ pub struct Tenancy {
 }
 
 impl Tenancy {
-    pub fn platform(&self) -> &Arc<Platform> {
-        &self.platform
-    }
-
     /// The tenant `name` if it is still `before` (not deleted, or deleted and recreated, while
     /// a change was being validated).
     fn same_tenant(&self, name: &str, before: &Arc<Tenant>) -> Result<Arc<Tenant>, Refusal> {

@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use super::records::TenantRecord;
 use super::tokens;
 use super::{LiveDeployment, Refusal, Tenancy, Tenant};
 use crate::engine::log::{GuestOutput, LogBudget};
 use crate::engine::{RequestSandbox, Service};
 use crate::http::bounds::Gate;
 use crate::limits::Limits;
+use crate::store::Generation;
+use crate::store::records::TenantRecord;
 use crate::tls::certs::Certificate;
 
 /// What a tenant's requests run under: its effective limits, its admission gate and its
@@ -64,6 +65,7 @@ impl Tenancy {
     pub(super) fn insert(
         &self,
         record: TenantRecord,
+        generation: Generation,
         live: Option<Arc<LiveDeployment>>,
         certificate: Option<Certificate>,
     ) {
@@ -81,6 +83,7 @@ impl Tenancy {
             record.name.clone(),
             Arc::new(Tenant {
                 record: ArcSwap::from_pointee(record),
+                generation: generation.0.into(),
                 live: ArcSwapOption::new(live),
                 unavailable: ArcSwapOption::empty(),
                 bounds: ArcSwap::from_pointee(bounds),

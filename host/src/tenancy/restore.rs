@@ -7,9 +7,10 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use super::certificates::restore_certificate;
-use super::deploy::{check_trust, stored_deployments};
-use super::records::{self, DeploymentRecord, TenantRecord};
+use super::deploy::check_trust;
 use super::{LiveDeployment, Platform, Refusal, Tenancy, Validation, blocking};
+use crate::store::records::TenantRecord;
+use crate::store::stored_deployments;
 
 impl Tenancy {
     /// Restores every tenant from the store and activates their active deployments. A
@@ -25,42 +26,40 @@ impl Tenancy {
             restored: std::sync::atomic::AtomicBool::new(false),
         };
         let store = &tenancy.platform.store;
-        for name in store.list("tenants".as_ref())? {
-            let record = match store.read_record::<TenantRecord>(&records::tenant_path(&name)) {
-                Ok(record) => record,
+        let records = &*store.records;
+        for name in records.tenant_names()? {
+            let stored = match records.tenant(&name) {
+                Ok(Some(stored)) => stored,
+                // Removed since it was listed: nothing to restore.
+                Ok(None) => continue,
                 Err(e) => {
                     // One unreadable record must not keep every other tenant down.
                     tracing::error!(tenant = %name, error = ?e, "cannot read the tenant record; the tenant is not served, and no blob is collected");
-                    store.keep_all_blobs();
+                    store.blobs.keep_all();
                     continue;
                 }
             };
-            let Some(record) = record else {
-                // A tenant whose creation or deletion was interrupted: nothing refers to it.
-                tracing::info!(tenant = %name, "removing an incomplete tenant directory");
-                store.remove_dir(&records::tenant_dir(&name))?;
-                continue;
-            };
             // Every stored deployment holds its blobs, active or not.
-            match stored_deployments(&tenancy.platform, &name) {
+            match stored_deployments(records, &name) {
                 Ok(deployments) => {
                     for deployment in deployments {
-                        store.refer(deployment.blobs());
+                        store.blobs.refer(deployment.blobs());
                     }
                 }
                 Err(e) => {
                     tracing::error!(tenant = %name, error = ?e, "cannot read the tenant's deployments; no blob is collected until they read again");
-                    store.keep_all_blobs();
+                    store.blobs.keep_all();
                 }
             }
             // Active deployments are built by `restore`, in parallel, once the server serves.
-            let certificate = restore_certificate(store, &name);
+            let certificate = restore_certificate(records, &name);
+            let record = stored.value;
             tracing::info!(tenant = %name, hosts = ?record.hosts, active = ?record.active, certificate = certificate.is_some(), "tenant read");
-            tenancy.insert(record, None, certificate);
+            tenancy.insert(record, stored.generation, None, certificate);
         }
         // Blobs of refused uploads, deleted tenants and collected deployments that a crash
         // (or an older version of Corral) left behind.
-        match store.sweep() {
+        match store.blobs.sweep() {
             Ok((0, _)) => {}
             Ok((blobs, bytes)) => tracing::info!(blobs, bytes, "unused blobs collected"),
             Err(e) => tracing::error!(error = ?e, "cannot collect unused blobs"),
@@ -147,7 +146,8 @@ fn load_version(
     let name = &tenant.name;
     let record = platform
         .store
-        .read_record::<DeploymentRecord>(&records::deployment_path(name, version))?
+        .records
+        .deployment(name, version)?
         .ok_or_else(|| Refusal::not_found(format!("version {version} has no record")))?;
     check_trust(name, tenant, &record)?;
     Ok(platform.build(name, &record, Validation::Restore)?)

@@ -2,16 +2,14 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
-
-use super::deploy::{check_trust, stored_deployments};
+use super::deploy::check_trust;
 use super::hostname::{normalize_hosts, normalize_outgoing};
-use super::records::{self, DeploymentRecord, TenantRecord};
 use super::tokens;
 use super::{Refusal, Tenancy, blocking};
 use crate::error::ErrorCode;
 use crate::limits::{LimitOverrides, Limits};
-use crate::store::Digest;
+use crate::store::records::{self, DeploymentRecord, TenantRecord};
+use crate::store::{Generation, RecordError};
 use crate::tls::certs;
 
 /// What `PUT /v1/tenants/{tenant}` may change; `None` keeps the current value.
@@ -32,15 +30,10 @@ impl Tenancy {
         limits
             .check()
             .map_err(|m| Refusal::new(ErrorCode::InvalidLimits, m))?;
-        let engine_max = self.platform.engine_settings.max_memory_bytes;
-        if limits.memory_bytes > engine_max {
-            return Err(Refusal::new(
-                ErrorCode::InvalidLimits,
-                format!(
-                    "limit 'memory_bytes' must be at most the engine's max_memory_bytes ({engine_max})"
-                ),
-            ));
-        }
+        self.platform
+            .engine_settings
+            .check_limits(&limits)
+            .map_err(|m| Refusal::new(ErrorCode::InvalidLimits, m))?;
         Ok(limits)
     }
 
@@ -139,7 +132,10 @@ impl Tenancy {
         let limits = self.effective_limits(&record.limits)?;
         let mut record = record;
         let revoked = self.revoke_untrusted(name, &mut record).await?;
-        self.write_tenant(&record).await?;
+        let expected = existing
+            .as_ref()
+            .map_or(Generation::ABSENT, |tenant| tenant.generation());
+        let generation = self.write_tenant(&record, expected).await?;
         if revoked && let Some(tenant) = &existing {
             tenant.live.store(None);
         }
@@ -153,6 +149,7 @@ impl Tenancy {
                     tenant.bounds.store(Arc::new(bounds));
                 }
                 tenant.record.store(Arc::new(record.clone()));
+                tenant.set_generation(generation);
                 for host in old.hosts.iter().filter(|h| !record.hosts.contains(h)) {
                     self.hosts.remove(host);
                 }
@@ -161,7 +158,7 @@ impl Tenancy {
                     self.hosts.insert(host.clone(), Arc::clone(&name));
                 }
             }
-            None => self.insert(record.clone(), None, None),
+            None => self.insert(record.clone(), generation, None, None),
         }
         Ok((record, token))
     }
@@ -180,12 +177,8 @@ impl Tenancy {
         };
         let platform = Arc::clone(&self.platform);
         let store_name = name.to_owned();
-        let deployment = blocking(move || {
-            Ok(platform
-                .store
-                .read_record::<DeploymentRecord>(&records::deployment_path(&store_name, version))?)
-        })
-        .await?;
+        let deployment =
+            blocking(move || Ok(platform.store.records.deployment(&store_name, version)?)).await?;
         let Some(deployment) = deployment else {
             return Ok(false);
         };
@@ -203,20 +196,18 @@ impl Tenancy {
         let tenant = self.tenant(name)?;
         let store_name = name.to_owned();
         let platform = Arc::clone(&self.platform);
-        // The record goes first: a crash after it leaves a directory that `open` removes (and
-        // blobs that the next start collects).
+        let expected = tenant.generation();
+        // A crash part-way leaves blobs that the next start collects.
         blocking(move || {
-            let blobs: Vec<Digest> = stored_deployments(&platform, &store_name)?
-                .iter()
-                .flat_map(DeploymentRecord::blobs)
-                .collect();
+            let deployments = platform
+                .store
+                .records
+                .delete_tenant(&store_name, expected)
+                .map_err(record_refusal)?;
             platform
                 .store
-                .remove_record(&records::tenant_path(&store_name))?;
-            platform
-                .store
-                .remove_dir(&records::tenant_dir(&store_name))?;
-            platform.store.release(blobs);
+                .blobs
+                .release(deployments.iter().flat_map(DeploymentRecord::blobs));
             Ok(())
         })
         .await?;
@@ -228,20 +219,40 @@ impl Tenancy {
         self.tenants.remove(name);
         tenant.live.store(None);
         self.platform.metrics.forget_tenant(name);
-        self.platform.inference.scheduler().forget_tenant(name);
+        self.platform
+            .builder
+            .inference()
+            .scheduler()
+            .forget_tenant(name);
         Ok(())
     }
 
-    pub(super) async fn write_tenant(&self, record: &TenantRecord) -> Result<(), Refusal> {
+    /// Writes the tenant's record if it is still at `expected`; its new generation.
+    pub(super) async fn write_tenant(
+        &self,
+        record: &TenantRecord,
+        expected: Generation,
+    ) -> Result<Generation, Refusal> {
         let platform = Arc::clone(&self.platform);
         let record = record.clone();
         blocking(move || {
             platform
                 .store
-                .write_record(&records::tenant_path(&record.name), &record)
-                .context("cannot save the tenant")?;
-            Ok(())
+                .records
+                .put_tenant(&record, expected)
+                .map_err(record_refusal)
         })
         .await
+    }
+}
+
+/// A refused record write as the caller sees it: a conflict with another writer, or the
+/// store's failure.
+fn record_refusal(error: RecordError) -> Refusal {
+    match error {
+        RecordError::Conflict { tenant, .. } => Refusal::conflict(format!(
+            "tenant '{tenant}' was changed by another request meanwhile; retry"
+        )),
+        RecordError::Store(e) => Refusal::Internal(e.context("cannot save the tenant")),
     }
 }

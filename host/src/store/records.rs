@@ -1,22 +1,13 @@
-//! What the store keeps about tenants and their deployments, and the rules for names.
-//!
-//! Layout in the data directory:
-//! - `tenants/<tenant>/tenant.json`: a [`TenantRecord`] (hosts, token hash, active version);
-//! - `tenants/<tenant>/deployments/<version>.json`: a [`DeploymentRecord`] pinned by digests;
-//! - `tenants/<tenant>/certificate.json`: the tenant's TLS certificate and key, if uploaded;
-//! - `blobs/sha256/<hex>`: the components and models the records name.
-//!
-//! A deployment record is written before the tenant record that activates it, so a crash in
-//! between leaves an inactive version, never an active one whose record is missing.
+//! What the store keeps about tenants and their deployments (kept as JSON by
+//! [`DirRecords`](super::DirRecords)), and the rules for the names records are keyed by.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::Digest;
 use crate::backends::models::ModelFormat;
 use crate::limits::LimitOverrides;
-use crate::store::Digest;
 
 /// A tenant as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -193,26 +184,6 @@ pub struct CertificateRecord {
     pub key: String,
     /// Seconds since the Unix epoch.
     pub uploaded: u64,
-}
-
-pub fn certificate_path(tenant: &str) -> PathBuf {
-    tenant_dir(tenant).join("certificate.json")
-}
-
-pub fn tenant_dir(tenant: &str) -> PathBuf {
-    PathBuf::from("tenants").join(tenant)
-}
-
-pub fn tenant_path(tenant: &str) -> PathBuf {
-    tenant_dir(tenant).join("tenant.json")
-}
-
-pub fn deployments_dir(tenant: &str) -> PathBuf {
-    tenant_dir(tenant).join("deployments")
-}
-
-pub fn deployment_path(tenant: &str, version: u32) -> PathBuf {
-    deployments_dir(tenant).join(format!("{version}.json"))
 }
 
 /// Tenant names are DNS-label-like: `[a-z0-9-]{1,63}`.
