@@ -16,8 +16,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! [`http`] reads and answers JSON; [`vision`] (feature `vision`) turns JPEG/PNG into an
-//! image tensor. Build with `cargo build --release --target wasm32-wasip2`; serve with
+//! [`http`] reads and answers JSON; `vision` (with the feature `vision`) turns JPEG/PNG into
+//! an image tensor. Build with `cargo build --release --target wasm32-wasip2`; serve with
 //! `corral run target/wasm32-wasip2/release/NAME.wasm --model classifier=model.onnx`.
 #![deny(missing_docs)]
 
