@@ -273,7 +273,7 @@ fn sessions(model: &Path, count: usize) -> anyhow::Result<()> {
     let cache = ModelCache::new(u64::MAX, Placement::Cpu);
     let source = ModelFile {
         path: model.to_path_buf(),
-        digest: corral::store::Digest::of(&bytes),
+        digest: corral::Digest::of(&bytes),
     };
     let key = ModelKey {
         digest: source.digest,

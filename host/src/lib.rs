@@ -1,43 +1,41 @@
 //! Corral: one process that serves many tenants' sandboxed WebAssembly components, which run
 //! ML models on shared inference sessions through `wasi:nn`.
 //!
-//! - [`engine`]: wasmtime configuration, sandbox limits, the per-request instance;
-//! - [`nn`]: the `wasi:nn` host implementation guests call;
-//! - [`backends`]: the backend seam (ONNX Runtime, TorchScript) and tensors;
-//! - [`inference`]: the model cache (memory budget) and the scheduler (batching, fair shares);
-//! - [`http`]: the data-plane listener and host-generated error responses;
-//! - [`store`]: content-addressed blobs and crash-safe JSON records in the data directory;
-//! - [`tenancy`]: tenants, deployments, activation, the registry requests are routed by;
-//! - [`admin`]: the control-plane API; [`client`]: the CLI's client for it;
-//! - [`server`]: `corral serve`, the multi-tenant server; [`config`]: its configuration file;
-//! - [`error`]: every error code a client can receive, its status and meaning;
-//! - [`limits`]: per-tenant limits and where each is enforced;
-//! - [`metrics`]: Prometheus counters;
-//! - [`deployment`]: the one way a deployment is built (compile, load models, link);
-//! - [`dev`]: single-tenant development mode (`corral run`);
-//! - [`scaffold`]: `corral new`, a guest project to start from;
-//! - [`cli`]: the command line.
+//! What other code may use: [`cli`] (the `corral` binary is `cli::run`), [`server`]
+//! (`corral serve`) with its [`config`], [`dev`] (`corral run`), [`client`] (the admin API's
+//! client), [`limits`], [`error`] (every error code a client can receive) and [`Digest`].
+//! The benchmark probe and the whole-system tests still reach into [`engine`] (wasmtime, the
+//! per-request sandbox), [`nn`] (the `wasi:nn` host), [`backends`] (ONNX Runtime,
+//! TorchScript, tensors), [`inference`] (model cache, scheduler) and [`metrics`]; those are
+//! public for them only and will narrow.
+//!
+//! Internal to the crate (see ARCHITECTURE.md): `http` (listeners, routing, host-made
+//! errors), `tls`, `tenancy` (tenants and their deployments), `deployment` (building one),
+//! `store` (blob, record and cache seams), `admin` (the control-plane API) and `scaffold`
+//! (`corral new`).
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod backends;
 pub mod cli;
 pub mod client;
-pub use corral_parsers::clock;
+pub(crate) use corral_parsers::clock;
 pub use corral_parsers::config;
-pub mod deployment;
+pub(crate) mod deployment;
 pub mod dev;
 pub mod engine;
 pub mod error;
-pub mod http;
+pub(crate) mod http;
 pub mod inference;
 pub mod limits;
 pub mod metrics;
 pub mod nn;
-pub mod scaffold;
+pub(crate) mod scaffold;
 pub mod server;
-pub mod store;
-pub mod tenancy;
-pub mod tls;
+pub(crate) mod store;
+/// The sha256 digest blobs (components, models) are stored and named by.
+pub use store::Digest;
+pub(crate) mod tenancy;
+pub(crate) mod tls;
 
 #[cfg(test)]
 mod layering;

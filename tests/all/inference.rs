@@ -72,7 +72,7 @@ async fn gauge(corral: &Corral, name: &str) -> f64 {
 }
 
 fn digest(path: &std::path::Path) -> String {
-    corral::store::Digest::of(&std::fs::read(path).unwrap()).to_string()
+    corral::Digest::of(&std::fs::read(path).unwrap()).to_string()
 }
 
 /// One input row of the MLP fixture, different for each `n`.

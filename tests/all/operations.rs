@@ -196,7 +196,7 @@ async fn a_request_has_an_id_in_its_logs_and_produces_its_metrics() {
 }
 
 fn sha256(bytes: &[u8]) -> String {
-    corral::store::Digest::of(bytes).to_string()
+    corral::Digest::of(bytes).to_string()
 }
 
 #[test]

@@ -591,7 +591,7 @@ async fn deploying_and_rolling_back_under_load_loses_no_request() {
 
 /// Whether the data directory holds the blob of `bytes`.
 fn has_blob(dir: &DataDir, bytes: &[u8]) -> bool {
-    let digest = corral::store::Digest::of(bytes);
+    let digest = corral::Digest::of(bytes);
     dir.data().join("blobs/sha256").join(digest.hex()).is_file()
 }
 
@@ -731,7 +731,7 @@ async fn disk_has_an_owner() {
     std::fs::write(
         dir.data()
             .join("blobs/sha256")
-            .join(corral::store::Digest::of(&orphan).hex()),
+            .join(corral::Digest::of(&orphan).hex()),
         &orphan,
     )
     .unwrap();
@@ -819,7 +819,7 @@ async fn a_deployment_that_cannot_be_restored_holds_up_no_other_tenant() {
     let blob = dir
         .data()
         .join("blobs/sha256")
-        .join(corral::store::Digest::of(&reshape).hex());
+        .join(corral::Digest::of(&reshape).hex());
     std::fs::write(&blob, b"damaged").unwrap();
 
     let corral = Corral::start(&dir, "");

@@ -21,7 +21,7 @@ pub struct ServeArgs {
     /// Admin API listener [default: the config's admin_listen, else 127.0.0.1:9080].
     #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
-    /// Data-plane HTTPS listener [default: the config's [tls] listen, else 127.0.0.1:8443].
+    /// Data-plane HTTPS listener [default: the config's `[tls]` listen, else 127.0.0.1:8443].
     #[arg(long, value_name = "ADDR")]
     pub tls_listen: Option<SocketAddr>,
 }

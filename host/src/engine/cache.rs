@@ -53,7 +53,7 @@ impl ComponentCache {
 
     /// The component whose bytes have `digest` (read by `bytes` only when they must be
     /// compiled): the one already in memory if a deployment holds it, else loaded by
-    /// [`Self::load_uncached`] and kept for later deployments while any holds it. Blocking and
+    /// `load_uncached` and kept for later deployments while any holds it. Blocking and
     /// possibly slow.
     pub fn load(
         &self,

@@ -3,7 +3,7 @@
 //!
 //! Each tenant has a byte budget per minute (a token bucket shared by all its instances).
 //! Bytes beyond it are dropped and counted, never buffered: a guest writing 100 MB costs the
-//! host the copy out of its memory and nothing more. A line is cut at [`MAX_LINE`] bytes, so
+//! host the copy out of its memory and nothing more. A line is cut at `MAX_LINE` bytes, so
 //! no buffer grows with what the guest writes. Writes always succeed from the guest's side.
 
 use std::io;

@@ -39,8 +39,6 @@ use crate::metrics::ConnectionStats;
 /// What a request knows about the connection it came on.
 #[derive(Clone, Debug, Default)]
 pub struct Connection {
-    /// The client's address.
-    pub peer: Option<SocketAddr>,
     /// Whether the connection is TLS.
     pub tls: bool,
     /// The name the client asked for in the TLS handshake (SNI), if any.
@@ -172,7 +170,6 @@ impl ConnectionTask {
             None => (
                 Box::new(Tracked::new(stream, Arc::clone(&activity))),
                 Connection {
-                    peer: Some(self.peer),
                     tls: false,
                     sni: None,
                 },
@@ -182,11 +179,7 @@ impl ConnectionTask {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tracked)).await {
                     Ok(Ok(stream)) => {
                         let sni = stream.get_ref().1.server_name().map(str::to_owned);
-                        let connection = Connection {
-                            peer: Some(self.peer),
-                            tls: true,
-                            sni,
-                        };
+                        let connection = Connection { tls: true, sni };
                         (Box::new(stream), connection)
                     }
                     Ok(Err(e)) => {

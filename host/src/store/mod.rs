@@ -2,7 +2,7 @@
 //! deployments, and a node-local cache, each behind a seam so another store (a database, an
 //! object store) can take its place:
 //!
-//! - [`BlobStore`] keeps bytes by digest; [`Blobs`] adds who holds each one ([`DirBlobs`]:
+//! - [`BlobStore`](blobs::BlobStore) keeps bytes by digest; [`Blobs`] adds who holds each one ([`DirBlobs`]:
 //!   `blobs/sha256/<hex>` in the data directory);
 //! - [`Records`] keeps tenants, deployments and certificates, with compare-and-swap on each
 //!   tenant's [`Generation`], versions allocated by the store and a change log a watcher can
@@ -14,24 +14,22 @@
 //! point leaves the old or the new version, never a torn file. All calls block on I/O: call
 //! them from a blocking pool.
 
-mod blobs;
+pub mod blobs;
 mod cache;
 mod dir;
 mod owners;
-mod record_store;
+pub mod record_store;
 pub mod records;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use blobs::{BlobStore, BlobWrite, BlobWriter, DirBlobs};
+pub use blobs::{BlobWriter, DirBlobs};
 pub use cache::CacheDir;
 pub use corral_parsers::digest::Digest;
 pub use dir::DataDir;
 pub use owners::Blobs;
-pub use record_store::{
-    Change, Changes, DirRecords, Generation, RecordError, Records, Versioned, stored_deployments,
-};
+pub use record_store::{DirRecords, Generation, RecordError, Records, stored_deployments};
 
 /// A data directory's blobs, records and cache.
 #[derive(Debug)]

@@ -1,6 +1,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::record_store::{Change, Changes};
 use super::records::{DeploymentRecord, TenantRecord};
 use super::*;
 

@@ -25,9 +25,8 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use dashmap::DashMap;
 
-pub use crate::deployment::{BuildError, Validation};
+pub use crate::deployment::Validation;
 pub use crate::error::Refusal;
-pub use deploy::DeploymentList;
 pub use deployment::{LiveDeployment, Platform};
 pub use registry::{Route, TenantBounds, Unavailable};
 pub use tenants::TenantUpdate;
