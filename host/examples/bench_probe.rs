@@ -23,19 +23,10 @@
 //!   byte of the answer), failing on any answer but 200.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use corral::backends::models::{ModelFile, ModelFormat, ModelKey};
-use corral::backends::tensor::{ElementType, Tensor, TensorBytes};
-use corral::backends::{LoadedModel, Placement, RunControl, backend};
-use corral::engine::log::GuestOutput;
-use corral::engine::{EngineSettings, RequestSandbox, Service, new_engine};
-use corral::inference::{Inference, ModelCache, Room};
-use corral::limits::{Limits, Outcome};
-use corral::metrics::TenantCounters;
-use corral::nn::NnCtx;
+use corral::probe::{Instantiation, NativeModel, separate_sessions, shared_sessions};
 use serde_json::json;
 
 fn main() -> anyhow::Result<()> {
@@ -104,13 +95,6 @@ fn percentile_us(sorted: &[Duration], q: f64) -> f64 {
     sorted[index].as_secs_f64() * 1e6
 }
 
-fn load_session(model: &Path) -> anyhow::Result<Arc<dyn LoadedModel>> {
-    let bytes = std::fs::read(model).with_context(|| format!("cannot read {}", model.display()))?;
-    backend(ModelFormat::from_path(model)?)
-        .and_then(|b| b.load(&bytes, Placement::Cpu))
-        .map_err(|e| anyhow::anyhow!("{e}"))
-}
-
 fn native(
     model: &Path,
     input: &str,
@@ -118,25 +102,13 @@ fn native(
     seconds: Duration,
     concurrency: &[usize],
 ) -> anyhow::Result<()> {
-    let session = load_session(model)?;
+    let session = NativeModel::load(model)?;
     let elements: usize = shape.iter().map(|&d| d as usize).product();
     // A deterministic, image-like input: values in [-2, 2].
-    let data: Arc<Vec<u8>> = Arc::new(
-        (0..elements)
-            .flat_map(|i| (((i * 7919) % 1000) as f32 / 250.0 - 2.0).to_le_bytes())
-            .collect(),
-    );
-    let run = |session: &Arc<dyn LoadedModel>| -> anyhow::Result<()> {
-        let tensor = Tensor {
-            shape: shape.to_vec(),
-            ty: ElementType::F32,
-            bytes: TensorBytes::Host(data.to_vec()),
-        };
-        session
-            .run(vec![(input.to_owned(), tensor)], &RunControl::default())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(())
-    };
+    let data: Vec<u8> = (0..elements)
+        .flat_map(|i| (((i * 7919) % 1000) as f32 / 250.0 - 2.0).to_le_bytes())
+        .collect();
+    let run = |session: &NativeModel| session.run_f32(input, shape, &data);
     for _ in 0..20 {
         run(&session)?; // Warm up ONNX Runtime's allocations and thread pool.
     }
@@ -183,11 +155,6 @@ fn native(
 }
 
 fn instantiate(component: &Path, iterations: usize, models: &[&str]) -> anyhow::Result<()> {
-    let engine = new_engine(&EngineSettings::default())?;
-    let compiled = corral::engine::compile(&engine, component)?;
-    let inference = Arc::new(Inference::new(corral::server::inference_options(
-        &corral::config::Config::default(),
-    )));
     let models: Vec<(String, std::path::PathBuf)> = models
         .iter()
         .map(|m| {
@@ -195,32 +162,17 @@ fn instantiate(component: &Path, iterations: usize, models: &[&str]) -> anyhow::
             Ok((name.to_owned(), path.into()))
         })
         .collect::<anyhow::Result<_>>()?;
-    let models = corral::dev::load_files(&inference, &models)?;
-    let nn = NnCtx::new(Arc::new(models), inference, "bench");
-    let service = Service::new(&engine, &compiled, nn)?;
-    let sandbox = RequestSandbox {
-        limits: Arc::new(Limits::default()),
-        stdout: GuestOutput::Discard,
-        stderr: GuestOutput::Discard,
-        outgoing_hosts: Arc::from(Vec::new()),
-        counters: Arc::new(TenantCounters::default()),
-    };
+    let probe = Instantiation::new(component, &models)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let (mut stores, mut instances) = (Vec::new(), Vec::new());
     runtime.block_on(async {
         for i in 0..iterations + 100 {
-            let t0 = Instant::now();
-            let outcome = Arc::new(Outcome::default());
-            let mut store = service.new_store(&sandbox, &outcome, "bench", None);
-            let t1 = Instant::now();
-            service.pre().instantiate_async(&mut store).await?;
-            let t2 = Instant::now();
-            drop(store); // Returns the slot to the pool, as the end of a request does.
+            let (store, instance) = probe.once().await?;
             if i >= 100 {
-                stores.push(t1 - t0);
-                instances.push(t2 - t1);
+                stores.push(store);
+                instances.push(instance);
             }
         }
         anyhow::Ok(())
@@ -265,28 +217,12 @@ fn rss_bytes() -> anyhow::Result<u64> {
 }
 
 fn sessions(model: &Path, count: usize) -> anyhow::Result<()> {
-    let bytes = std::fs::read(model)?;
-    let format = ModelFormat::from_path(model)?;
     // Load ONNX Runtime itself before the first measurement.
-    drop(load_session(model)?);
+    drop(NativeModel::load(model)?);
     let before = rss_bytes()?;
-    let cache = ModelCache::new(u64::MAX, Placement::Cpu);
-    let source = ModelFile {
-        path: model.to_path_buf(),
-        digest: corral::Digest::of(&bytes),
-    };
-    let key = ModelKey {
-        digest: source.digest,
-        format,
-    };
-    let shared: Vec<_> = (0..count)
-        .map(|_| cache.load(key, &source, Room::MakeRoom, ""))
-        .collect::<Result<_, _>>()
-        .map_err(|e| anyhow::anyhow!("{}", e.to_inference()))?;
+    let shared = shared_sessions(model, count)?;
     let after_shared = rss_bytes()?;
-    let separate: Vec<Arc<dyn LoadedModel>> = (0..count)
-        .map(|_| load_session(model))
-        .collect::<anyhow::Result<_>>()?;
+    let separate = separate_sessions(model, count)?;
     let after_separate = rss_bytes()?;
     println!(
         "{}",

@@ -45,10 +45,12 @@ impl AdminClient {
         })
     }
 
+    /// `GET path`: the answer's JSON, or an error naming the server's code and message.
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.send::<Full<Bytes>>(Method::GET, path, None).await
     }
 
+    /// `PUT path` with a JSON body.
     pub async fn put_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let body = (
             "application/json".to_owned(),
@@ -57,10 +59,12 @@ impl AdminClient {
         self.send(Method::PUT, path, Some(body)).await
     }
 
+    /// `POST path` without a body.
     pub async fn post(&self, path: &str) -> anyhow::Result<Value> {
         self.send::<Full<Bytes>>(Method::POST, path, None).await
     }
 
+    /// `DELETE path`.
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.send::<Full<Bytes>>(Method::DELETE, path, None).await
     }

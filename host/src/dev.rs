@@ -23,11 +23,15 @@ use crate::store::records::DeploymentConfig;
 /// What `corral run` serves.
 #[derive(Clone, Debug)]
 pub struct DevOptions {
+    /// The component (`.wasm`) to serve.
     pub component: PathBuf,
     /// `(name, path)`: the names the guest passes to `load-by-name`.
     pub models: Vec<(String, PathBuf)>,
+    /// Where to listen (port 0: any free port, see [`DevServer::addr`]).
     pub listen: SocketAddr,
+    /// The wasmtime engine's settings.
     pub engine: EngineSettings,
+    /// The limits every request runs under.
     pub limits: Limits,
     /// Let the guest write to the host's stdout/stderr.
     pub inherit_stdio: bool,
@@ -139,9 +143,10 @@ impl DevServer {
         &self.models
     }
 
-    /// The inference layer (e.g. how many runs overlapped).
-    pub fn inference(&self) -> &Inference {
-        &self.inference
+    /// The most inference runs that have overlapped so far (did batches or concurrent runs
+    /// happen).
+    pub fn peak_concurrent_runs(&self) -> usize {
+        self.inference.peak_concurrent_runs()
     }
 
     /// Stops accepting connections and waits for the accept loop to end.
@@ -208,5 +213,59 @@ fn dev_error(error: BuildError, files: &[(String, PathBuf)]) -> anyhow::Error {
             path.display()
         )),
         _ => anyhow::Error::new(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(name)
+    }
+
+    fn inference() -> Inference {
+        Inference::new(crate::server::inference_options(&Config::default()))
+    }
+
+    #[test]
+    fn identical_model_files_share_one_loaded_model() {
+        let inference = inference();
+        let models = load_files(
+            &inference,
+            &[
+                ("first".into(), fixture("add.onnx")),
+                ("second".into(), fixture("add.onnx")),
+                ("other".into(), fixture("identity_types.onnx")),
+            ],
+        )
+        .expect("fixtures load");
+        assert_eq!(inference.cache().residents().len(), 2);
+        assert_eq!(inference.cache().loads_total(), 2);
+        assert_eq!(
+            models.get("first").unwrap().key,
+            models.get("second").unwrap().key
+        );
+    }
+
+    #[test]
+    fn a_model_that_is_not_onnx_is_refused_naming_the_file() {
+        let inference = inference();
+        let err = load_files(&inference, &[("m".into(), fixture("make_models.py"))]).unwrap_err();
+        assert!(format!("{err:#}").contains("make_models.py"), "{err:#}");
+        let not_a_model =
+            std::env::temp_dir().join(format!("corral-not-a-model-{}.onnx", std::process::id()));
+        std::fs::write(&not_a_model, b"definitely not protobuf").unwrap();
+        let err = load_files(&inference, &[("m".into(), not_a_model.clone())]).unwrap_err();
+        let _ = std::fs::remove_file(&not_a_model);
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("model 'm'") && message.contains("cannot load"),
+            "{message}"
+        );
     }
 }

@@ -27,7 +27,11 @@ macro_rules! error_codes {
         #[non_exhaustive]
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum ErrorCode {
-            $( $(#[doc = $doc])* $variant, )*
+            $(
+                $(#[doc = $doc])*
+                #[doc = concat!("`", $code, "` (", stringify!($status), "): ", $meaning, ".")]
+                $variant,
+            )*
         }
 
         impl ErrorCode {
@@ -188,7 +192,7 @@ impl fmt::Display for ErrorCode {
 /// (`tenancy`) answer with it; `http::error::refusal_response` is the one place it becomes a
 /// response.
 #[derive(Debug, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// Refused: `code` says why, `message` names what is at fault.
     #[error("{message}")]
     Refused { code: ErrorCode, message: String },

@@ -30,16 +30,24 @@ use crate::error::ErrorCode;
 
 /// Which limit stopped a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LimitHit {
+pub(crate) enum LimitHit {
+    /// `memory_bytes` (or the table limits).
     Memory,
+    /// `instances` per request.
     Instances,
+    /// `cpu_ms` per request.
     CpuTime,
+    /// `nn_calls_per_request`.
     NnCalls,
+    /// `nn_bytes_per_call` or `nn_bytes_per_request`.
     NnBytes,
+    /// `nn_resources_per_request`.
     NnResources,
+    /// `tensor_rank`.
     NnRank,
-    /// The tenant's queue of inference jobs is full.
+    /// The tenant's queue of inference jobs is full (`nn_queued_runs`).
     NnQueue,
+    /// `request_body_bytes`.
     RequestBody,
 }
 
@@ -56,6 +64,7 @@ impl LimitHit {
         }
     }
 
+    /// What the guest (and the client) is told: the limit and its value.
     pub fn describe(self, limits: &Limits) -> String {
         match self {
             Self::Memory => format!(
@@ -100,7 +109,7 @@ impl LimitHit {
 
 /// Which limit, if any, stopped a request. Shared between the store and the request handler.
 #[derive(Debug, Default)]
-pub struct Outcome(AtomicU8);
+pub(crate) struct Outcome(AtomicU8);
 
 impl Outcome {
     const HITS: [LimitHit; 9] = [
@@ -121,6 +130,7 @@ impl Outcome {
         wasmtime::format_err!("{}", hit.describe(limits))
     }
 
+    /// Records `hit` unless an earlier limit was hit first.
     pub fn record(&self, hit: LimitHit) {
         let code = Self::HITS.iter().position(|h| *h == hit).unwrap_or(0) as u8 + 1;
         let _ = self
@@ -128,6 +138,7 @@ impl Outcome {
             .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
     }
 
+    /// The first limit hit, if any.
     pub fn hit(&self) -> Option<LimitHit> {
         match self.0.load(Ordering::Relaxed) {
             0 => None,

@@ -92,7 +92,6 @@ pub struct Server {
     admin_addr: SocketAddr,
     local_ca: Option<PathBuf>,
     token_source: TokenSource,
-    tenancy: Arc<Tenancy>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -261,7 +260,6 @@ impl Server {
             admin_addr,
             local_ca,
             token_source,
-            tenancy,
             shutdown,
             tasks,
         })
@@ -282,16 +280,14 @@ impl Server {
         self.local_ca.as_deref()
     }
 
+    /// The admin API's address (the port actually bound).
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
     }
 
+    /// Where the operator token came from.
     pub fn token_source(&self) -> &TokenSource {
         &self.token_source
-    }
-
-    pub fn tenancy(&self) -> &Tenancy {
-        &self.tenancy
     }
 
     /// Stops accepting connections, lets requests in flight finish (up to the drain timeout)

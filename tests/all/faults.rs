@@ -489,7 +489,7 @@ async fn an_onnx_model_cannot_read_the_servers_files() {
         "the operator token is at data/admin-token"
     );
     let thief = corral.create_tenant("thief", "thief.test").await;
-    let model = corral::backends::onnx::testing::function_default_attribute_model(
+    let model = corral_parsers::onnx::testing::function_default_attribute_model(
         "data/admin-token",
         corral.token.len() as u64,
     );

@@ -398,7 +398,7 @@ async fn a_tenant_past_its_queue_bound_gets_503() {
 /// bytes (and so a distinct model to load).
 fn distinct_classifier(dir: &DataDir, n: usize) -> std::path::PathBuf {
     let mut bytes = std::fs::read(example_model()).unwrap();
-    bytes.extend(corral::backends::onnx::testing::field(
+    bytes.extend(corral_parsers::onnx::testing::field(
         6,
         format!("copy {n}").as_bytes(),
     ));

@@ -23,6 +23,25 @@ mod torch {
     use hyper::StatusCode;
     use serde_json::{Value, json};
 
+    /// Saves at `path` a TorchScript module computing `relu(x · W + b)` for `x` of shape
+    /// `[batch, 16]` (W 16 × 8 and b 8 fixed), made with libtorch's tracer (no Python needed):
+    /// a model small enough that batches form, whose file declares no shapes, as every
+    /// TorchScript file.
+    fn save_linear_model(path: &std::path::Path) -> Result<(), tch::TchError> {
+        use tch::{CModule, Device, Kind, Tensor};
+        let weights: Vec<f32> = (0..128)
+            .map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0)
+            .collect();
+        let bias: Vec<f32> = (0..8).map(|i| i as f32 / 10.0 - 0.4).collect();
+        let w = Tensor::from_slice(&weights).reshape([16, 8]);
+        let b = Tensor::from_slice(&bias);
+        let example = Tensor::zeros([1, 16], (Kind::Float, Device::Cpu));
+        let module = CModule::create_by_tracing("Linear", "forward", &[example], &mut |x| {
+            vec![(x[0].matmul(&w) + &b).relu()]
+        })?;
+        module.save(path)
+    }
+
     fn torchscript_model() -> PathBuf {
         repo().join("examples/image-classifier/model/efficientnet-lite0.pt")
     }
@@ -287,7 +306,7 @@ mod torch {
         use crate::common::serve::{Part, multipart};
         let dir = DataDir::new("torch-batching");
         let linear = dir.0.join("linear.pt");
-        corral::backends::torch::testing::save_linear_model(&linear).unwrap();
+        save_linear_model(&linear).unwrap();
         let corral = std::sync::Arc::new(Corral::start(&dir, "[inference]\nruns = 1\n"));
         let (status, body) = corral
             .operator(

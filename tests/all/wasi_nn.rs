@@ -4,8 +4,6 @@
 use std::sync::OnceLock;
 
 use crate::common::*;
-use corral::dev::load_files;
-use corral::inference::Inference;
 use hyper::StatusCode;
 
 static SERVER: OnceLock<Shared> = OnceLock::new();
@@ -98,49 +96,6 @@ async fn every_guest_mistake_is_an_error_value_and_the_next_request_succeeds() {
             "request after case {name} failed: {after}"
         );
     }
-}
-
-fn inference() -> Inference {
-    Inference::new(corral::server::inference_options(
-        &corral::config::Config::default(),
-    ))
-}
-
-#[test]
-fn identical_model_files_share_one_loaded_model() {
-    let inference = inference();
-    let models = load_files(
-        &inference,
-        &[
-            ("first".into(), fixture("add.onnx")),
-            ("second".into(), fixture("add.onnx")),
-            ("other".into(), fixture("identity_types.onnx")),
-        ],
-    )
-    .expect("fixtures load");
-    assert_eq!(inference.cache().residents().len(), 2);
-    assert_eq!(inference.cache().loads_total(), 2);
-    assert_eq!(
-        models.get("first").unwrap().key,
-        models.get("second").unwrap().key
-    );
-}
-
-#[test]
-fn a_model_that_is_not_onnx_is_refused_naming_the_file() {
-    let inference = inference();
-    let err = load_files(&inference, &[("m".into(), fixture("make_models.py"))]).unwrap_err();
-    assert!(format!("{err:#}").contains("make_models.py"), "{err:#}");
-    let not_a_model =
-        std::env::temp_dir().join(format!("corral-not-a-model-{}.onnx", std::process::id()));
-    std::fs::write(&not_a_model, b"definitely not protobuf").unwrap();
-    let err = load_files(&inference, &[("m".into(), not_a_model.clone())]).unwrap_err();
-    let _ = std::fs::remove_file(&not_a_model);
-    let message = format!("{err:#}");
-    assert!(
-        message.contains("model 'm'") && message.contains("cannot load"),
-        "{message}"
-    );
 }
 
 #[tokio::test]

@@ -26,8 +26,9 @@ pub fn provider() -> Arc<CryptoProvider> {
 pub struct CertInfo {
     /// The DNS names and IP addresses the leaf certificate covers (`*.example.com` included).
     pub names: Vec<String>,
-    /// Validity, in seconds since the Unix epoch.
+    /// Start of validity, in seconds since the Unix epoch.
     pub not_before: i64,
+    /// End of validity, in seconds since the Unix epoch.
     pub not_after: i64,
     /// The leaf's issuer, as text.
     pub issuer: String,
@@ -38,7 +39,9 @@ pub struct CertInfo {
 /// A parsed certificate chain with its matching key.
 #[derive(Clone, Debug)]
 pub struct Certificate {
+    /// The chain and key as rustls serves them.
     pub key: Arc<CertifiedKey>,
+    /// What the chain's leaf says, as the admin API reports it.
     pub info: CertInfo,
 }
 

@@ -290,6 +290,7 @@ impl Default for EngineSettings {
 }
 
 impl EngineSettings {
+    /// Refuses settings the engine cannot start with, naming the key.
     pub fn check(&self) -> Result<(), String> {
         if self.instances == 0 {
             return Err("engine.instances must be at least 1".into());

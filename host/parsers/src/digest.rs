@@ -10,10 +10,12 @@ use sha2::{Digest as _, Sha256};
 pub struct Digest([u8; 32]);
 
 impl Digest {
+    /// The digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Self {
         Self(Sha256::digest(bytes).into())
     }
 
+    /// A digest already computed (e.g. by a hasher fed as bytes streamed).
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }

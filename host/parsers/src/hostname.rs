@@ -36,7 +36,9 @@ pub enum Unroutable<T> {
     /// The connection's TLS handshake named one tenant's host and the request another's
     /// (`421`): the client picked the certificate, and so the trust, for the first.
     Misdirected {
+        /// The server name the TLS handshake asked for.
         sni: String,
+        /// The request's host name.
         host: String,
         /// The tenant serving `host`, if any.
         host_tenant: Option<T>,

@@ -7,6 +7,8 @@
 //! Runtime. [`fuzz`] holds each target's body; the committed corpora are replayed through it
 //! as ordinary tests (`tests/corpus.rs`).
 
+#![deny(missing_docs)]
+
 pub mod certs;
 pub mod clock;
 pub mod config;

@@ -25,6 +25,7 @@ macro_rules! limits {
         #[serde(deny_unknown_fields)]
         pub struct LimitOverrides {
             $(#[serde(default, skip_serializing_if = "Option::is_none")]
+            #[doc = concat!("`", stringify!($name), "`, if overridden.")]
             pub $name: Option<$ty>,)*
         }
 

@@ -60,11 +60,20 @@ pub struct PartHead {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Error {
     /// More than [`Bounds::max_head_bytes`] of headers in one part.
-    HeadTooLong { limit: usize },
+    HeadTooLong {
+        /// The bound that was exceeded.
+        limit: usize,
+    },
     /// More than [`Bounds::max_parts`] parts.
-    TooManyParts { limit: usize },
+    TooManyParts {
+        /// The bound that was exceeded.
+        limit: usize,
+    },
     /// More than [`Bounds::max_preamble_bytes`] before the first boundary.
-    PreambleTooLong { limit: usize },
+    PreambleTooLong {
+        /// The bound that was exceeded.
+        limit: usize,
+    },
     /// A part's header block is malformed; says how.
     BadHead(String),
     /// The body ended before its closing boundary.
@@ -151,6 +160,7 @@ impl fmt::Debug for Parser {
 }
 
 impl Parser {
+    /// A parser for a body whose `Content-Type` names `boundary`, within `bounds`.
     pub fn new(boundary: &str, bounds: Bounds) -> Self {
         let delimiter = [b"\r\n--", boundary.as_bytes()].concat();
         let finder = memmem::Finder::new(&delimiter).into_owned();

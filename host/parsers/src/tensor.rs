@@ -4,12 +4,19 @@
 /// The element types `wasi:nn` can describe; every one of them reaches the backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ElementType {
+    /// IEEE 754 half precision.
     F16,
+    /// bfloat16.
     Bf16,
+    /// IEEE 754 single precision.
     F32,
+    /// IEEE 754 double precision.
     F64,
+    /// Unsigned bytes.
     U8,
+    /// 32-bit signed integers.
     I32,
+    /// 64-bit signed integers.
     I64,
 }
 

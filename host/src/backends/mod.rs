@@ -132,8 +132,6 @@ pub trait LoadedModel: Send + Sync + fmt::Debug {
 
 /// A model format's loader.
 pub trait Backend: Send + Sync + fmt::Debug {
-    fn format(&self) -> ModelFormat;
-
     /// Loads model bytes onto `placement`. Blocking and possibly slow. Bytes the backend
     /// cannot load are an [`ErrorKind::InvalidEncoding`] naming the reason.
     fn load(

@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use tch::{CModule, Device, IValue, Kind};
 
-use super::models::ModelFormat;
 use super::tensor::{ElementType, Tensor, TensorBytes};
 use super::{
     Backend, Concurrency, ErrorKind, InferenceError, LoadedModel, Placement, RunControl, Signature,
@@ -28,10 +27,6 @@ use super::{
 pub struct TorchBackend;
 
 impl Backend for TorchBackend {
-    fn format(&self) -> ModelFormat {
-        ModelFormat::Pytorch
-    }
-
     fn load(
         &self,
         bytes: &[u8],
@@ -245,26 +240,4 @@ fn to_host(name: &str, tensor: &tch::Tensor) -> Result<Tensor, InferenceError> {
         ty,
         bytes: TensorBytes::Host(bytes),
     })
-}
-
-/// Models for tests, made with libtorch's tracer (no Python needed).
-pub mod testing {
-    use tch::{CModule, Device, Kind, Tensor};
-
-    /// Saves at `path` a TorchScript module computing `relu(x · W + b)` for `x` of shape
-    /// `[batch, 16]` (W 16 × 8 and b 8 fixed): a model small enough that batches form, whose
-    /// file declares no shapes, as every TorchScript file.
-    pub fn save_linear_model(path: &std::path::Path) -> Result<(), tch::TchError> {
-        let weights: Vec<f32> = (0..128)
-            .map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0)
-            .collect();
-        let bias: Vec<f32> = (0..8).map(|i| i as f32 / 10.0 - 0.4).collect();
-        let w = Tensor::from_slice(&weights).reshape([16, 8]);
-        let b = Tensor::from_slice(&bias);
-        let example = Tensor::zeros([1, 16], (Kind::Float, Device::Cpu));
-        let module = CModule::create_by_tracing("Linear", "forward", &[example], &mut |x| {
-            vec![(x[0].matmul(&w) + &b).relu()]
-        })?;
-        module.save(path)
-    }
 }

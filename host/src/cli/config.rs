@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use crate::config::Config;
 
 #[derive(Debug, clap::Subcommand)]
-pub enum ConfigCommand {
+pub(crate) enum ConfigCommand {
     /// Validate a configuration file (with CORRAL_* overrides) without starting; prints the
     /// effective configuration.
     Check {

@@ -9,7 +9,7 @@ use super::{ClientArgs, parse_model};
 use crate::client::AdminClient;
 
 #[derive(Debug, clap::Args)]
-pub struct DeployArgs {
+pub(crate) struct DeployArgs {
     /// The tenant to deploy to.
     #[arg(long)]
     pub tenant: String,

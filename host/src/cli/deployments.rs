@@ -6,7 +6,7 @@ use crate::client::AdminClient;
 use crate::clock::format_time;
 
 #[derive(Debug, clap::Args)]
-pub struct DeploymentsArgs {
+pub(crate) struct DeploymentsArgs {
     /// The tenant.
     pub tenant: String,
     #[command(flatten)]
@@ -14,7 +14,7 @@ pub struct DeploymentsArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct RollbackArgs {
+pub(crate) struct RollbackArgs {
     /// The tenant.
     pub tenant: String,
     /// The version to make active.

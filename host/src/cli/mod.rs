@@ -13,36 +13,41 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-pub use config::ConfigCommand;
-pub use deploy::DeployArgs;
-pub use deployments::{DeploymentsArgs, RollbackArgs};
-pub use new::NewArgs;
-pub use run::RunArgs;
-pub use serve::ServeArgs;
-pub use tenant::TenantCommand;
+use config::ConfigCommand;
+use deploy::DeployArgs;
+use deployments::{DeploymentsArgs, RollbackArgs};
+use new::NewArgs;
+use run::RunArgs;
+use serve::ServeArgs;
+use tenant::TenantCommand;
 
+/// The parsed command line (`Cli::parse()`), run by [`run`].
 #[derive(Debug, Parser)]
 #[command(
     name = "corral",
     version,
-    about = "Serve sandboxed WebAssembly components that run shared ML models"
+    about = "Serve sandboxed WebAssembly components that run shared ML models",
+    long_about = None
 )]
 pub struct Cli {
     /// Log lines on stderr: `text` (readable) or `json` (one object per line).
     #[arg(long, global = true, env = "CORRAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
+/// How log lines are written on stderr.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
+    /// Readable lines, coloured on a terminal.
     Text,
+    /// One JSON object per line, for a log collector.
     Json,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the multi-tenant server: tenants, deployments and the admin API.
     Serve(ServeArgs),
     /// Create, list or delete tenants (admin API).
@@ -65,7 +70,7 @@ pub enum Command {
 
 /// How to reach the admin API.
 #[derive(Debug, clap::Args)]
-pub struct ClientArgs {
+pub(crate) struct ClientArgs {
     /// The admin API.
     #[arg(long, env = "CORRAL_SERVER", default_value = "http://127.0.0.1:9080")]
     pub server: String,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
-pub struct NewArgs {
+pub(crate) struct NewArgs {
     /// Project (and component) name: a-z, 0-9, '-' and '_'.
     pub name: String,
     /// Where to create it [default: ./NAME].

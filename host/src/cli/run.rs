@@ -10,7 +10,7 @@ use crate::engine::EngineSettings;
 use crate::limits::Limits;
 
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// The component to serve (a wasi:http/proxy component, e.g. built for wasm32-wasip2).
     pub component: PathBuf,
     /// A model the component can load by name: NAME=PATH (repeatable). PATH ends in .onnx.

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::server::{Server, TokenSource};
 
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// TOML configuration file (every key optional; unknown keys are refused; CORRAL_* variables override it).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,

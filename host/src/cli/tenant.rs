@@ -7,7 +7,7 @@ use super::output::{join, print_json, print_table, version};
 use crate::client::AdminClient;
 
 #[derive(Debug, clap::Subcommand)]
-pub enum TenantCommand {
+pub(crate) enum TenantCommand {
     /// Create a tenant (or replace its host names) and print its token.
     Create {
         /// Tenant name: 1 to 63 characters from a-z, 0-9 and '-'.

@@ -30,7 +30,7 @@ mod cache;
 mod instance;
 pub mod log;
 
-pub use cache::{CompileError, ComponentCache, check_component_header};
+pub use cache::{CompileError, ComponentCache};
 pub use corral_parsers::config::EngineSettings;
 pub use instance::{InstanceState, live_instances};
 use instance::{Limiter, OutgoingHttp};

@@ -15,10 +15,9 @@ mod stats;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use cache::{LoadError, ModelCache, ModelHold, Room};
+pub use cache::{LoadError, ModelCache, Room};
 pub use deployed::{Model, ModelSet};
 pub use scheduler::{RunError, Scheduler, Submission};
-pub use stats::ModelStats;
 
 use crate::backends::tensor::Tensor;
 use crate::backends::{InferenceError, LoadedModel, Placement};

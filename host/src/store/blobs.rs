@@ -39,8 +39,6 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
 pub trait BlobWrite: Send + fmt::Debug {
     /// Appends `bytes` (blocks on I/O).
     fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()>;
-    /// Bytes written so far.
-    fn written(&self) -> u64;
     /// Makes the bytes written so far durable (blocks on I/O).
     fn sync(&self) -> anyhow::Result<()>;
     /// Stores the bytes under their digest (storing bytes the store already holds is a
@@ -55,15 +53,6 @@ pub struct BlobWriter(Box<dyn BlobWrite>);
 impl BlobWriter {
     pub fn new(inner: impl BlobWrite + 'static) -> Self {
         Self(Box::new(inner))
-    }
-
-    /// Bytes written so far.
-    pub fn len(&self) -> u64 {
-        self.0.written()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Makes the bytes written so far durable (blocks on I/O).
@@ -176,10 +165,6 @@ impl BlobWrite for FileWriter {
         self.hasher.update(bytes);
         self.len += bytes.len() as u64;
         Ok(())
-    }
-
-    fn written(&self) -> u64 {
-        self.len
     }
 
     fn sync(&self) -> anyhow::Result<()> {

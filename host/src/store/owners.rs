@@ -3,11 +3,8 @@
 //! [`Blobs::sweep`] removes those a crash left behind.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-
-use anyhow::{Context, bail};
 
 use super::Digest;
 use super::blobs::{BlobStore, BlobWriter};
@@ -39,6 +36,7 @@ impl Blobs {
 
     /// Stores `bytes` and returns their digest. Storing the same bytes again is a no-op.
     /// Nothing holds the blob: refer to it, or a sweep removes it.
+    #[cfg(test)]
     pub fn put(&self, bytes: &[u8]) -> anyhow::Result<Digest> {
         let (digest, _) = self.put_from(bytes, u64::MAX)?;
         Ok(digest)
@@ -46,16 +44,23 @@ impl Blobs {
 
     /// Streams a blob into the store, refusing it once it exceeds `limit` bytes (nothing is
     /// kept then). Returns its digest and length.
-    pub fn put_from(&self, mut reader: impl Read, limit: u64) -> anyhow::Result<(Digest, u64)> {
+    #[cfg(test)]
+    pub fn put_from(
+        &self,
+        mut reader: impl std::io::Read,
+        limit: u64,
+    ) -> anyhow::Result<(Digest, u64)> {
         let mut writer = self.writer()?;
         let mut buf = vec![0u8; 64 * 1024];
+        let mut len = 0u64;
         loop {
-            let n = reader.read(&mut buf).context("cannot read the upload")?;
+            let n = anyhow::Context::context(reader.read(&mut buf), "cannot read the upload")?;
             if n == 0 {
                 break;
             }
-            if writer.len() + n as u64 > limit {
-                bail!("the blob is larger than the limit of {limit} bytes");
+            len += n as u64;
+            if len > limit {
+                anyhow::bail!("the blob is larger than the limit of {limit} bytes");
             }
             writer.write(&buf[..n])?;
         }
@@ -140,6 +145,7 @@ impl Blobs {
         self.store.len(digest).unwrap_or(0)
     }
 
+    #[cfg(test)]
     pub fn contains(&self, digest: &Digest) -> bool {
         self.store.len(digest).is_some()
     }

@@ -26,7 +26,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use dashmap::DashMap;
 
 pub use crate::deployment::Validation;
-pub use crate::error::Refusal;
+pub(crate) use crate::error::Refusal;
 pub use deployment::{LiveDeployment, Platform};
 pub use registry::{Route, TenantBounds, Unavailable};
 pub use tenants::TenantUpdate;

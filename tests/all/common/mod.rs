@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use bytes::Bytes;
+use corral::config::EngineSettings;
 use corral::dev::{DevOptions, DevServer};
-use corral::engine::EngineSettings;
 use corral::limits::Limits;
 use hyper::StatusCode;
 

@@ -10,16 +10,15 @@ use std::sync::Arc;
 use ort::session::{Session, SharedSessionInner};
 use ort::value::{TensorElementType, ValueType};
 
-use super::models::ModelFormat;
 use super::tensor::{ElementType, Tensor, TensorBytes};
 use super::{
     Backend, Concurrency, ErrorKind, InferenceError, LoadedModel, Placement, RunControl, Signature,
     TensorSpec,
 };
 
-pub use corral_parsers::onnx::{ModelCheckError, check_self_contained, testing};
+pub use corral_parsers::onnx::{ModelCheckError, check_self_contained};
 pub use ffi::OutputTensor;
-pub use runtime::{OnnxRuntime, find_library};
+pub use runtime::OnnxRuntime;
 
 /// What the model says one input must be.
 #[derive(Debug)]
@@ -40,10 +39,6 @@ struct InputSpec {
 pub struct OnnxBackend;
 
 impl Backend for OnnxBackend {
-    fn format(&self) -> ModelFormat {
-        ModelFormat::Onnx
-    }
-
     fn load(
         &self,
         bytes: &[u8],

@@ -22,7 +22,6 @@ pub const PROJECT_LIBRARY: &str = ".corral/onnxruntime/libonnxruntime.so";
 pub struct OnnxRuntime {
     environment: Environment,
     pub(super) memory: MemoryInfo<'static>,
-    library: PathBuf,
 }
 
 static RUNTIME: OnceLock<Result<OnnxRuntime, String>> = OnceLock::new();
@@ -75,13 +74,7 @@ impl OnnxRuntime {
         Ok(Self {
             environment,
             memory,
-            library,
         })
-    }
-
-    /// Where the library was loaded from.
-    pub fn library(&self) -> &Path {
-        &self.library
     }
 
     /// A session for model bytes, as Corral serves them. The model is parsed as ONNX only

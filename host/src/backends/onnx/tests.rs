@@ -44,7 +44,10 @@ fn secret_beside_model(test: &str) -> (std::path::PathBuf, Vec<u8>) {
     let folder = std::env::temp_dir().join(format!("corral-onnx-{test}-{}", std::process::id()));
     std::fs::create_dir_all(folder.join("corral-data")).unwrap();
     std::fs::write(folder.join("corral-data/admin-token"), b"operator-secret").unwrap();
-    let model = super::testing::function_default_attribute_model("corral-data/admin-token", 15);
+    let model = corral_parsers::onnx::testing::function_default_attribute_model(
+        "corral-data/admin-token",
+        15,
+    );
     (folder, model)
 }
 
