@@ -102,10 +102,15 @@ impl Server {
     pub async fn start(options: Config) -> anyhow::Result<Self> {
         let data_dir = options.data_dir.clone();
         let given_token = options.admin_token.clone();
+        let cluster = options.cluster.clone();
+        if !cluster.database_url.is_empty() && given_token.is_none() {
+            anyhow::bail!(
+                "[cluster] database_url is set, so the operator token must be given \
+                 (admin_token, or CORRAL_ADMIN_TOKEN), the same for every replica"
+            );
+        }
         let (store, operator_token, token_source) = tokio::task::spawn_blocking(move || {
-            let store = Store::open(&data_dir).with_context(|| {
-                format!("cannot open the data directory {}", data_dir.display())
-            })?;
+            let store = Store::open(&data_dir, &cluster)?;
             let (token, source) = match given_token {
                 Some(token) => (token, TokenSource::Given),
                 None => {

@@ -9,6 +9,7 @@ mod common;
 
 mod classifier;
 mod cli;
+mod cluster;
 mod faults;
 mod front_door;
 mod guest_languages;

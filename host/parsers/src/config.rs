@@ -56,6 +56,8 @@ pub struct Config {
     pub engine: EngineSettings,
     /// Deployments kept and validated (`[store]`).
     pub store: StoreSettings,
+    /// Shared state for several replicas (`[cluster]`).
+    pub cluster: ClusterSettings,
     /// Default per-tenant limits (`[limits]`); tenants may be given their own.
     pub limits: Limits,
 }
@@ -81,6 +83,7 @@ impl Default for Config {
             models: ModelsSettings::default(),
             engine: EngineSettings::default(),
             store: StoreSettings::default(),
+            cluster: ClusterSettings::default(),
             limits: Limits::default(),
         }
     }
@@ -318,6 +321,65 @@ impl EngineSettings {
     }
 }
 
+/// Where replicas share their state. Empty: everything lives in `data_dir` (one server).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// PostgreSQL holding tenants, host names, token hashes, limits, certificates and
+    /// deployments (`postgres://user:password@host:5432/dbname`); empty: the data directory.
+    pub database_url: String,
+}
+
+impl ClusterSettings {
+    /// `url` with any password in it replaced, for logs and `corral config check`.
+    pub fn redact(url: &str) -> String {
+        redact_url(url)
+    }
+}
+
+/// A URL or libpq connection string with its password replaced by `(not shown)`: the
+/// userinfo's password (`scheme://user:password@host`) and a `password=` setting.
+fn redact_url(url: &str) -> String {
+    const HIDDEN: &str = "(not shown)";
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        let tail = redact_url_settings(tail, HIDDEN);
+        return match authority.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:{HIDDEN}@{host}{tail}"),
+                None => format!("{scheme}://{userinfo}@{host}{tail}"),
+            },
+            None => format!("{scheme}://{authority}{tail}"),
+        };
+    }
+    redact_url_settings(url, HIDDEN)
+}
+
+/// `password=...` replaced, in a query string (`&`-separated) or a libpq key=value string
+/// (space-separated, the value possibly quoted).
+fn redact_url_settings(text: &str, hidden: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("password=") {
+        let starts_key = at == 0 || matches!(rest.as_bytes()[at - 1], b' ' | b'&' | b'?' | b'\t');
+        out.push_str(&rest[..at + "password=".len()]);
+        rest = &rest[at + "password=".len()..];
+        if !starts_key {
+            continue;
+        }
+        let end = if let Some(quoted) = rest.strip_prefix('\'') {
+            quoted.find('\'').map_or(rest.len(), |e| e + 2)
+        } else {
+            rest.find([' ', '&', '#']).unwrap_or(rest.len())
+        };
+        out.push_str(hidden);
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// What the store keeps, and how many uploads are validated at once.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -451,6 +513,7 @@ impl Config {
         if shown.admin_token.is_some() {
             shown.admin_token = Some("(set, not shown)".into());
         }
+        shown.cluster.database_url = redact_url(&shown.cluster.database_url);
         toml::to_string(&shown).unwrap_or_default()
     }
 
@@ -593,6 +656,48 @@ mod tests {
         assert_eq!(config.batching.max_batch_size, 1);
         assert_eq!(config.models.memory_bytes, 1 << 20);
         assert!(Config::parse("[batching]\nmax_batch_size = 0\n", env(&[])).is_err());
+    }
+
+    #[test]
+    fn the_cluster_database_comes_from_the_environment_and_its_password_is_never_shown() {
+        let config = Config::parse(
+            "",
+            env(&[(
+                "CORRAL_CLUSTER_DATABASE_URL",
+                "postgres://corral:s3cret@db:5432/corral?sslmode=disable&password=again",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.cluster.database_url,
+            "postgres://corral:s3cret@db:5432/corral?sslmode=disable&password=again"
+        );
+        let shown = config.to_toml();
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("again"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("postgres://corral:(not shown)@db:5432/corral"),
+            "{shown}"
+        );
+        for (url, redacted) in [
+            ("postgres://db/corral", "postgres://db/corral"),
+            ("postgres://me@db/corral", "postgres://me@db/corral"),
+            (
+                "postgres://me:p%40ss@db/x",
+                "postgres://me:(not shown)@db/x",
+            ),
+            (
+                "host=db user=me password='a b' dbname=x",
+                "host=db user=me password=(not shown) dbname=x",
+            ),
+            ("host=db password=pw", "host=db password=(not shown)"),
+            ("host=db nopassword=1", "host=db nopassword=1"),
+            ("", ""),
+        ] {
+            assert_eq!(ClusterSettings::redact(url), redacted, "{url}");
+        }
     }
 
     #[test]

@@ -195,7 +195,7 @@ mod tests {
     fn deployments_of_the_same_bytes_share_one_component_while_any_holds_it() {
         let dir = std::env::temp_dir().join(format!("corral-cache-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let store = crate::store::Store::open(&dir).unwrap();
+        let store = crate::store::Store::open(&dir, &Default::default()).unwrap();
         let read = |digest: Digest| {
             let blobs = &store.blobs;
             move || blobs.read(&digest)

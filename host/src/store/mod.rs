@@ -18,11 +18,17 @@ pub mod blobs;
 mod cache;
 mod dir;
 mod owners;
+pub mod postgres;
 pub mod record_store;
 pub mod records;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::ClusterSettings;
+use postgres::PgRecords;
 
 pub use blobs::{BlobWriter, DirBlobs};
 pub use cache::CacheDir;
@@ -42,12 +48,30 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) the data directory at `root`: locked for this process,
-    /// temporary files a crash left cleared, incomplete tenant directories removed.
-    pub fn open(root: impl Into<PathBuf>) -> anyhow::Result<Self> {
-        let dir = Arc::new(DataDir::open(root)?);
+    /// temporary files a crash left cleared, incomplete tenant directories removed. Records
+    /// are kept in it too, unless `cluster` names a database (whose schema is then brought up
+    /// to date). Failures name the directory or the database (never its password).
+    pub fn open(root: impl Into<PathBuf>, cluster: &ClusterSettings) -> anyhow::Result<Self> {
+        let root = root.into();
+        let dir = Arc::new(
+            DataDir::open(&root)
+                .with_context(|| format!("cannot open the data directory {}", root.display()))?,
+        );
+        let records: Arc<dyn Records> =
+            if cluster.database_url.is_empty() {
+                Arc::new(DirRecords::open(Arc::clone(&dir)).with_context(|| {
+                    format!("cannot open the data directory {}", root.display())
+                })?)
+            } else {
+                let shown = ClusterSettings::redact(&cluster.database_url);
+                let records = PgRecords::open(&cluster.database_url)
+                    .with_context(|| format!("cannot open the database {shown}"))?;
+                tracing::info!(database = %shown, "records are kept in the database");
+                Arc::new(records)
+            };
         Ok(Self {
             blobs: Blobs::new(Arc::new(DirBlobs::open(Arc::clone(&dir))?)),
-            records: Arc::new(DirRecords::open(Arc::clone(&dir))?),
+            records,
             cache: CacheDir::new(Arc::clone(&dir)),
             dir,
         })

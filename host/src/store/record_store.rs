@@ -78,6 +78,9 @@ pub enum Changes {
 /// Why a write was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
+    /// Another tenant holds one of the record's host names.
+    #[error("the host name '{host}' belongs to tenant '{owner}'")]
+    HostTaken { host: String, owner: String },
     /// Someone else changed the tenant since it was read at `expected`.
     #[error(
         "tenant '{tenant}' was changed meanwhile (generation {found:?}, expected {expected:?})"
@@ -99,7 +102,8 @@ pub trait Records: Send + Sync + fmt::Debug {
     /// A tenant's record and its generation; `None` if there is none.
     fn tenant(&self, name: &str) -> anyhow::Result<Option<Versioned<TenantRecord>>>;
     /// Writes a tenant's record if its generation is still `expected` ([`Generation::ABSENT`]
-    /// to create it); the new generation.
+    /// to create it); the new generation. A host name another tenant holds is refused
+    /// ([`RecordError::HostTaken`]), whichever server wrote that tenant.
     fn put_tenant(
         &self,
         record: &TenantRecord,
@@ -141,13 +145,13 @@ pub trait Records: Send + Sync + fmt::Debug {
         dead_code,
         reason = "the change log a replica follows (the scale-out issue); tested"
     )]
-    fn revision(&self) -> u64;
+    fn revision(&self) -> anyhow::Result<u64>;
     /// The changes after `revision`.
     #[allow(
         dead_code,
         reason = "the change log a replica follows (the scale-out issue); tested"
     )]
-    fn changes_since(&self, revision: u64) -> Changes;
+    fn changes_since(&self, revision: u64) -> anyhow::Result<Changes>;
 }
 
 /// Every deployment of a tenant, by version (a store's whole view of one tenant).
@@ -164,8 +168,8 @@ pub fn stored_deployments(
     Ok(all)
 }
 
-/// Changes a [`DirRecords`] keeps for watchers; one further behind reloads.
-const LOG_LEN: usize = 4096;
+/// Changes a store keeps for watchers; one further behind reloads.
+pub(super) const LOG_LEN: usize = 4096;
 
 /// Records as JSON files in the data directory (the layout in this module's documentation).
 #[derive(Debug)]
@@ -182,6 +186,8 @@ struct State {
     /// The last [`LOG_LEN`] changes and their revisions.
     log: VecDeque<(u64, Change)>,
     revision: u64,
+    /// Every tenant's host names: host → tenant.
+    hosts: HashMap<String, String>,
 }
 
 impl DirRecords {
@@ -198,14 +204,24 @@ impl DirRecords {
                 dir.remove_dir(&tenant_dir(&name))?;
             }
         }
-        Ok(Self {
+        let records = Self {
             dir,
             state: Mutex::new(State {
                 generations: HashMap::new(),
                 log: VecDeque::new(),
                 revision: 1,
+                hosts: HashMap::new(),
             }),
-        })
+        };
+        let mut hosts = HashMap::new();
+        for name in records.tenant_names()? {
+            // An unreadable record is reported by the restore that reads it next.
+            if let Ok(Some(record)) = records.read::<TenantRecord>(&tenant_path(&name)) {
+                hosts.extend(record.hosts.into_iter().map(|h| (h, name.clone())));
+            }
+        }
+        records.state().hosts = hosts;
+        Ok(records)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -292,7 +308,22 @@ impl Records for DirRecords {
         check_tenant_name(&record.name).map_err(anyhow::Error::msg)?;
         let mut state = self.state();
         self.check(&state, &record.name, expected)?;
+        for host in &record.hosts {
+            if let Some(owner) = state.hosts.get(host).filter(|o| **o != record.name) {
+                return Err(RecordError::HostTaken {
+                    host: host.clone(),
+                    owner: owner.clone(),
+                });
+            }
+        }
         self.write(&tenant_path(&record.name), record)?;
+        state.hosts.retain(|_, owner| *owner != record.name);
+        state.hosts.extend(
+            record
+                .hosts
+                .iter()
+                .map(|h| (h.clone(), record.name.clone())),
+        );
         state.record(Change::Tenant(record.name.clone()));
         let next = Generation(state.revision);
         state.generations.insert(record.name.clone(), next);
@@ -310,6 +341,7 @@ impl Records for DirRecords {
         // The record first: a crash after it leaves a directory that `open` removes.
         self.dir.remove_file(&tenant_path(name))?;
         self.dir.remove_dir(&tenant_dir(name))?;
+        state.hosts.retain(|_, owner| owner != name);
         state
             .generations
             .insert(name.to_owned(), Generation::ABSENT);
@@ -385,19 +417,19 @@ impl Records for DirRecords {
         Ok(removed)
     }
 
-    fn revision(&self) -> u64 {
-        self.state().revision
+    fn revision(&self) -> anyhow::Result<u64> {
+        Ok(self.state().revision)
     }
 
-    fn changes_since(&self, revision: u64) -> Changes {
+    fn changes_since(&self, revision: u64) -> anyhow::Result<Changes> {
         let state = self.state();
         let oldest = state.log.front().map_or(state.revision + 1, |(r, _)| *r);
-        if revision + 1 < oldest {
-            return Changes::Reload {
+        if revision > state.revision || revision + 1 < oldest {
+            return Ok(Changes::Reload {
                 revision: state.revision,
-            };
+            });
         }
-        Changes::Since {
+        Ok(Changes::Since {
             changes: state
                 .log
                 .iter()
@@ -405,7 +437,7 @@ impl Records for DirRecords {
                 .map(|(_, change)| change.clone())
                 .collect(),
             revision: state.revision,
-        }
+        })
     }
 }
 

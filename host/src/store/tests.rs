@@ -1,9 +1,13 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::postgres::PgRecords;
 use super::record_store::{Change, Changes};
 use super::records::{DeploymentRecord, TenantRecord};
 use super::*;
+
+#[path = "../../../tests/support/postgres.rs"]
+mod postgres_server;
 
 struct TempDir(PathBuf);
 
@@ -51,7 +55,7 @@ fn deployment(component: &[u8]) -> DeploymentRecord {
 #[test]
 fn blobs_are_stored_under_their_digest_once() {
     let dir = TempDir::new("blobs");
-    let store = Store::open(&dir.0).unwrap();
+    let store = Store::open(&dir.0, &Default::default()).unwrap();
     let digest = store.blobs.put(b"model bytes").unwrap();
     assert_eq!(digest, Digest::of(b"model bytes"));
     assert_eq!(
@@ -73,7 +77,7 @@ fn blobs_are_stored_under_their_digest_once() {
 #[test]
 fn a_blob_over_the_limit_is_refused_and_nothing_is_kept() {
     let dir = TempDir::new("limit");
-    let store = Store::open(&dir.0).unwrap();
+    let store = Store::open(&dir.0, &Default::default()).unwrap();
     let err = store.blobs.put_from(&[7u8; 1000][..], 999).unwrap_err();
     assert!(err.to_string().contains("limit of 999 bytes"), "{err}");
     assert!(!store.blobs.contains(&Digest::of(&[7u8; 1000])));
@@ -87,7 +91,7 @@ fn a_blob_over_the_limit_is_refused_and_nothing_is_kept() {
 #[test]
 fn a_damaged_blob_is_an_error_naming_it() {
     let dir = TempDir::new("damaged");
-    let store = Store::open(&dir.0).unwrap();
+    let store = Store::open(&dir.0, &Default::default()).unwrap();
     let digest = store.blobs.put(b"component").unwrap();
     fs::write(store.blobs.local_path(&digest).unwrap(), b"c0mponent").unwrap();
     let err = store.blobs.read(&digest).unwrap_err().to_string();
@@ -118,7 +122,7 @@ fn files_are_replaced_whole_and_read_back() {
 fn a_crash_mid_write_leaves_the_old_record_and_reopening_cleans_up() {
     let dir = TempDir::new("crash");
     {
-        let store = Store::open(&dir.0).unwrap();
+        let store = Store::open(&dir.0, &Default::default()).unwrap();
         store
             .records
             .put_tenant(&tenant("acme"), Generation::ABSENT)
@@ -126,7 +130,7 @@ fn a_crash_mid_write_leaves_the_old_record_and_reopening_cleans_up() {
         // A write that crashed before its rename: a partial temporary file.
         fs::write(dir.0.join("tmp/999-0"), b"{\"name\": \"acme\", \"tru").unwrap();
     }
-    let store = Store::open(&dir.0).unwrap();
+    let store = Store::open(&dir.0, &Default::default()).unwrap();
     let read = store.records.tenant("acme").unwrap().unwrap();
     assert_eq!(read.value.hosts, ["acme.example"]);
     assert_eq!(dir.temp_files(), 0);
@@ -135,7 +139,7 @@ fn a_crash_mid_write_leaves_the_old_record_and_reopening_cleans_up() {
 #[test]
 fn a_corrupt_record_names_the_file() {
     let dir = TempDir::new("corrupt");
-    let store = Store::open(&dir.0).unwrap();
+    let store = Store::open(&dir.0, &Default::default()).unwrap();
     fs::create_dir_all(dir.0.join("tenants/acme")).unwrap();
     fs::write(dir.0.join("tenants/acme/tenant.json"), b"{not json").unwrap();
     assert_eq!(store.records.tenant_names().unwrap(), ["acme"]);
@@ -187,9 +191,12 @@ fn digests_round_trip_through_text_and_refuse_garbage() {
 #[test]
 fn one_process_at_a_time_holds_a_data_directory() {
     let dir = TempDir::new("lock");
-    let first = Store::open(&dir.0).unwrap();
+    let first = Store::open(&dir.0, &Default::default()).unwrap();
     fs::write(dir.0.join("tmp/in-flight"), b"another's upload").unwrap();
-    let err = Store::open(&dir.0).unwrap_err().to_string();
+    let err = format!(
+        "{:#}",
+        Store::open(&dir.0, &Default::default()).unwrap_err()
+    );
     assert!(
         err.contains("in use by another Corral process")
             && err.contains(&std::process::id().to_string()),
@@ -200,7 +207,7 @@ fn one_process_at_a_time_holds_a_data_directory() {
         "a refused open clears nothing"
     );
     drop(first);
-    Store::open(&dir.0).unwrap();
+    Store::open(&dir.0, &Default::default()).unwrap();
     assert!(!dir.0.join("tmp/in-flight").exists());
 }
 
@@ -209,7 +216,7 @@ fn one_process_at_a_time_holds_a_data_directory() {
 #[test]
 fn a_blob_lives_exactly_as_long_as_something_holds_it() {
     let dir = TempDir::new("owners");
-    let store = Store::open(&dir.0).unwrap();
+    let store = Store::open(&dir.0, &Default::default()).unwrap();
     let blobs = &store.blobs;
     let commit = |bytes: &[u8]| {
         let mut writer = blobs.writer().unwrap();
@@ -244,140 +251,211 @@ fn a_blob_lives_exactly_as_long_as_something_holds_it() {
     assert!(blobs.contains(&held));
 }
 
+/// Runs `case` on each kind of records: the data directory's, then PostgreSQL's (a fresh
+/// database on the test process's server) where PostgreSQL is installed; under `CI=true` it
+/// must be.
+fn each_records(name: &str, case: impl Fn(&dyn Records)) {
+    let dir = TempDir::new(name);
+    let store = Store::open(&dir.0, &Default::default()).unwrap();
+    case(&*store.records);
+    if let Some(server) = postgres_server::postgres() {
+        let records = PgRecords::open(&server.database(name)).unwrap();
+        case(&records);
+    }
+}
+
 /// Two writers that read the same generation: the second is refused, and a tenant deleted and
 /// created again never matches a generation read before.
 #[test]
 fn tenant_writes_are_compare_and_swap_on_the_generation() {
-    let dir = TempDir::new("cas");
-    let store = Store::open(&dir.0).unwrap();
-    let records = &*store.records;
-    let first = records
-        .put_tenant(&tenant("acme"), Generation::ABSENT)
-        .unwrap();
-    assert!(matches!(
-        records.put_tenant(&tenant("acme"), Generation::ABSENT),
-        Err(RecordError::Conflict { .. })
-    ));
-    let mut update = tenant("acme");
-    update.active = Some(1);
-    let second = records.put_tenant(&update, first).unwrap();
-    assert!(second > first);
-    let stale = records.put_tenant(&tenant("acme"), first).unwrap_err();
-    assert!(stale.to_string().contains("changed meanwhile"), "{stale}");
-    assert_eq!(
-        records.tenant("acme").unwrap().unwrap().value.active,
-        Some(1)
-    );
+    each_records("cas", |records| {
+        let first = records
+            .put_tenant(&tenant("acme"), Generation::ABSENT)
+            .unwrap();
+        assert!(matches!(
+            records.put_tenant(&tenant("acme"), Generation::ABSENT),
+            Err(RecordError::Conflict { .. })
+        ));
+        let mut update = tenant("acme");
+        update.active = Some(1);
+        let second = records.put_tenant(&update, first).unwrap();
+        assert!(second > first);
+        let stale = records.put_tenant(&tenant("acme"), first).unwrap_err();
+        assert!(stale.to_string().contains("changed meanwhile"), "{stale}");
+        let stored = records.tenant("acme").unwrap().unwrap();
+        assert_eq!(stored.value.active, Some(1));
+        assert_eq!(stored.generation, second);
 
-    assert!(matches!(
-        records.delete_tenant("acme", first),
-        Err(RecordError::Conflict { .. })
-    ));
-    records.delete_tenant("acme", second).unwrap();
-    assert!(records.tenant("acme").unwrap().is_none());
-    let again = records
-        .put_tenant(&tenant("acme"), Generation::ABSENT)
-        .unwrap();
-    assert!(again > second, "generations only grow");
-    assert!(matches!(
-        records.put_tenant(&tenant("acme"), second),
-        Err(RecordError::Conflict { .. })
-    ));
+        assert!(matches!(
+            records.delete_tenant("acme", first),
+            Err(RecordError::Conflict { .. })
+        ));
+        records.delete_tenant("acme", second).unwrap();
+        assert!(records.tenant("acme").unwrap().is_none());
+        let again = records
+            .put_tenant(&tenant("acme"), Generation::ABSENT)
+            .unwrap();
+        assert!(again > second, "generations only grow");
+        assert!(matches!(
+            records.put_tenant(&tenant("acme"), second),
+            Err(RecordError::Conflict { .. })
+        ));
+    });
+}
+
+/// A host name belongs to one tenant: another tenant claiming it is refused, naming it; the
+/// owner may keep it, give it up, and then another may take it.
+#[test]
+fn a_host_name_belongs_to_one_tenant() {
+    each_records("hosts", |records| {
+        let acme = records
+            .put_tenant(&tenant("acme"), Generation::ABSENT)
+            .unwrap();
+        let mut thief = tenant("thief");
+        thief.hosts = vec!["other.example".into(), "acme.example".into()];
+        match records.put_tenant(&thief, Generation::ABSENT) {
+            Err(RecordError::HostTaken { host, owner }) => {
+                assert_eq!((host.as_str(), owner.as_str()), ("acme.example", "acme"));
+            }
+            other => panic!("expected HostTaken, got {other:?}"),
+        }
+        assert!(
+            records.tenant("thief").unwrap().is_none(),
+            "nothing written"
+        );
+        let mut moved = tenant("acme");
+        moved.hosts = vec!["acme.example".into(), "www.acme.example".into()];
+        let acme = records.put_tenant(&moved, acme).unwrap();
+        moved.hosts = vec!["www.acme.example".into()];
+        records.put_tenant(&moved, acme).unwrap();
+        records.put_tenant(&thief, Generation::ABSENT).unwrap();
+        let taken = tenant("late");
+        let mut late = taken.clone();
+        late.hosts = vec!["www.acme.example".into()];
+        assert!(matches!(
+            records.put_tenant(&late, Generation::ABSENT),
+            Err(RecordError::HostTaken { .. })
+        ));
+        // A deleted tenant's names are free again.
+        let generation = records.tenant("acme").unwrap().unwrap().generation;
+        records.delete_tenant("acme", generation).unwrap();
+        records.put_tenant(&late, Generation::ABSENT).unwrap();
+    });
 }
 
 #[test]
 fn the_store_allocates_versions_and_a_deleted_tenant_takes_its_deployments() {
-    let dir = TempDir::new("versions");
-    let store = Store::open(&dir.0).unwrap();
-    let records = &*store.records;
-    let generation = records
+    each_records("versions", |records| {
+        let generation = records
+            .put_tenant(&tenant("acme"), Generation::ABSENT)
+            .unwrap();
+        for expected in 1..=3 {
+            let stored = records.add_deployment("acme", deployment(b"c")).unwrap();
+            assert_eq!(stored.version, expected);
+            assert_eq!(
+                records.deployment("acme", expected).unwrap().as_ref(),
+                Some(&stored)
+            );
+        }
+        let removed = records.remove_deployment("acme", 2).unwrap().unwrap();
+        assert_eq!(removed.version, 2);
+        assert!(records.remove_deployment("acme", 2).unwrap().is_none());
+        assert_eq!(records.versions("acme").unwrap(), [1, 3]);
+        assert_eq!(
+            records
+                .add_deployment("acme", deployment(b"d"))
+                .unwrap()
+                .version,
+            4
+        );
+        records.put_certificate("acme", &certificate()).unwrap();
+
+        let gone = records.delete_tenant("acme", generation).unwrap();
+        assert_eq!(
+            gone.iter().map(|d| d.version).collect::<Vec<_>>(),
+            [1, 3, 4]
+        );
+        assert!(records.versions("acme").unwrap().is_empty());
+        assert!(records.certificate("acme").unwrap().is_none());
+        assert!(records.tenant_names().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn a_deleted_tenant_leaves_no_directory() {
+    let dir = TempDir::new("deleted");
+    let store = Store::open(&dir.0, &Default::default()).unwrap();
+    let generation = store
+        .records
         .put_tenant(&tenant("acme"), Generation::ABSENT)
         .unwrap();
-    for expected in 1..=3 {
-        let stored = records.add_deployment("acme", deployment(b"c")).unwrap();
-        assert_eq!(stored.version, expected);
-        assert_eq!(
-            records.deployment("acme", expected).unwrap().as_ref(),
-            Some(&stored)
-        );
-    }
-    let removed = records.remove_deployment("acme", 2).unwrap().unwrap();
-    assert_eq!(removed.version, 2);
-    assert!(records.remove_deployment("acme", 2).unwrap().is_none());
-    assert_eq!(records.versions("acme").unwrap(), [1, 3]);
-    assert_eq!(
-        records
-            .add_deployment("acme", deployment(b"d"))
-            .unwrap()
-            .version,
-        4
-    );
-
-    let gone = records.delete_tenant("acme", generation).unwrap();
-    assert_eq!(
-        gone.iter().map(|d| d.version).collect::<Vec<_>>(),
-        [1, 3, 4]
-    );
-    assert!(records.versions("acme").unwrap().is_empty());
+    store
+        .records
+        .add_deployment("acme", deployment(b"c"))
+        .unwrap();
+    store.records.delete_tenant("acme", generation).unwrap();
     assert!(!dir.0.join("tenants/acme").exists());
+}
+
+fn certificate() -> records::CertificateRecord {
+    records::CertificateRecord {
+        cert: "c".into(),
+        key: "k".into(),
+        uploaded: 1,
+    }
 }
 
 /// A watcher follows every change by revision, and one that fell behind the log is told to
 /// reload.
 #[test]
 fn a_watcher_follows_the_change_log() {
-    let dir = TempDir::new("changes");
-    let store = Store::open(&dir.0).unwrap();
-    let records = &*store.records;
-    let start = records.revision();
-    let generation = records
-        .put_tenant(&tenant("acme"), Generation::ABSENT)
-        .unwrap();
-    records.add_deployment("acme", deployment(b"c")).unwrap();
-    records
-        .put_certificate(
-            "acme",
-            &records::CertificateRecord {
-                cert: "c".into(),
-                key: "k".into(),
-                uploaded: 1,
-            },
-        )
-        .unwrap();
-    let Changes::Since { changes, revision } = records.changes_since(start) else {
-        panic!("the log reaches back to the start");
-    };
-    assert_eq!(
-        changes,
-        [
-            Change::Tenant("acme".into()),
-            Change::Deployment {
-                tenant: "acme".into(),
-                version: 1
-            },
-            Change::Certificate("acme".into()),
-        ]
-    );
-    assert_eq!(revision, records.revision());
-    assert_eq!(
-        records.changes_since(revision),
-        Changes::Since {
-            changes: Vec::new(),
-            revision
-        }
-    );
+    each_records("changes", |records| {
+        let start = records.revision().unwrap();
+        let generation = records
+            .put_tenant(&tenant("acme"), Generation::ABSENT)
+            .unwrap();
+        records.add_deployment("acme", deployment(b"c")).unwrap();
+        records.put_certificate("acme", &certificate()).unwrap();
+        let Changes::Since { changes, revision } = records.changes_since(start).unwrap() else {
+            panic!("the log reaches back to the start");
+        };
+        assert_eq!(
+            changes,
+            [
+                Change::Tenant("acme".into()),
+                Change::Deployment {
+                    tenant: "acme".into(),
+                    version: 1
+                },
+                Change::Certificate("acme".into()),
+            ]
+        );
+        assert_eq!(revision, records.revision().unwrap());
+        assert_eq!(
+            records.changes_since(revision).unwrap(),
+            Changes::Since {
+                changes: Vec::new(),
+                revision
+            }
+        );
+        assert_eq!(
+            records.changes_since(revision + 1).unwrap(),
+            Changes::Reload { revision },
+            "a watcher ahead of the store (restored from an older backup) reloads"
+        );
 
-    let mut generation = generation;
-    for _ in 0..5000 {
-        generation = records.put_tenant(&tenant("acme"), generation).unwrap();
-    }
-    assert_eq!(
-        records.changes_since(revision),
-        Changes::Reload {
-            revision: records.revision()
-        },
-        "5000 changes later, the log no longer reaches back"
-    );
+        let mut generation = generation;
+        for _ in 0..5000 {
+            generation = records.put_tenant(&tenant("acme"), generation).unwrap();
+        }
+        assert_eq!(
+            records.changes_since(revision).unwrap(),
+            Changes::Reload {
+                revision: records.revision().unwrap()
+            },
+            "5000 changes later, the log no longer reaches back"
+        );
+    });
 }
 
 /// A data directory written by an earlier Corral (these files, byte for byte) opens, and a
@@ -411,7 +489,7 @@ fn data_directories_from_before_open() {
         )
         .unwrap();
     }
-    let store = Store::open(&dir.0).unwrap();
+    let store = Store::open(&dir.0, &Default::default()).unwrap();
     let records = &*store.records;
     assert_eq!(records.tenant_names().unwrap(), ["acme"]);
     assert!(!dir.0.join("tenants/half-made").exists());
@@ -431,4 +509,135 @@ fn data_directories_from_before_open() {
     );
     // The generation of a tenant read from disk is one its writer can swap on.
     records.put_tenant(&acme.value, acme.generation).unwrap();
+}
+
+/// PostgreSQL's records where it is installed (under `CI=true` it must be): a fresh database.
+fn pg_database(name: &str) -> Option<String> {
+    postgres_server::postgres().map(|server| server.database(name))
+}
+
+/// Two replicas (two connections to one database) race to create tenants claiming the same
+/// host names: for each name exactly one wins, the loser is told which host, and the change
+/// log numbers every write that won, in order, without gaps.
+#[test]
+fn replicas_racing_for_a_host_name_cannot_both_win() {
+    let Some(url) = pg_database("race") else {
+        return;
+    };
+    let replicas = [
+        PgRecords::open(&url).unwrap(),
+        PgRecords::open(&url).unwrap(),
+    ];
+    let start = replicas[0].revision().unwrap();
+    const NAMES: usize = 20;
+    let wins: Vec<usize> = std::thread::scope(|scope| {
+        let racers: Vec<_> = replicas
+            .iter()
+            .enumerate()
+            .map(|(side, records)| {
+                scope.spawn(move || {
+                    let mut won = 0;
+                    for i in 0..NAMES {
+                        let mut record = tenant(&format!("r{side}-{i}"));
+                        record.hosts = vec![format!("race-{i}.example")];
+                        match records.put_tenant(&record, Generation::ABSENT) {
+                            Ok(_) => won += 1,
+                            Err(RecordError::HostTaken { host, .. }) => {
+                                assert_eq!(host, format!("race-{i}.example"));
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    won
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(wins.iter().sum::<usize>(), NAMES, "{wins:?}");
+    let owners: Vec<String> = replicas[1]
+        .tenant_names()
+        .unwrap()
+        .into_iter()
+        .map(|name| replicas[1].tenant(&name).unwrap().unwrap().value.hosts[0].clone())
+        .collect();
+    let mut unique = owners.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), NAMES, "{owners:?}");
+    let Changes::Since { changes, revision } = replicas[1].changes_since(start).unwrap() else {
+        panic!("the log reaches back");
+    };
+    assert_eq!(changes.len(), NAMES);
+    assert_eq!(revision, start + NAMES as u64, "revisions have no gaps");
+}
+
+/// The schema is migrated once, by whichever replica opens first; a database migrated by a
+/// newer Corral is refused, saying so.
+#[test]
+fn the_schema_is_migrated_once_and_a_newer_one_is_refused() {
+    let Some(server) = postgres_server::postgres() else {
+        return;
+    };
+    let url = server.database("migrations");
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    let records = std::thread::scope(|scope| {
+        let openers: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| PgRecords::open(&url)))
+            .collect();
+        openers
+            .into_iter()
+            .map(|o| o.join().unwrap().unwrap())
+            .collect::<Vec<_>>()
+    });
+    records[0]
+        .put_tenant(&tenant("acme"), Generation::ABSENT)
+        .unwrap();
+    assert_eq!(
+        server
+            .psql(&name, "SELECT count(*) FROM corral_schema_migrations")
+            .unwrap(),
+        "1"
+    );
+    drop(records);
+    PgRecords::open(&url).unwrap();
+    server
+        .psql(
+            &name,
+            "INSERT INTO corral_schema_migrations (version) VALUES (99)",
+        )
+        .unwrap();
+    let err = format!("{:#}", PgRecords::open(&url).unwrap_err());
+    assert!(err.contains("version 99") && err.contains("newer"), "{err}");
+}
+
+/// A connection the server drops is reopened: at most the call that found it broken fails,
+/// and nothing written is lost.
+#[test]
+fn a_dropped_connection_is_reopened() {
+    let Some(server) = postgres_server::postgres() else {
+        return;
+    };
+    let url = server.database("reconnect");
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    let records = PgRecords::open(&url).unwrap();
+    records
+        .put_tenant(&tenant("acme"), Generation::ABSENT)
+        .unwrap();
+    server
+        .psql(
+            "postgres",
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{name}' AND application_name = 'corral'"
+            ),
+        )
+        .unwrap();
+    let _maybe_failed = records.tenant_names();
+    assert_eq!(records.tenant_names().unwrap(), ["acme"]);
+    let err = format!(
+        "{:#}",
+        PgRecords::open(&server.url("no_such_database")).unwrap_err()
+    );
+    assert!(err.contains("no_such_database"), "{err}");
 }

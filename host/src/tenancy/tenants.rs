@@ -253,6 +253,10 @@ fn record_refusal(error: RecordError) -> Refusal {
         RecordError::Conflict { tenant, .. } => Refusal::conflict(format!(
             "tenant '{tenant}' was changed by another request meanwhile; retry"
         )),
+        // Another server claimed it first (a shared store decides).
+        RecordError::HostTaken { host, .. } => {
+            Refusal::conflict(format!("host '{host}' already belongs to another tenant"))
+        }
         RecordError::Store(e) => Refusal::Internal(e.context("cannot save the tenant")),
     }
 }

@@ -45,6 +45,15 @@ pub struct Corral {
     pub log: PathBuf,
 }
 
+/// The `admin_token = "..."` line of a test's configuration, if it has one.
+fn given_token(config: &str) -> Option<String> {
+    config.lines().find_map(|line| {
+        let value = line.trim().strip_prefix("admin_token")?.trim_start();
+        let value = value.strip_prefix('=')?.trim();
+        Some(value.trim_matches('"').to_owned())
+    })
+}
+
 impl Corral {
     /// Starts `corral serve` on `dir` with `config` (TOML) and waits until both listeners are
     /// bound. The server's log goes to `dir/serve-N.log`.
@@ -87,7 +96,7 @@ impl Corral {
             .spawn()
             .expect("corral serve starts");
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        let (mut data, mut tls, mut admin, mut token_file) = (None, None, None, None);
+        let (mut data, mut tls, mut admin, mut token) = (None, None, None, None);
         for line in stdout.lines() {
             let line = line.unwrap();
             if let Some(addr) = line.strip_prefix("corral: serving tenants on http://") {
@@ -97,13 +106,17 @@ impl Corral {
             } else if let Some(addr) = line.strip_prefix("corral: admin API on http://") {
                 admin = Some(addr.trim().parse().unwrap());
             } else if let Some(path) = line.strip_prefix("corral: operator token in ") {
-                token_file = Some(PathBuf::from(path.trim()));
+                let text = std::fs::read_to_string(path.trim()).unwrap();
+                token = Some(text.trim().to_owned());
+                break;
+            } else if line.starts_with("corral: operator token from") {
+                token = given_token(config);
                 break;
             }
         }
         // Without a cleartext listener (`plain_http = false`), `data` is 0.0.0.0:0.
         let data = data.or_else(|| tls.map(|_| SocketAddr::from(([0, 0, 0, 0], 0))));
-        let (Some(data), Some(admin), Some(token_file)) = (data, admin, token_file) else {
+        let (Some(data), Some(admin), Some(token)) = (data, admin, token) else {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
@@ -111,10 +124,6 @@ impl Corral {
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         };
-        let token = std::fs::read_to_string(token_file)
-            .unwrap()
-            .trim()
-            .to_owned();
         wait_ready(admin, &log);
         Self {
             child,

@@ -1,0 +1,598 @@
+//! [`Records`] in PostgreSQL (`[cluster] database_url`), shared by every replica.
+//!
+//! - Schema migrations are numbered and applied at open, one replica at a time (an advisory
+//!   lock), each in its own transaction; a database whose schema is newer than this binary
+//!   knows is refused.
+//! - Every write is one transaction that first takes [`WRITE_LOCK`] (a transaction-level
+//!   advisory lock), so writes from all replicas are serialized: the change log's revisions
+//!   are allocated (`max + 1`) and committed in order, and a watcher that has read revision
+//!   `r` never later sees a change numbered below `r` appear. The control plane writes a few
+//!   times a second at most; reads take no lock.
+//! - A tenant's generation is the revision of its last write, so generations only grow, across
+//!   deletion and re-creation too.
+//! - Host names are a table whose primary key is the host: two tenants can never hold one,
+//!   whichever replicas race to claim it.
+//! - Each write notifies [`CHANNEL`] with its revision (delivered at commit), for replicas
+//!   that listen; they poll too, since notifications are not durable.
+//!
+//! The client is the synchronous `postgres` crate: like every [`Records`] call, its calls
+//! block, and are made from the blocking pool. One connection, reopened after it breaks;
+//! a statement may run at most [`STATEMENT_TIMEOUT`].
+
+use std::fmt;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use postgres::error::SqlState;
+use postgres::{Client, NoTls, Transaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::record_store::{Change, Changes, Generation, LOG_LEN, RecordError, Records, Versioned};
+use super::records::{CertificateRecord, DeploymentRecord, TenantRecord, check_tenant_name};
+
+/// The channel each write notifies with its revision.
+pub const CHANNEL: &str = "corral_changes";
+/// The advisory lock every write transaction takes first (an arbitrary constant: "corral-w").
+const WRITE_LOCK: i64 = 0x636f_7272_616c_2d77;
+/// The advisory lock migrations are applied under ("corral-m").
+const MIGRATION_LOCK: i64 = 0x636f_7272_616c_2d6d;
+/// Longest a statement may run before the server cancels it.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The schema, one migration per entry, applied in order and never edited once released
+/// (a change is a new entry).
+const MIGRATIONS: &[&str] = &[
+    // 1: tenants, their host names, deployments and certificates, and the change log.
+    "CREATE TABLE corral_tenants (
+         name text PRIMARY KEY,
+         generation bigint NOT NULL,
+         record jsonb NOT NULL
+     );
+     CREATE TABLE corral_hosts (
+         host text PRIMARY KEY,
+         tenant text NOT NULL REFERENCES corral_tenants (name) ON DELETE CASCADE
+     );
+     CREATE INDEX corral_hosts_tenant ON corral_hosts (tenant);
+     CREATE TABLE corral_deployments (
+         tenant text NOT NULL REFERENCES corral_tenants (name) ON DELETE CASCADE,
+         version integer NOT NULL,
+         record jsonb NOT NULL,
+         PRIMARY KEY (tenant, version)
+     );
+     CREATE TABLE corral_certificates (
+         tenant text PRIMARY KEY REFERENCES corral_tenants (name) ON DELETE CASCADE,
+         record jsonb NOT NULL
+     );
+     CREATE TABLE corral_changes (
+         revision bigint PRIMARY KEY,
+         kind text NOT NULL,
+         tenant text NOT NULL,
+         version integer,
+         at timestamptz NOT NULL DEFAULT now()
+     );",
+];
+
+/// Records in a PostgreSQL database.
+pub struct PgRecords {
+    config: postgres::Config,
+    /// The connection; `None` after it broke, until the next call reopens it.
+    client: Mutex<Option<Client>>,
+}
+
+impl fmt::Debug for PgRecords {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the password.
+        f.debug_struct("PgRecords")
+            .field("hosts", &self.config.get_hosts())
+            .field("dbname", &self.config.get_dbname())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgRecords {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/dbname`, or
+    /// libpq's `key=value` form) and brings its schema up to date. Blocking.
+    pub fn open(url: &str) -> anyhow::Result<Self> {
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("[cluster] database_url is not a valid URL: {e}"))?;
+        config
+            .connect_timeout(CONNECT_TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .application_name("corral")
+            .options(&format!(
+                "-c statement_timeout={}",
+                STATEMENT_TIMEOUT.as_millis()
+            ));
+        let records = Self {
+            config,
+            client: Mutex::new(None),
+        };
+        records.with_client(migrate)?;
+        Ok(records)
+    }
+
+    fn connect(&self) -> anyhow::Result<Client> {
+        self.config.connect(NoTls).with_context(|| {
+            format!(
+                "cannot connect to the database ({:?}, database {:?})",
+                self.config.get_hosts(),
+                self.config.get_dbname().unwrap_or("default")
+            )
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Client>> {
+        self.client.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the connection, opening it first if needed; a connection that broke is
+    /// dropped, so the next call opens a new one.
+    fn with_client<T, E>(&self, f: impl FnOnce(&mut Client) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<anyhow::Error>,
+    {
+        let mut slot = self.lock();
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            *slot = Some(self.connect()?);
+        }
+        let client = slot.as_mut().expect("connected above");
+        let result = f(client);
+        if client.is_closed() {
+            *slot = None;
+        }
+        result
+    }
+
+    /// Runs `f` in a write transaction holding [`WRITE_LOCK`], then commits.
+    fn write<T, E>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<anyhow::Error>,
+    {
+        self.with_client(|client| {
+            let mut tx = client.transaction().map_err(db_error)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+                .map_err(db_error)?;
+            let value = f(&mut tx)?;
+            tx.commit().map_err(db_error)?;
+            Ok(value)
+        })
+    }
+}
+
+/// Applies the migrations the database lacks, under [`MIGRATION_LOCK`].
+fn migrate(client: &mut Client) -> anyhow::Result<()> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .context("cannot take the migration lock")?;
+    let result = apply_migrations(client);
+    let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
+    result?;
+    unlocked.context("cannot release the migration lock")?;
+    Ok(())
+}
+
+fn apply_migrations(client: &mut Client) -> anyhow::Result<()> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS corral_schema_migrations (
+                 version integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .context("cannot create the migrations table")?;
+    let applied: i32 = client
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM corral_schema_migrations",
+            &[],
+        )
+        .context("cannot read the schema version")?
+        .get(0);
+    let known = MIGRATIONS.len() as i32;
+    if applied > known {
+        bail!(
+            "the database's schema is at version {applied}, newer than this Corral knows \
+             ({known}): run a Corral at least as new as the one that migrated it"
+        );
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+        let version = index as i32 + 1;
+        let mut tx = client.transaction()?;
+        tx.batch_execute(sql)
+            .with_context(|| format!("schema migration {version} failed"))?;
+        tx.execute(
+            "INSERT INTO corral_schema_migrations (version) VALUES ($1)",
+            &[&version],
+        )?;
+        tx.commit()?;
+        tracing::info!(version, "database schema migrated");
+    }
+    Ok(())
+}
+
+fn db_error(error: postgres::Error) -> anyhow::Error {
+    anyhow::Error::new(error).context("database error")
+}
+
+fn to_json<T: Serialize>(value: &T) -> anyhow::Result<serde_json::Value> {
+    serde_json::to_value(value).context("cannot encode the record")
+}
+
+fn from_json<T: DeserializeOwned>(value: serde_json::Value, what: &str) -> anyhow::Result<T> {
+    serde_json::from_value(value).with_context(|| format!("the database's {what} is not valid"))
+}
+
+fn generation_of(tx: &mut Transaction<'_>, tenant: &str) -> anyhow::Result<Generation> {
+    let row = tx
+        .query_opt(
+            "SELECT generation FROM corral_tenants WHERE name = $1",
+            &[&tenant],
+        )
+        .map_err(db_error)?;
+    Ok(row.map_or(
+        Generation::ABSENT,
+        |r| Generation(r.get::<_, i64>(0) as u64),
+    ))
+}
+
+fn check_generation(
+    tx: &mut Transaction<'_>,
+    tenant: &str,
+    expected: Generation,
+) -> Result<(), RecordError> {
+    let found = generation_of(tx, tenant)?;
+    if found != expected {
+        return Err(RecordError::Conflict {
+            tenant: tenant.to_owned(),
+            expected,
+            found,
+        });
+    }
+    Ok(())
+}
+
+/// Appends `change` to the log (holding [`WRITE_LOCK`]), notifies listeners at commit and
+/// drops entries older than [`LOG_LEN`]. Returns its revision.
+fn append(tx: &mut Transaction<'_>, change: &Change) -> anyhow::Result<u64> {
+    let (kind, tenant, version) = match change {
+        Change::Tenant(tenant) => ("tenant", tenant, None),
+        Change::Deployment { tenant, version } => ("deployment", tenant, Some(*version as i32)),
+        Change::Certificate(tenant) => ("certificate", tenant, None),
+    };
+    let revision: i64 = tx
+        .query_one(
+            "INSERT INTO corral_changes (revision, kind, tenant, version)
+             SELECT coalesce(max(revision), 0) + 1, $1, $2, $3 FROM corral_changes
+             RETURNING revision",
+            &[&kind, tenant, &version],
+        )
+        .map_err(db_error)?
+        .get(0);
+    tx.execute(
+        "DELETE FROM corral_changes WHERE revision <= $1",
+        &[&(revision - LOG_LEN as i64)],
+    )
+    .map_err(db_error)?;
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&CHANNEL, &revision.to_string()],
+    )
+    .map_err(db_error)?;
+    Ok(revision as u64)
+}
+
+fn change_of(kind: &str, tenant: String, version: Option<i32>) -> anyhow::Result<Change> {
+    Ok(match (kind, version) {
+        ("tenant", _) => Change::Tenant(tenant),
+        ("certificate", _) => Change::Certificate(tenant),
+        ("deployment", Some(version)) => Change::Deployment {
+            tenant,
+            version: version as u32,
+        },
+        _ => bail!("the database's change log has an entry of unknown kind '{kind}'"),
+    })
+}
+
+impl Records for PgRecords {
+    fn tenant_names(&self) -> anyhow::Result<Vec<String>> {
+        self.with_client(|client| {
+            let rows = client
+                .query("SELECT name FROM corral_tenants ORDER BY name", &[])
+                .map_err(db_error)?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn tenant(&self, name: &str) -> anyhow::Result<Option<Versioned<TenantRecord>>> {
+        self.with_client(|client| {
+            let row = client
+                .query_opt(
+                    "SELECT record, generation FROM corral_tenants WHERE name = $1",
+                    &[&name],
+                )
+                .map_err(db_error)?;
+            row.map(|row| {
+                Ok(Versioned {
+                    value: from_json(row.get(0), &format!("record of tenant '{name}'"))?,
+                    generation: Generation(row.get::<_, i64>(1) as u64),
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn put_tenant(
+        &self,
+        record: &TenantRecord,
+        expected: Generation,
+    ) -> Result<Generation, RecordError> {
+        check_tenant_name(&record.name).map_err(anyhow::Error::msg)?;
+        let json = to_json(record)?;
+        self.write(|tx| {
+            check_generation(tx, &record.name, expected)?;
+            let taken = tx
+                .query_opt(
+                    "SELECT host, tenant FROM corral_hosts
+                     WHERE host = ANY($1) AND tenant <> $2 ORDER BY host LIMIT 1",
+                    &[&record.hosts, &record.name],
+                )
+                .map_err(db_error)?;
+            if let Some(row) = taken {
+                return Err(RecordError::HostTaken {
+                    host: row.get(0),
+                    owner: row.get(1),
+                });
+            }
+            let revision = append(tx, &Change::Tenant(record.name.clone()))?;
+            tx.execute(
+                "INSERT INTO corral_tenants (name, generation, record) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET generation = $2, record = $3",
+                &[&record.name, &(revision as i64), &json],
+            )
+            .map_err(db_error)?;
+            tx.execute(
+                "DELETE FROM corral_hosts WHERE tenant = $1 AND NOT (host = ANY($2))",
+                &[&record.name, &record.hosts],
+            )
+            .map_err(db_error)?;
+            let inserted = tx.execute(
+                "INSERT INTO corral_hosts (host, tenant) SELECT unnest($1::text[]), $2
+                 ON CONFLICT (host) DO NOTHING",
+                &[&record.hosts, &record.name],
+            );
+            match inserted {
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    // The check above holds the write lock, so only a writer that skipped it
+                    // could get here; the constraint still decides.
+                    Err(RecordError::HostTaken {
+                        host: record.hosts.join(", "),
+                        owner: "another tenant".into(),
+                    })
+                }
+                Err(e) => Err(db_error(e).into()),
+                Ok(_) => Ok(Generation(revision)),
+            }
+        })
+    }
+
+    fn delete_tenant(
+        &self,
+        name: &str,
+        expected: Generation,
+    ) -> Result<Vec<DeploymentRecord>, RecordError> {
+        self.write(|tx| {
+            check_generation(tx, name, expected)?;
+            let deployments = tx
+                .query(
+                    "SELECT record FROM corral_deployments WHERE tenant = $1 ORDER BY version",
+                    &[&name],
+                )
+                .map_err(db_error)?
+                .into_iter()
+                .map(|row| from_json(row.get(0), &format!("deployment of tenant '{name}'")))
+                .collect::<anyhow::Result<Vec<DeploymentRecord>>>()?;
+            // Its hosts, deployments and certificate go with it (ON DELETE CASCADE).
+            tx.execute("DELETE FROM corral_tenants WHERE name = $1", &[&name])
+                .map_err(db_error)?;
+            append(tx, &Change::Tenant(name.to_owned()))?;
+            Ok(deployments)
+        })
+    }
+
+    fn versions(&self, tenant: &str) -> anyhow::Result<Vec<u32>> {
+        self.with_client(|client| {
+            let rows = client
+                .query(
+                    "SELECT version FROM corral_deployments WHERE tenant = $1 ORDER BY version",
+                    &[&tenant],
+                )
+                .map_err(db_error)?;
+            Ok(rows.iter().map(|r| r.get::<_, i32>(0) as u32).collect())
+        })
+    }
+
+    fn deployment(&self, tenant: &str, version: u32) -> anyhow::Result<Option<DeploymentRecord>> {
+        self.with_client(|client| {
+            let row = client
+                .query_opt(
+                    "SELECT record FROM corral_deployments WHERE tenant = $1 AND version = $2",
+                    &[&tenant, &(version as i32)],
+                )
+                .map_err(db_error)?;
+            row.map(|row| {
+                from_json(
+                    row.get(0),
+                    &format!("deployment {version} of tenant '{tenant}'"),
+                )
+            })
+            .transpose()
+        })
+    }
+
+    fn add_deployment(
+        &self,
+        tenant: &str,
+        mut record: DeploymentRecord,
+    ) -> anyhow::Result<DeploymentRecord> {
+        self.write(|tx| {
+            if generation_of(tx, tenant)? == Generation::ABSENT {
+                bail!("tenant '{tenant}' does not exist");
+            }
+            let next: i32 = tx
+                .query_one(
+                    "SELECT coalesce(max(version), 0) + 1 FROM corral_deployments
+                     WHERE tenant = $1",
+                    &[&tenant],
+                )
+                .map_err(db_error)?
+                .get(0);
+            record.version = next as u32;
+            tx.execute(
+                "INSERT INTO corral_deployments (tenant, version, record) VALUES ($1, $2, $3)",
+                &[&tenant, &next, &to_json(&record)?],
+            )
+            .map_err(db_error)?;
+            append(
+                tx,
+                &Change::Deployment {
+                    tenant: tenant.to_owned(),
+                    version: record.version,
+                },
+            )?;
+            Ok(record)
+        })
+    }
+
+    fn remove_deployment(
+        &self,
+        tenant: &str,
+        version: u32,
+    ) -> anyhow::Result<Option<DeploymentRecord>> {
+        self.write(|tx| {
+            let row = tx
+                .query_opt(
+                    "DELETE FROM corral_deployments WHERE tenant = $1 AND version = $2
+                     RETURNING record",
+                    &[&tenant, &(version as i32)],
+                )
+                .map_err(db_error)?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            append(
+                tx,
+                &Change::Deployment {
+                    tenant: tenant.to_owned(),
+                    version,
+                },
+            )?;
+            from_json(
+                row.get(0),
+                &format!("deployment {version} of tenant '{tenant}'"),
+            )
+            .map(Some)
+        })
+    }
+
+    fn certificate(&self, tenant: &str) -> anyhow::Result<Option<CertificateRecord>> {
+        self.with_client(|client| {
+            let row = client
+                .query_opt(
+                    "SELECT record FROM corral_certificates WHERE tenant = $1",
+                    &[&tenant],
+                )
+                .map_err(db_error)?;
+            row.map(|row| from_json(row.get(0), &format!("certificate of tenant '{tenant}'")))
+                .transpose()
+        })
+    }
+
+    fn put_certificate(&self, tenant: &str, record: &CertificateRecord) -> anyhow::Result<()> {
+        let json = to_json(record)?;
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO corral_certificates (tenant, record) VALUES ($1, $2)
+                 ON CONFLICT (tenant) DO UPDATE SET record = $2",
+                &[&tenant, &json],
+            )
+            .map_err(db_error)?;
+            append(tx, &Change::Certificate(tenant.to_owned()))?;
+            Ok(())
+        })
+    }
+
+    fn remove_certificate(&self, tenant: &str) -> anyhow::Result<bool> {
+        self.write(|tx| {
+            let removed = tx
+                .execute(
+                    "DELETE FROM corral_certificates WHERE tenant = $1",
+                    &[&tenant],
+                )
+                .map_err(db_error)?
+                > 0;
+            if removed {
+                append(tx, &Change::Certificate(tenant.to_owned()))?;
+            }
+            Ok(removed)
+        })
+    }
+
+    fn revision(&self) -> anyhow::Result<u64> {
+        self.with_client(|client| {
+            let revision: i64 = client
+                .query_one("SELECT coalesce(max(revision), 0) FROM corral_changes", &[])
+                .map_err(db_error)?
+                .get(0);
+            Ok(revision as u64)
+        })
+    }
+
+    fn changes_since(&self, revision: u64) -> anyhow::Result<Changes> {
+        self.with_client(|client| {
+            // One snapshot for the bounds and the entries.
+            let mut tx = client
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .map_err(db_error)?;
+            let bounds = tx
+                .query_one(
+                    "SELECT coalesce(min(revision), 0), coalesce(max(revision), 0)
+                     FROM corral_changes",
+                    &[],
+                )
+                .map_err(db_error)?;
+            let (oldest, latest) = (
+                bounds.get::<_, i64>(0) as u64,
+                bounds.get::<_, i64>(1) as u64,
+            );
+            // Fallen behind what the log keeps, or ahead of it (a database restored from
+            // an older backup): start over from everything.
+            if revision > latest || (latest > revision && revision + 1 < oldest) {
+                return Ok(Changes::Reload { revision: latest });
+            }
+            let rows = tx
+                .query(
+                    "SELECT kind, tenant, version FROM corral_changes
+                     WHERE revision > $1 ORDER BY revision",
+                    &[&(revision as i64)],
+                )
+                .map_err(db_error)?;
+            let changes = rows
+                .into_iter()
+                .map(|row| change_of(row.get(0), row.get(1), row.get(2)))
+                .collect::<anyhow::Result<_>>()?;
+            tx.commit().map_err(db_error)?;
+            Ok(Changes::Since {
+                changes,
+                revision: latest,
+            })
+        })
+    }
+}

@@ -1,0 +1,151 @@
+//! Cluster mode's records in a real PostgreSQL (`[cluster] database_url`): tenants and
+//! deployments live in the database, a server restarted on the same database serves them
+//! again, and a second server sharing the database cannot give one host name to two
+//! tenants. The database server is started by the test (`tests/support/postgres.rs`).
+
+use hyper::StatusCode;
+use serde_json::json;
+
+use crate::common::serve::{Corral, DataDir};
+use crate::common::*;
+
+#[path = "../support/postgres.rs"]
+mod postgres_server;
+
+const TOKEN: &str = "cluster-operator-token-0123456789";
+
+fn cluster_config(database_url: &str) -> String {
+    format!("admin_token = \"{TOKEN}\"\n[cluster]\ndatabase_url = \"{database_url}\"\n")
+}
+
+#[tokio::test]
+async fn tenants_and_deployments_live_in_the_database_and_a_host_has_one_owner() {
+    let Some(server) = postgres_server::postgres() else {
+        return;
+    };
+    let url = server.database("serve");
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let dir = DataDir::new("cluster-a");
+    let mut a = Corral::start(&dir, &cluster_config(&url));
+    let token = a.create_tenant("acme", "acme.test").await;
+    let (status, body) = a
+        .deploy(
+            "acme",
+            &token,
+            &guest("nn-probe"),
+            &[("add", &fixture("add.onnx"))],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = a.call("acme.test", "GET", "/case/add", Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        server
+            .psql(
+                &database,
+                "SELECT count(*) FROM corral_tenants t JOIN corral_deployments d \
+                 ON d.tenant = t.name WHERE t.record->>'active' = '1'"
+            )
+            .unwrap(),
+        "1",
+        "the tenant and its active deployment are in the database"
+    );
+    assert!(
+        !dir.data().join("tenants/acme").exists(),
+        "nothing about the tenant in the data directory"
+    );
+
+    // A second server on the same database: the host name belongs to acme, whichever server
+    // is asked; the database decides.
+    let other = DataDir::new("cluster-b");
+    let b = Corral::start(&other, &cluster_config(&url));
+    let (status, body) = b
+        .operator(
+            "PUT",
+            "/v1/tenants/thief",
+            json!({ "hosts": ["acme.test"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "conflict", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("acme.test"),
+        "{body}"
+    );
+    let (status, body) = b.admin("GET", "/v1/tenants/thief", Some(TOKEN), None).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "nothing half-created: {body}"
+    );
+
+    // Restarted on the same database (and its own blobs), the first server serves again.
+    a.terminate();
+    a.wait_exit(std::time::Duration::from_secs(20));
+    let a = Corral::start(&dir, &cluster_config(&url));
+    let (status, _) = a.call("acme.test", "GET", "/case/add", Vec::new()).await;
+    assert_eq!(status, StatusCode::OK, "{}", a.log_text());
+}
+
+/// Replicas must agree on the operator token, so cluster mode never generates one.
+#[test]
+fn cluster_mode_needs_the_operator_token_given() {
+    let dir = DataDir::new("cluster-token");
+    let config = dir.0.join("corral.toml");
+    std::fs::write(
+        &config,
+        "[cluster]\ndatabase_url = \"postgres://corral@127.0.0.1:1/none\"\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--data")
+        .arg(dir.data())
+        .env_remove("CORRAL_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("database_url") && stderr.contains("CORRAL_ADMIN_TOKEN"),
+        "{stderr}"
+    );
+}
+
+/// A database that cannot be reached stops the start, naming it without its password.
+#[test]
+fn an_unreachable_database_is_named_without_its_password() {
+    let dir = DataDir::new("cluster-unreachable");
+    let config = dir.0.join("corral.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        &config,
+        format!(
+            "admin_token = \"{TOKEN}\"\n[cluster]\n\
+             database_url = \"postgres://corral:hunter2@127.0.0.1:{port}/corral\"\n"
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--data")
+        .arg(dir.data())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot open the database") && stderr.contains(&port.to_string()),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
