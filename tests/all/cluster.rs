@@ -7,10 +7,11 @@ use hyper::StatusCode;
 use serde_json::json;
 
 use crate::common::serve::{Corral, DataDir};
-use crate::common::*;
 
 #[path = "../support/postgres.rs"]
 mod postgres_server;
+#[path = "../support/s3.rs"]
+mod s3_server;
 
 const TOKEN: &str = "cluster-operator-token-0123456789";
 
@@ -27,16 +28,7 @@ async fn tenants_and_deployments_live_in_the_database_and_a_host_has_one_owner()
     let database = url.rsplit('/').next().unwrap().to_owned();
     let dir = DataDir::new("cluster-a");
     let mut a = Corral::start(&dir, &cluster_config(&url));
-    let token = a.create_tenant("acme", "acme.test").await;
-    let (status, body) = a
-        .deploy(
-            "acme",
-            &token,
-            &guest("nn-probe"),
-            &[("add", &fixture("add.onnx"))],
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    a.probe_tenant("acme", "acme.test").await;
     let (status, _) = a.call("acme.test", "GET", "/case/add", Vec::new()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
@@ -148,4 +140,45 @@ fn an_unreachable_database_is_named_without_its_password() {
         "{stderr}"
     );
     assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+/// With records in PostgreSQL and blobs in S3, a server started later on an empty data
+/// directory serves every tenant another server deployed: it reads the database, fetches the
+/// blobs, compiles and loads.
+#[tokio::test]
+async fn a_server_with_an_empty_disk_serves_what_another_deployed() {
+    let (Some(postgres), Some(s3)) = (postgres_server::postgres(), s3_server::s3()) else {
+        return;
+    };
+    let config = format!(
+        "{}blob_url = \"s3://{}/corral\"\n",
+        cluster_config(&postgres.database("blobs")),
+        s3.bucket("blobs")
+    );
+    let env = s3.env();
+    let dir_a = DataDir::new("cluster-blobs-a");
+    let a = Corral::start_with_env(&dir_a, &config, &env);
+    for tenant in ["alpha", "beta"] {
+        a.probe_tenant(tenant, &format!("{tenant}.test")).await;
+    }
+    let dir_b = DataDir::new("cluster-blobs-b");
+    let b = Corral::start_with_env(&dir_b, &config, &env);
+    for tenant in ["alpha", "beta"] {
+        let (status, body) = b
+            .call(&format!("{tenant}.test"), "GET", "/case/add", Vec::new())
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{tenant}: {body:?}\n{}",
+            b.log_text()
+        );
+    }
+    assert!(
+        std::fs::read_dir(dir_b.data().join("cache/blobs"))
+            .unwrap()
+            .count()
+            >= 2,
+        "the component and the model were fetched into b's cache"
+    );
 }

@@ -398,16 +398,7 @@ async fn a_request_naming_two_hosts_is_refused() {
     let dir = DataDir::new("two-hosts");
     let corral = Corral::start(&dir, "");
     for (tenant, host) in [("acme", HOST), ("other", "other.localhost")] {
-        let token = corral.create_tenant(tenant, host).await;
-        let (status, body) = corral
-            .deploy(
-                tenant,
-                &token,
-                &guest("nn-probe"),
-                &[("add", &fixture("add.onnx"))],
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
+        corral.probe_tenant(tenant, host).await;
     }
     let addr = corral.data;
     let h1 = |target: &str, hosts: &[&str]| {

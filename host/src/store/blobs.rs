@@ -33,6 +33,10 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     fn remove(&self, digest: &Digest) -> anyhow::Result<bool>;
     /// Every stored blob and its size.
     fn list(&self) -> anyhow::Result<Vec<(Digest, u64)>>;
+    /// Whether other servers use the same blobs (then this one cannot know every holder).
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// The bytes of a blob being written, as a store receives them.
@@ -92,14 +96,9 @@ impl DirBlobs {
 
 impl BlobStore for DirBlobs {
     fn writer(&self) -> anyhow::Result<BlobWriter> {
-        let (temp, file) = self.dir.temp_file()?;
         Ok(BlobWriter::new(FileWriter {
-            temp,
-            file,
-            hasher: Sha256::new(),
-            len: 0,
+            file: HashedFile::new(self.dir.temp_file()?),
             blobs: self.blobs.clone(),
-            committed: false,
         }))
     }
 
@@ -146,19 +145,30 @@ impl BlobStore for DirBlobs {
     }
 }
 
-/// A blob being written to a temporary file of the data directory.
+/// A temporary file being written while its bytes are hashed: where every store's writer
+/// keeps a blob until it commits. The file is removed when this is dropped, unless
+/// [`HashedFile::kept`] says it was moved into place.
 #[derive(Debug)]
-struct FileWriter {
-    temp: PathBuf,
+pub(super) struct HashedFile {
+    pub(super) temp: PathBuf,
     file: File,
     hasher: Sha256,
-    len: u64,
-    blobs: PathBuf,
-    committed: bool,
+    pub(super) len: u64,
+    kept: bool,
 }
 
-impl BlobWrite for FileWriter {
-    fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+impl HashedFile {
+    pub(super) fn new((temp, file): (PathBuf, File)) -> Self {
+        Self {
+            temp,
+            file,
+            hasher: Sha256::new(),
+            len: 0,
+            kept: false,
+        }
+    }
+
+    pub(super) fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         self.file
             .write_all(bytes)
             .with_context(|| format!("cannot write {}", self.temp.display()))?;
@@ -167,31 +177,60 @@ impl BlobWrite for FileWriter {
         Ok(())
     }
 
-    fn sync(&self) -> anyhow::Result<()> {
+    pub(super) fn sync(&self) -> anyhow::Result<()> {
         self.file
             .sync_all()
             .with_context(|| format!("cannot sync {}", self.temp.display()))
     }
 
-    fn commit(mut self: Box<Self>) -> anyhow::Result<(Digest, u64)> {
+    /// Syncs the file; the digest of what was written.
+    pub(super) fn finish(&mut self) -> anyhow::Result<Digest> {
         self.sync()?;
-        let digest = Digest::from_bytes(std::mem::take(&mut self.hasher).finalize().into());
-        let path = self.blobs.join(digest.hex());
-        if !path.is_file() {
-            fs::rename(&self.temp, &path)
-                .with_context(|| format!("cannot move {} into place", path.display()))?;
-            self.committed = true;
-            sync_dir(&self.blobs)?;
-        }
-        Ok((digest, self.len))
+        Ok(Digest::from_bytes(
+            std::mem::take(&mut self.hasher).finalize().into(),
+        ))
+    }
+
+    /// Moves the file to `path` (it is no longer removed on drop).
+    pub(super) fn keep_as(&mut self, path: &std::path::Path) -> anyhow::Result<()> {
+        fs::rename(&self.temp, path)
+            .with_context(|| format!("cannot move {} into place", path.display()))?;
+        self.kept = true;
+        Ok(())
     }
 }
 
-impl Drop for FileWriter {
-    /// Removes the temporary file unless it was moved into place.
+impl Drop for HashedFile {
     fn drop(&mut self) {
-        if !self.committed {
+        if !self.kept {
             let _ = fs::remove_file(&self.temp);
         }
+    }
+}
+
+/// A blob being written to a temporary file of the data directory.
+#[derive(Debug)]
+struct FileWriter {
+    file: HashedFile,
+    blobs: PathBuf,
+}
+
+impl BlobWrite for FileWriter {
+    fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.file.write(bytes)
+    }
+
+    fn sync(&self) -> anyhow::Result<()> {
+        self.file.sync()
+    }
+
+    fn commit(mut self: Box<Self>) -> anyhow::Result<(Digest, u64)> {
+        let digest = self.file.finish()?;
+        let path = self.blobs.join(digest.hex());
+        if !path.is_file() {
+            self.file.keep_as(&path)?;
+            sync_dir(&self.blobs)?;
+        }
+        Ok((digest, self.file.len))
     }
 }

@@ -21,6 +21,7 @@ mod owners;
 pub mod postgres;
 pub mod record_store;
 pub mod records;
+pub mod s3;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,7 +29,9 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::ClusterSettings;
+use blobs::BlobStore;
 use postgres::PgRecords;
+use s3::S3Blobs;
 
 pub use blobs::{BlobWriter, DirBlobs};
 pub use cache::CacheDir;
@@ -69,8 +72,16 @@ impl Store {
                 tracing::info!(database = %shown, "records are kept in the database");
                 Arc::new(records)
             };
+        let blobs: Arc<dyn BlobStore> = if cluster.blob_url.is_empty() {
+            Arc::new(DirBlobs::open(Arc::clone(&dir))?)
+        } else {
+            let blobs = S3Blobs::open(&cluster.blob_url, Arc::clone(&dir), cluster.cache_bytes)
+                .with_context(|| format!("cannot open the blob store {}", cluster.blob_url))?;
+            tracing::info!(url = %cluster.blob_url, cache_bytes = cluster.cache_bytes, "blobs are kept in object storage");
+            Arc::new(blobs)
+        };
         Ok(Self {
-            blobs: Blobs::new(Arc::new(DirBlobs::open(Arc::clone(&dir))?)),
+            blobs: Blobs::new(blobs),
             records,
             cache: CacheDir::new(Arc::clone(&dir)),
             dir,

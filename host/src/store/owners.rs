@@ -27,10 +27,17 @@ struct Owners {
 }
 
 impl Blobs {
+    /// The holders of `store`'s blobs. A store shared with other servers never has a blob
+    /// removed from here: this server cannot see the others' holders (collection across
+    /// servers, under a lock, is for a later change).
     pub fn new(store: Arc<dyn BlobStore>) -> Self {
+        let owners = Owners {
+            keep_all: store.shared(),
+            ..Owners::default()
+        };
         Self {
             store,
-            owners: Mutex::default(),
+            owners: Mutex::new(owners),
         }
     }
 

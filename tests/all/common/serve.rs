@@ -63,16 +63,27 @@ impl Corral {
 
     /// [`Corral::start`] with extra command-line arguments.
     pub fn start_with(dir: &DataDir, config: &str, args: &[&str]) -> Self {
-        Self::launch(dir, config, args, None)
+        Self::launch(dir, config, args, None, &[])
+    }
+
+    /// [`Corral::start`] with extra environment variables.
+    pub fn start_with_env(dir: &DataDir, config: &str, env: &[(&str, String)]) -> Self {
+        Self::launch(dir, config, &[], None, env)
     }
 
     /// [`Corral::start`] with `dir` as the server's working directory, so that the data
     /// directory is `data` relative to it.
     pub fn start_in_dir(dir: &DataDir, config: &str) -> Self {
-        Self::launch(dir, config, &[], Some(&dir.0))
+        Self::launch(dir, config, &[], Some(&dir.0), &[])
     }
 
-    fn launch(dir: &DataDir, config: &str, args: &[&str], cwd: Option<&Path>) -> Self {
+    fn launch(
+        dir: &DataDir,
+        config: &str,
+        args: &[&str],
+        cwd: Option<&Path>,
+        env: &[(&str, String)],
+    ) -> Self {
         let config_path = dir.0.join("corral.toml");
         std::fs::write(&config_path, config).unwrap();
         let n = std::fs::read_dir(&dir.0).unwrap().count();
@@ -91,6 +102,7 @@ impl Corral {
             .args(["--tls-listen", "127.0.0.1:0"])
             .args(args)
             .env_remove("CORRAL_ADMIN_TOKEN")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -217,6 +229,22 @@ impl Corral {
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a tenant reached at `host` and deploys the nn-probe guest with `add.onnx` as
+    /// its model `add`; returns the tenant's token.
+    pub async fn probe_tenant(&self, name: &str, host: &str) -> String {
+        let token = self.create_tenant(name, host).await;
+        let (status, body) = self
+            .deploy(
+                name,
+                &token,
+                &crate::common::guest("nn-probe"),
+                &[("add", &crate::common::fixture("add.onnx"))],
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        token
     }
 
     /// Uploads a deployment with `token`: `component` and `(name, file)` models.
