@@ -186,6 +186,7 @@ impl Server {
             .and_then(|r| r.local_ca_path().map(Path::to_path_buf));
 
         let (shutdown, stopped) = watch::channel(false);
+        let following = stopped.clone();
         let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
@@ -259,6 +260,11 @@ impl Server {
         // tenant not built yet, /readyz 503 until all are).
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
         tokio::spawn(Arc::clone(&tenancy).restore(parallel));
+        // Servers sharing a database apply each other's changes.
+        if !options.cluster.database_url.is_empty() {
+            let interval = Duration::from_millis(options.cluster.poll_interval_ms);
+            tokio::spawn(Arc::clone(&tenancy).follow(interval, following));
+        }
         Ok(Self {
             data_addr,
             tls_addr,

@@ -7,6 +7,7 @@ use hyper::StatusCode;
 use serde_json::json;
 
 use crate::common::serve::{Corral, DataDir};
+use crate::common::*;
 
 #[path = "../support/postgres.rs"]
 mod postgres_server;
@@ -180,5 +181,137 @@ async fn a_server_with_an_empty_disk_serves_what_another_deployed() {
             .count()
             >= 2,
         "the component and the model were fetched into b's cache"
+    );
+}
+
+/// Asks `corral` until `host` answers `method path` with `want` and a body containing
+/// `needle` (other servers' changes arrive within a poll interval, plus a build).
+async fn until_answers(
+    corral: &Corral,
+    host: &str,
+    (method, path, body): (&str, &str, Vec<u8>),
+    want: StatusCode,
+    needle: &str,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, answer) = corral.call(host, method, path, body.clone()).await;
+        if status == want && String::from_utf8_lossy(&answer).contains(needle) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{host} still answers {status} {answer:?}, not {want} with {needle:?}, after 30 s\n{}",
+            corral.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+fn add() -> (&'static str, &'static str, Vec<u8>) {
+    ("GET", "/case/add", Vec::new())
+}
+
+fn classify() -> (&'static str, &'static str, Vec<u8>) {
+    ("POST", "/", sample("dog.jpg"))
+}
+
+/// Three servers sharing PostgreSQL and S3 behave as one: a tenant created and deployed
+/// through one is served by the others, a new version through another and a rollback through
+/// the third reach every server, a deletion too, and each reports the revision it has applied.
+#[tokio::test]
+async fn servers_sharing_a_database_apply_each_others_changes() {
+    let (Some(postgres), Some(s3)) = (postgres_server::postgres(), s3_server::s3()) else {
+        return;
+    };
+    let config = format!(
+        "{}blob_url = \"s3://{}/corral\"\npoll_interval_ms = 200\n",
+        cluster_config(&postgres.database("follow")),
+        s3.bucket("follow")
+    );
+    let env = s3.env();
+    let dirs: Vec<DataDir> = (0..3)
+        .map(|i| DataDir::new(&format!("cluster-follow-{i}")))
+        .collect();
+    let servers: Vec<Corral> = dirs
+        .iter()
+        .map(|dir| Corral::start_with_env(dir, &config, &env))
+        .collect();
+    let (a, b, c) = (&servers[0], &servers[1], &servers[2]);
+
+    // Created and deployed through a: b and c serve it (the tenant's token works there too).
+    let token = a.probe_tenant("acme", "acme.test").await;
+    for server in [b, c] {
+        until_answers(server, "acme.test", add(), StatusCode::OK, "sum").await;
+    }
+
+    // Version 2 (the image classifier) through b, then back to version 1 through c.
+    let (status, body) = b
+        .deploy(
+            "acme",
+            &token,
+            &guest("image-classifier"),
+            &[("classifier", &example_model())],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["version"], 2);
+    for server in [a, c] {
+        until_answers(
+            server,
+            "acme.test",
+            classify(),
+            StatusCode::OK,
+            "golden retriever",
+        )
+        .await;
+    }
+    let (status, body) = c
+        .admin(
+            "POST",
+            "/v1/tenants/acme/deployments/1/activate",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for server in [a, b] {
+        until_answers(server, "acme.test", add(), StatusCode::OK, "sum").await;
+    }
+
+    // Deleted through c: gone everywhere.
+    let (status, body) = c
+        .admin("DELETE", "/v1/tenants/acme", Some(TOKEN), None)
+        .await;
+    assert!(status.is_success(), "{body}");
+    for server in [a, b] {
+        until_answers(
+            server,
+            "acme.test",
+            add(),
+            StatusCode::NOT_FOUND,
+            "unknown_host",
+        )
+        .await;
+    }
+
+    // Every server has applied everything the store holds.
+    for server in &servers {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (status, body) = server.admin("GET", "/v1/status", Some(TOKEN), None).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            if body["behind"] == false && body["revision"] == body["store_revision"] {
+                assert!(body["revision"].as_u64().unwrap() >= 5, "{body}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{body}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let (status, _) = a.admin("GET", "/v1/status", Some(&token), None).await;
+    assert!(
+        status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN,
+        "{status}"
     );
 }

@@ -66,9 +66,12 @@ fn start() -> Option<S3> {
         return None;
     }
     let [master, volume, filer, s3] = [free_port(), free_port(), free_port(), free_port()];
+    let dir = std::env::temp_dir().join(format!("corral-test-s3-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a directory for the S3 test server");
     let script = format!(
         r#"set -e
-dir=$(mktemp -d /tmp/corral-test-s3.XXXXXX)
+dir="{dir}"
 trap 'rm -rf "$dir"' EXIT
 "{weed}" server -s3 -dir="$dir" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
   -master.port={master} -volume.port={volume} -filer.port={filer} -s3.port={s3} \
@@ -78,7 +81,8 @@ read -r _ || true
 kill -TERM "$pid" 2>/dev/null || true
 wait "$pid" || true
 "#,
-        weed = weed.display()
+        weed = weed.display(),
+        dir = dir.display()
     );
     let shell = Command::new("sh")
         .args(["-c", &script])
@@ -91,16 +95,19 @@ wait "$pid" || true
         port: s3,
         _shell: Mutex::new(shell),
     };
-    // Ready once it creates a bucket.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while server
-        .request("PUT", "/corral-ready")
-        .is_none_or(|s| s != 200)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the S3 test server did not start on port {s3} within 90 s"
-        );
+    // Ready once it creates a bucket (409: an earlier attempt created it, though its answer
+    // was lost). Slow under a loaded test run: it starts a master, a volume server and a filer.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !matches!(server.request("PUT", "/corral-ready"), Some(200 | 409)) {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.join("weed.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "the S3 test server did not start on port {s3} within 180 s; its log, last \
+                 lines first:\n{}",
+                tail.join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
     Some(server)

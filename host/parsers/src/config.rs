@@ -335,6 +335,9 @@ pub struct ClusterSettings {
     /// Most bytes of blobs this server keeps copies of (`<data_dir>/cache/blobs`), least
     /// recently used dropped first.
     pub cache_bytes: u64,
+    /// How often a server reads the database's change log to apply what other servers
+    /// changed, in milliseconds.
+    pub poll_interval_ms: u64,
 }
 
 impl Default for ClusterSettings {
@@ -343,6 +346,7 @@ impl Default for ClusterSettings {
             database_url: String::new(),
             blob_url: String::new(),
             cache_bytes: 20 << 30,
+            poll_interval_ms: 1000,
         }
     }
 }
@@ -547,8 +551,8 @@ impl Config {
             }
         }
         self.engine.check().map_err(anyhow::Error::msg)?;
-        if self.cluster.cache_bytes == 0 {
-            anyhow::bail!("[cluster]: cache_bytes must be at least 1");
+        if self.cluster.cache_bytes == 0 || self.cluster.poll_interval_ms == 0 {
+            anyhow::bail!("[cluster]: cache_bytes and poll_interval_ms must be at least 1");
         }
         if !self.cluster.blob_url.is_empty() && !self.cluster.blob_url.starts_with("s3://") {
             anyhow::bail!(

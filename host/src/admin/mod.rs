@@ -1,7 +1,8 @@
 //! The control plane: the admin API on its own listener.
 //!
 //! - `GET /healthz`, `GET /readyz`, `GET /metrics`: no token (keep the listener private);
-//! - `PUT /v1/tenants/{tenant}`, `GET /v1/tenants`, `DELETE /v1/tenants/{tenant}`: operator;
+//! - `PUT /v1/tenants/{tenant}`, `GET /v1/tenants`, `DELETE /v1/tenants/{tenant}`,
+//!   `GET /v1/status` (how far this server has applied the store's changes): operator;
 //! - `GET /v1/tenants/{tenant}` and everything under it: the operator or that tenant's token.
 //!
 //! Tokens come as `Authorization: Bearer TOKEN`. A missing or unknown token is `401`; a valid
@@ -168,6 +169,10 @@ impl Admin {
                     "text/plain; version=0.0.4; charset=utf-8",
                     self.metrics.render(&gauges),
                 ))
+            }
+            (&Method::GET, ["v1", "status"]) => {
+                operator_only(&self.caller(&request)?)?;
+                Ok(json_response(StatusCode::OK, &json!(self.tenancy.status())))
             }
             (_, ["v1", "tenants", rest @ ..]) => {
                 let caller = self.caller(&request)?;

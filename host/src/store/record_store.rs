@@ -62,10 +62,6 @@ pub enum Change {
 }
 
 /// What [`Records::changes_since`] answers.
-#[allow(
-    dead_code,
-    reason = "the change log a replica follows (the scale-out issue); tested"
-)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Changes {
     /// The changes after the revision asked for, oldest first, and the revision they reach.
@@ -141,16 +137,8 @@ pub trait Records: Send + Sync + fmt::Debug {
     fn remove_certificate(&self, tenant: &str) -> anyhow::Result<bool>;
     /// The revision of the latest change: read it before loading everything, then follow
     /// [`Records::changes_since`] it.
-    #[allow(
-        dead_code,
-        reason = "the change log a replica follows (the scale-out issue); tested"
-    )]
     fn revision(&self) -> anyhow::Result<u64>;
     /// The changes after `revision`.
-    #[allow(
-        dead_code,
-        reason = "the change log a replica follows (the scale-out issue); tested"
-    )]
     fn changes_since(&self, revision: u64) -> anyhow::Result<Changes>;
 }
 

@@ -14,6 +14,7 @@
 mod certificates;
 mod deploy;
 mod deployment;
+mod follow;
 pub mod hostname;
 mod registry;
 mod restore;
@@ -73,6 +74,8 @@ pub struct Tenancy {
     changes: tokio::sync::Mutex<()>,
     /// Set once [`Tenancy::restore`] has ended.
     restored: std::sync::atomic::AtomicBool,
+    /// How far the store's change log is applied here ([`Tenancy::follow`]).
+    progress: follow::Progress,
 }
 
 impl Tenancy {

@@ -17,6 +17,9 @@ impl Tenancy {
     /// deployment that no longer builds is logged and left inactive (its tenant answers 503);
     /// other tenants are not held back by it. Blocking.
     pub fn open(platform: Arc<Platform>) -> anyhow::Result<Self> {
+        // Read before the tenants: a change made while they are read is applied again by
+        // `follow`, never missed.
+        let revision = platform.store.records.revision()?;
         let tenancy = Self {
             platform,
             tenants: DashMap::new(),
@@ -24,6 +27,7 @@ impl Tenancy {
             tokens: DashMap::new(),
             changes: tokio::sync::Mutex::new(()),
             restored: std::sync::atomic::AtomicBool::new(false),
+            progress: super::follow::Progress::new(revision),
         };
         let store = &tenancy.platform.store;
         let records = &*store.records;
@@ -138,7 +142,7 @@ impl Tenancy {
 
 /// Builds a stored version for restore, checking the tenant's trust again: a record changed
 /// while the server was stopped never serves TorchScript the operator has not trusted.
-fn load_version(
+pub(super) fn load_version(
     platform: &Platform,
     tenant: &TenantRecord,
     version: u32,

@@ -211,19 +211,7 @@ impl Tenancy {
             Ok(())
         })
         .await?;
-        let record = tenant.record.load_full();
-        for host in &record.hosts {
-            self.hosts.remove(host);
-        }
-        self.tokens.remove(&record.token_sha256);
-        self.tenants.remove(name);
-        tenant.live.store(None);
-        self.platform.metrics.forget_tenant(name);
-        self.platform
-            .builder
-            .inference()
-            .scheduler()
-            .forget_tenant(name);
+        self.forget(name, &tenant);
         Ok(())
     }
 
