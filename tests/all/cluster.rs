@@ -208,6 +208,20 @@ async fn until_answers(
     }
 }
 
+/// Waits until `corral`'s `GET /v1/status` says it is not behind; its answer.
+async fn until_caught_up(corral: &Corral) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, body) = corral.admin("GET", "/v1/status", Some(TOKEN), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if body["behind"] == false && body["revision"] == body["store_revision"] {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 fn add() -> (&'static str, &'static str, Vec<u8>) {
     ("GET", "/case/add", Vec::new())
 }
@@ -297,21 +311,95 @@ async fn servers_sharing_a_database_apply_each_others_changes() {
 
     // Every server has applied everything the store holds.
     for server in &servers {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let (status, body) = server.admin("GET", "/v1/status", Some(TOKEN), None).await;
-            assert_eq!(status, StatusCode::OK, "{body}");
-            if body["behind"] == false && body["revision"] == body["store_revision"] {
-                assert!(body["revision"].as_u64().unwrap() >= 5, "{body}");
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "{body}");
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        let status = until_caught_up(server).await;
+        assert!(status["revision"].as_u64().unwrap() >= 5, "{status}");
     }
     let (status, _) = a.admin("GET", "/v1/status", Some(&token), None).await;
     assert!(
         status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN,
         "{status}"
     );
+}
+
+/// While the database cannot be reached, servers keep serving what they have, stay ready and
+/// report themselves behind; once it is back, a change made through one reaches the other.
+#[tokio::test]
+async fn a_database_outage_leaves_servers_serving_and_they_catch_up() {
+    let (Some(postgres), Some(s3)) = (postgres_server::postgres(), s3_server::s3()) else {
+        return;
+    };
+    let url = postgres.database("outage");
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let config = format!(
+        "{}blob_url = \"s3://{}/corral\"\npoll_interval_ms = 200\n",
+        cluster_config(&url),
+        s3.bucket("outage")
+    );
+    let env = s3.env();
+    let (dir_a, dir_b) = (DataDir::new("outage-a"), DataDir::new("outage-b"));
+    let a = Corral::start_with_env(&dir_a, &config, &env);
+    let b = Corral::start_with_env(&dir_b, &config, &env);
+    a.probe_tenant("acme", "acme.test").await;
+    until_answers(&b, "acme.test", add(), StatusCode::OK, "sum").await;
+
+    // The database refuses every connection, and the open ones are cut.
+    postgres
+        .psql(
+            "postgres",
+            &format!(
+                "ALTER DATABASE {database} ALLOW_CONNECTIONS false; \
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{database}'"
+            ),
+        )
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut behind = false;
+    while started.elapsed() < std::time::Duration::from_secs(3) || !behind {
+        for server in [&a, &b] {
+            let (status, body) = server
+                .call("acme.test", "GET", "/case/add", Vec::new())
+                .await;
+            assert_eq!(status, StatusCode::OK, "served during the outage: {body:?}");
+        }
+        let (status, body) = b.admin("GET", "/v1/status", Some(TOKEN), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        behind = body["behind"] == true && body["error"].is_string();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "b never reported the outage: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, _) = b.admin("GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK, "still ready: it serves what it has");
+
+    // Back: a change through a (retried, as a client retries a 500 during an outage)
+    // reaches b.
+    postgres
+        .psql(
+            "postgres",
+            &format!("ALTER DATABASE {database} ALLOW_CONNECTIONS true"),
+        )
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = a
+            .operator("PUT", "/v1/tenants/beta", json!({ "hosts": ["beta.test"] }))
+            .await;
+        if status == StatusCode::CREATED {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    until_answers(
+        &b,
+        "beta.test",
+        add(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_active_deployment",
+    )
+    .await;
+    until_caught_up(&b).await;
 }

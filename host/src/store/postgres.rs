@@ -19,6 +19,7 @@
 //! block, and are made from the blocking pool. One connection, reopened after it breaks;
 //! a statement may run at most [`STATEMENT_TIMEOUT`].
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -113,7 +114,7 @@ impl PgRecords {
             config,
             client: Mutex::new(None),
         };
-        records.with_client(migrate)?;
+        records.read(migrate)?;
         Ok(records)
     }
 
@@ -131,37 +132,60 @@ impl PgRecords {
         self.client.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `f` on the connection, opening it first if needed; a connection that broke is
-    /// dropped, so the next call opens a new one.
-    fn with_client<T, E>(&self, f: impl FnOnce(&mut Client) -> Result<T, E>) -> Result<T, E>
+    /// Runs `f` on the connection, opening it first if needed. A connection found broken
+    /// (the database restarted, or cut it) is replaced and `f` runs once more on the new one,
+    /// unless `committed` says the failure came while committing: then whether the write took
+    /// effect is unknown, and the caller is told.
+    fn with_client<T, E>(
+        &self,
+        mut f: impl FnMut(&mut Client) -> Result<T, E>,
+        committed: &Cell<bool>,
+    ) -> Result<T, E>
     where
         E: From<anyhow::Error>,
     {
         let mut slot = self.lock();
-        if slot.as_ref().is_none_or(Client::is_closed) {
-            *slot = Some(self.connect()?);
-        }
-        let client = slot.as_mut().expect("connected above");
-        let result = f(client);
-        if client.is_closed() {
+        let mut retried = false;
+        loop {
+            if slot.as_ref().is_none_or(Client::is_closed) {
+                *slot = Some(self.connect()?);
+            }
+            let client = slot.as_mut().expect("connected above");
+            let result = f(client);
+            if !client.is_closed() {
+                return result;
+            }
             *slot = None;
+            if result.is_ok() || retried || committed.get() {
+                return result;
+            }
+            retried = true;
         }
-        result
+    }
+
+    /// [`PgRecords::with_client`] for a read.
+    fn read<T>(&self, f: impl FnMut(&mut Client) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        self.with_client(f, &Cell::new(false))
     }
 
     /// Runs `f` in a write transaction holding [`WRITE_LOCK`], then commits.
-    fn write<T, E>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T, E>) -> Result<T, E>
+    fn write<T, E>(&self, mut f: impl FnMut(&mut Transaction<'_>) -> Result<T, E>) -> Result<T, E>
     where
         E: From<anyhow::Error>,
     {
-        self.with_client(|client| {
-            let mut tx = client.transaction().map_err(db_error)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-                .map_err(db_error)?;
-            let value = f(&mut tx)?;
-            tx.commit().map_err(db_error)?;
-            Ok(value)
-        })
+        let committing = Cell::new(false);
+        self.with_client(
+            |client| {
+                let mut tx = client.transaction().map_err(db_error)?;
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+                    .map_err(db_error)?;
+                let value = f(&mut tx)?;
+                committing.set(true);
+                tx.commit().map_err(db_error)?;
+                Ok(value)
+            },
+            &committing,
+        )
     }
 }
 
@@ -300,7 +324,7 @@ fn change_of(kind: &str, tenant: String, version: Option<i32>) -> anyhow::Result
 
 impl Records for PgRecords {
     fn tenant_names(&self) -> anyhow::Result<Vec<String>> {
-        self.with_client(|client| {
+        self.read(|client| {
             let rows = client
                 .query("SELECT name FROM corral_tenants ORDER BY name", &[])
                 .map_err(db_error)?;
@@ -309,7 +333,7 @@ impl Records for PgRecords {
     }
 
     fn tenant(&self, name: &str) -> anyhow::Result<Option<Versioned<TenantRecord>>> {
-        self.with_client(|client| {
+        self.read(|client| {
             let row = client
                 .query_opt(
                     "SELECT record, generation FROM corral_tenants WHERE name = $1",
@@ -405,7 +429,7 @@ impl Records for PgRecords {
     }
 
     fn versions(&self, tenant: &str) -> anyhow::Result<Vec<u32>> {
-        self.with_client(|client| {
+        self.read(|client| {
             let rows = client
                 .query(
                     "SELECT version FROM corral_deployments WHERE tenant = $1 ORDER BY version",
@@ -417,7 +441,7 @@ impl Records for PgRecords {
     }
 
     fn deployment(&self, tenant: &str, version: u32) -> anyhow::Result<Option<DeploymentRecord>> {
-        self.with_client(|client| {
+        self.read(|client| {
             let row = client
                 .query_opt(
                     "SELECT record FROM corral_deployments WHERE tenant = $1 AND version = $2",
@@ -437,9 +461,10 @@ impl Records for PgRecords {
     fn add_deployment(
         &self,
         tenant: &str,
-        mut record: DeploymentRecord,
+        record: DeploymentRecord,
     ) -> anyhow::Result<DeploymentRecord> {
         self.write(|tx| {
+            let mut record = record.clone();
             if generation_of(tx, tenant)? == Generation::ABSENT {
                 bail!("tenant '{tenant}' does not exist");
             }
@@ -500,7 +525,7 @@ impl Records for PgRecords {
     }
 
     fn certificate(&self, tenant: &str) -> anyhow::Result<Option<CertificateRecord>> {
-        self.with_client(|client| {
+        self.read(|client| {
             let row = client
                 .query_opt(
                     "SELECT record FROM corral_certificates WHERE tenant = $1",
@@ -543,7 +568,7 @@ impl Records for PgRecords {
     }
 
     fn revision(&self) -> anyhow::Result<u64> {
-        self.with_client(|client| {
+        self.read(|client| {
             let revision: i64 = client
                 .query_one("SELECT coalesce(max(revision), 0) FROM corral_changes", &[])
                 .map_err(db_error)?
@@ -553,7 +578,7 @@ impl Records for PgRecords {
     }
 
     fn changes_since(&self, revision: u64) -> anyhow::Result<Changes> {
-        self.with_client(|client| {
+        self.read(|client| {
             // One snapshot for the bounds and the entries.
             let mut tx = client
                 .build_transaction()

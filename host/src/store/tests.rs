@@ -612,8 +612,8 @@ fn the_schema_is_migrated_once_and_a_newer_one_is_refused() {
     assert!(err.contains("version 99") && err.contains("newer"), "{err}");
 }
 
-/// A connection the server drops is reopened: at most the call that found it broken fails,
-/// and nothing written is lost.
+/// A connection the server drops is reopened, and the call that found it broken runs again
+/// on the new one: reads and writes after a database restart succeed at once.
 #[test]
 fn a_dropped_connection_is_reopened() {
     let Some(server) = postgres_server::postgres() else {
@@ -622,20 +622,27 @@ fn a_dropped_connection_is_reopened() {
     let url = server.database("reconnect");
     let name = url.rsplit('/').next().unwrap().to_owned();
     let records = PgRecords::open(&url).unwrap();
-    records
+    let generation = records
         .put_tenant(&tenant("acme"), Generation::ABSENT)
         .unwrap();
-    server
-        .psql(
-            "postgres",
-            &format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE datname = '{name}' AND application_name = 'corral'"
-            ),
-        )
-        .unwrap();
-    let _maybe_failed = records.tenant_names();
+    let cut = || {
+        server
+            .psql(
+                "postgres",
+                &format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = '{name}' AND application_name = 'corral'"
+                ),
+            )
+            .unwrap()
+    };
+    cut();
     assert_eq!(records.tenant_names().unwrap(), ["acme"]);
+    cut();
+    let mut update = tenant("acme");
+    update.active = Some(1);
+    let next = records.put_tenant(&update, generation).unwrap();
+    assert_eq!(records.tenant("acme").unwrap().unwrap().generation, next);
     let err = format!(
         "{:#}",
         PgRecords::open(&server.url("no_such_database")).unwrap_err()
