@@ -403,3 +403,60 @@ async fn a_database_outage_leaves_servers_serving_and_they_catch_up() {
     .await;
     until_caught_up(&b).await;
 }
+
+/// The configuration the Kubernetes manifests ship (deploy/kubernetes/config.yaml) is one
+/// `corral serve` accepts, and the pod's grace period outlasts its drain timeout.
+#[test]
+fn the_kubernetes_configuration_is_valid() {
+    let manifests = repo().join("deploy/kubernetes");
+    let config_map = std::fs::read_to_string(manifests.join("config.yaml")).unwrap();
+    let toml: String = config_map
+        .split_once("corral.toml: |\n")
+        .expect("config.yaml holds corral.toml")
+        .1
+        .lines()
+        .map(|line| line.strip_prefix("    ").unwrap_or(line))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let dir = DataDir::new("kubernetes-config");
+    let file = dir.0.join("corral.toml");
+    std::fs::write(&file, &toml).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(["config", "check"])
+        .arg(&file)
+        .env(
+            "CORRAL_CLUSTER_DATABASE_URL",
+            "postgres://corral:secret@db/corral",
+        )
+        .env("CORRAL_CLUSTER_BLOB_URL", "s3://corral-blobs")
+        .env("CORRAL_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("listen = \"0.0.0.0:8080\""), "{stdout}");
+    assert!(
+        !stdout.contains("secret@"),
+        "the password is not shown: {stdout}"
+    );
+
+    let drain: u64 = toml
+        .lines()
+        .find_map(|l| l.strip_prefix("drain_timeout_secs = "))
+        .expect("drain_timeout_secs is set")
+        .trim()
+        .parse()
+        .unwrap();
+    let deployment = std::fs::read_to_string(manifests.join("deployment.yaml")).unwrap();
+    let grace: u64 = deployment
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds: "))
+        .expect("terminationGracePeriodSeconds is set")
+        .parse()
+        .unwrap();
+    assert!(grace > drain + 5, "grace {grace} s, drain {drain} s");
+}

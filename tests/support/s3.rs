@@ -69,15 +69,16 @@ fn start() -> Option<S3> {
     let dir = std::env::temp_dir().join(format!("corral-test-s3-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("a directory for the S3 test server");
-    // Every port is chosen here: SeaweedFS's Iceberg catalog would take the fixed 8181, which
-    // a server still stopping in the previous test process may hold.
+    // Every port is chosen here: SeaweedFS's Iceberg catalog and Lance namespace would take
+    // the fixed 8181 and 9101, which a server still stopping in the previous test process
+    // (or anything else on the machine) may hold.
     let script = format!(
         r#"set -e
 dir="{dir}"
 trap 'rm -rf "$dir"' EXIT
 "{weed}" server -s3 -dir="$dir" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
   -master.port={master} -volume.port={volume} -filer.port={filer} -s3.port={s3} \
-  -s3.port.iceberg=0 -master.volumeSizeLimitMB=64 -volume.max=100 >"$dir/weed.log" 2>&1 &
+  -s3.port.iceberg=0 -s3.port.lance=0 -master.volumeSizeLimitMB=64 -volume.max=100 >"$dir/weed.log" 2>&1 &
 pid=$!
 read -r _ || true
 kill -TERM "$pid" 2>/dev/null || true
