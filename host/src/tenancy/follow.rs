@@ -228,14 +228,23 @@ impl Tenancy {
                 None,
             ),
         };
-        if let Some(tenant) = &now_held {
-            self.unroute(tenant);
-        }
         tracing::info!(tenant = %name, active = ?record.active, generation = stored.generation.0, "tenant changed by another server");
         if let Some(reason) = &failed {
             tracing::error!(tenant = %name, version = ?record.active, reason = %reason, "cannot build the active deployment another server activated; the tenant answers 503 until one is activated");
         }
+        // The new entry first, then what only the old record had: a host name that stays with
+        // the tenant is never unrouted, even for a moment.
         self.insert((*record).clone(), stored.generation, live, certificate);
+        if let Some(old) = now_held.map(|t| t.record.load_full()) {
+            for host in old.hosts.iter().filter(|h| !record.hosts.contains(h)) {
+                self.hosts
+                    .remove_if(host, |_, owner| **owner == *record.name);
+            }
+            if old.token_sha256 != record.token_sha256 {
+                self.tokens
+                    .remove_if(&old.token_sha256, |_, owner| *owner == record.name);
+            }
+        }
         if let Some(reason) = failed
             && let Some(tenant) = self.tenants.get(name)
         {
@@ -253,7 +262,7 @@ impl Tenancy {
             .ok()
     }
 
-    /// Removes a tenant's host names and token from routing (its record is replaced next).
+    /// Removes a tenant's host names and token from routing.
     fn unroute(&self, tenant: &Tenant) {
         let record = tenant.record.load_full();
         for host in &record.hosts {
