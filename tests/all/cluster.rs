@@ -16,6 +16,16 @@ mod s3_server;
 
 const TOKEN: &str = "cluster-operator-token-0123456789";
 
+/// The configuration of servers sharing the database at `database_url` and a fresh bucket
+/// named after `name`, polling each other's changes every 200 ms.
+fn shared_config(database_url: &str, s3: &s3_server::S3, name: &str) -> String {
+    format!(
+        "{}blob_url = \"s3://{}/corral\"\npoll_interval_ms = 200\n",
+        cluster_config(database_url),
+        s3.bucket(name)
+    )
+}
+
 fn cluster_config(database_url: &str) -> String {
     format!("admin_token = \"{TOKEN}\"\n[cluster]\ndatabase_url = \"{database_url}\"\n")
 }
@@ -83,26 +93,31 @@ async fn tenants_and_deployments_live_in_the_database_and_a_host_has_one_owner()
     assert_eq!(status, StatusCode::OK, "{}", a.log_text());
 }
 
-/// Replicas must agree on the operator token, so cluster mode never generates one.
-#[test]
-fn cluster_mode_needs_the_operator_token_given() {
-    let dir = DataDir::new("cluster-token");
-    let config = dir.0.join("corral.toml");
-    std::fs::write(
-        &config,
-        "[cluster]\ndatabase_url = \"postgres://corral@127.0.0.1:1/none\"\n",
-    )
-    .unwrap();
+/// Runs `corral serve` with `config` (TOML) and no operator token in the environment,
+/// expecting it to refuse to start; its stderr.
+fn serve_refused(name: &str, config: &str) -> String {
+    let dir = DataDir::new(name);
+    let file = dir.0.join("corral.toml");
+    std::fs::write(&file, config).unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
         .args(["serve", "--config"])
-        .arg(&config)
+        .arg(&file)
         .arg("--data")
         .arg(dir.data())
         .env_remove("CORRAL_ADMIN_TOKEN")
         .output()
         .unwrap();
     assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Replicas must agree on the operator token, so cluster mode never generates one.
+#[test]
+fn cluster_mode_needs_the_operator_token_given() {
+    let stderr = serve_refused(
+        "cluster-token",
+        "[cluster]\ndatabase_url = \"postgres://corral@127.0.0.1:1/none\"\n",
+    );
     assert!(
         stderr.contains("database_url") && stderr.contains("CORRAL_ADMIN_TOKEN"),
         "{stderr}"
@@ -112,30 +127,18 @@ fn cluster_mode_needs_the_operator_token_given() {
 /// A database that cannot be reached stops the start, naming it without its password.
 #[test]
 fn an_unreachable_database_is_named_without_its_password() {
-    let dir = DataDir::new("cluster-unreachable");
-    let config = dir.0.join("corral.toml");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    std::fs::write(
-        &config,
-        format!(
+    let stderr = serve_refused(
+        "cluster-unreachable",
+        &format!(
             "admin_token = \"{TOKEN}\"\n[cluster]\n\
              database_url = \"postgres://corral:hunter2@127.0.0.1:{port}/corral\"\n"
         ),
-    )
-    .unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--data")
-        .arg(dir.data())
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    );
     assert!(
         stderr.contains("cannot open the database") && stderr.contains(&port.to_string()),
         "{stderr}"
@@ -151,11 +154,7 @@ async fn a_server_with_an_empty_disk_serves_what_another_deployed() {
     let (Some(postgres), Some(s3)) = (postgres_server::postgres(), s3_server::s3()) else {
         return;
     };
-    let config = format!(
-        "{}blob_url = \"s3://{}/corral\"\n",
-        cluster_config(&postgres.database("blobs")),
-        s3.bucket("blobs")
-    );
+    let config = shared_config(&postgres.database("blobs"), s3, "blobs");
     let env = s3.env();
     let dir_a = DataDir::new("cluster-blobs-a");
     let a = Corral::start_with_env(&dir_a, &config, &env);
@@ -238,11 +237,7 @@ async fn servers_sharing_a_database_apply_each_others_changes() {
     let (Some(postgres), Some(s3)) = (postgres_server::postgres(), s3_server::s3()) else {
         return;
     };
-    let config = format!(
-        "{}blob_url = \"s3://{}/corral\"\npoll_interval_ms = 200\n",
-        cluster_config(&postgres.database("follow")),
-        s3.bucket("follow")
-    );
+    let config = shared_config(&postgres.database("follow"), s3, "follow");
     let env = s3.env();
     let dirs: Vec<DataDir> = (0..3)
         .map(|i| DataDir::new(&format!("cluster-follow-{i}")))
@@ -330,11 +325,7 @@ async fn a_database_outage_leaves_servers_serving_and_they_catch_up() {
     };
     let url = postgres.database("outage");
     let database = url.rsplit('/').next().unwrap().to_owned();
-    let config = format!(
-        "{}blob_url = \"s3://{}/corral\"\npoll_interval_ms = 200\n",
-        cluster_config(&url),
-        s3.bucket("outage")
-    );
+    let config = shared_config(&url, s3, "outage");
     let env = s3.env();
     let (dir_a, dir_b) = (DataDir::new("outage-a"), DataDir::new("outage-b"));
     let a = Corral::start_with_env(&dir_a, &config, &env);

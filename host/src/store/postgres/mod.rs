@@ -12,7 +12,7 @@
 //!   deletion and re-creation too.
 //! - Host names are a table whose primary key is the host: two tenants can never hold one,
 //!   whichever replicas race to claim it.
-//! - Each write notifies [`CHANNEL`] with its revision (delivered at commit), for replicas
+//! - Each write notifies [`log::CHANNEL`] with its revision (delivered at commit), for replicas
 //!   that listen; they poll too, since notifications are not durable.
 //!
 //! The client is the synchronous `postgres` crate: like every [`Records`] call, its calls
@@ -30,52 +30,20 @@ use postgres::{Client, NoTls, Transaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::record_store::{Change, Changes, Generation, LOG_LEN, RecordError, Records, Versioned};
+use super::record_store::{Change, Changes, Generation, RecordError, Records, Versioned};
 use super::records::{CertificateRecord, DeploymentRecord, TenantRecord, check_tenant_name};
+use log::{append, change_of};
+use schema::migrate;
 
-/// The channel each write notifies with its revision.
-pub const CHANNEL: &str = "corral_changes";
+mod log;
+mod schema;
+
 /// The advisory lock every write transaction takes first (an arbitrary constant: "corral-w").
 const WRITE_LOCK: i64 = 0x636f_7272_616c_2d77;
-/// The advisory lock migrations are applied under ("corral-m").
-const MIGRATION_LOCK: i64 = 0x636f_7272_616c_2d6d;
 /// Longest a statement may run before the server cancels it.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The schema, one migration per entry, applied in order and never edited once released
-/// (a change is a new entry).
-const MIGRATIONS: &[&str] = &[
-    // 1: tenants, their host names, deployments and certificates, and the change log.
-    "CREATE TABLE corral_tenants (
-         name text PRIMARY KEY,
-         generation bigint NOT NULL,
-         record jsonb NOT NULL
-     );
-     CREATE TABLE corral_hosts (
-         host text PRIMARY KEY,
-         tenant text NOT NULL REFERENCES corral_tenants (name) ON DELETE CASCADE
-     );
-     CREATE INDEX corral_hosts_tenant ON corral_hosts (tenant);
-     CREATE TABLE corral_deployments (
-         tenant text NOT NULL REFERENCES corral_tenants (name) ON DELETE CASCADE,
-         version integer NOT NULL,
-         record jsonb NOT NULL,
-         PRIMARY KEY (tenant, version)
-     );
-     CREATE TABLE corral_certificates (
-         tenant text PRIMARY KEY REFERENCES corral_tenants (name) ON DELETE CASCADE,
-         record jsonb NOT NULL
-     );
-     CREATE TABLE corral_changes (
-         revision bigint PRIMARY KEY,
-         kind text NOT NULL,
-         tenant text NOT NULL,
-         version integer,
-         at timestamptz NOT NULL DEFAULT now()
-     );",
-];
 
 /// Records in a PostgreSQL database.
 pub struct PgRecords {
@@ -189,56 +157,6 @@ impl PgRecords {
     }
 }
 
-/// Applies the migrations the database lacks, under [`MIGRATION_LOCK`].
-fn migrate(client: &mut Client) -> anyhow::Result<()> {
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-        .context("cannot take the migration lock")?;
-    let result = apply_migrations(client);
-    let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
-    result?;
-    unlocked.context("cannot release the migration lock")?;
-    Ok(())
-}
-
-fn apply_migrations(client: &mut Client) -> anyhow::Result<()> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS corral_schema_migrations (
-                 version integer PRIMARY KEY,
-                 applied_at timestamptz NOT NULL DEFAULT now()
-             )",
-        )
-        .context("cannot create the migrations table")?;
-    let applied: i32 = client
-        .query_one(
-            "SELECT coalesce(max(version), 0) FROM corral_schema_migrations",
-            &[],
-        )
-        .context("cannot read the schema version")?
-        .get(0);
-    let known = MIGRATIONS.len() as i32;
-    if applied > known {
-        bail!(
-            "the database's schema is at version {applied}, newer than this Corral knows \
-             ({known}): run a Corral at least as new as the one that migrated it"
-        );
-    }
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
-        let version = index as i32 + 1;
-        let mut tx = client.transaction()?;
-        tx.batch_execute(sql)
-            .with_context(|| format!("schema migration {version} failed"))?;
-        tx.execute(
-            "INSERT INTO corral_schema_migrations (version) VALUES ($1)",
-            &[&version],
-        )?;
-        tx.commit()?;
-        tracing::info!(version, "database schema migrated");
-    }
-    Ok(())
-}
-
 fn db_error(error: postgres::Error) -> anyhow::Error {
     anyhow::Error::new(error).context("database error")
 }
@@ -278,48 +196,6 @@ fn check_generation(
         });
     }
     Ok(())
-}
-
-/// Appends `change` to the log (holding [`WRITE_LOCK`]), notifies listeners at commit and
-/// drops entries older than [`LOG_LEN`]. Returns its revision.
-fn append(tx: &mut Transaction<'_>, change: &Change) -> anyhow::Result<u64> {
-    let (kind, tenant, version) = match change {
-        Change::Tenant(tenant) => ("tenant", tenant, None),
-        Change::Deployment { tenant, version } => ("deployment", tenant, Some(*version as i32)),
-        Change::Certificate(tenant) => ("certificate", tenant, None),
-    };
-    let revision: i64 = tx
-        .query_one(
-            "INSERT INTO corral_changes (revision, kind, tenant, version)
-             SELECT coalesce(max(revision), 0) + 1, $1, $2, $3 FROM corral_changes
-             RETURNING revision",
-            &[&kind, tenant, &version],
-        )
-        .map_err(db_error)?
-        .get(0);
-    tx.execute(
-        "DELETE FROM corral_changes WHERE revision <= $1",
-        &[&(revision - LOG_LEN as i64)],
-    )
-    .map_err(db_error)?;
-    tx.execute(
-        "SELECT pg_notify($1, $2)",
-        &[&CHANNEL, &revision.to_string()],
-    )
-    .map_err(db_error)?;
-    Ok(revision as u64)
-}
-
-fn change_of(kind: &str, tenant: String, version: Option<i32>) -> anyhow::Result<Change> {
-    Ok(match (kind, version) {
-        ("tenant", _) => Change::Tenant(tenant),
-        ("certificate", _) => Change::Certificate(tenant),
-        ("deployment", Some(version)) => Change::Deployment {
-            tenant,
-            version: version as u32,
-        },
-        _ => bail!("the database's change log has an entry of unknown kind '{kind}'"),
-    })
 }
 
 impl Records for PgRecords {

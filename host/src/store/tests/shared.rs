@@ -1,0 +1,303 @@
+//! The stores several servers share: PostgreSQL's records (what only a shared database
+//! must do) and blobs in S3-compatible object storage, against the real servers the test
+//! process starts.
+
+use std::fs;
+use std::sync::Arc;
+
+use super::super::blobs::BlobStore;
+use super::super::postgres::PgRecords;
+use super::super::record_store::Changes;
+use super::super::*;
+use super::{TempDir, postgres_server, s3_server, tenant};
+
+/// PostgreSQL's records where it is installed (under `CI=true` it must be): a fresh database.
+fn pg_database(name: &str) -> Option<String> {
+    postgres_server::postgres().map(|server| server.database(name))
+}
+
+/// Two replicas (two connections to one database) race to create tenants claiming the same
+/// host names: for each name exactly one wins, the loser is told which host, and the change
+/// log numbers every write that won, in order, without gaps.
+#[test]
+fn replicas_racing_for_a_host_name_cannot_both_win() {
+    let Some(url) = pg_database("race") else {
+        return;
+    };
+    let replicas = [
+        PgRecords::open(&url).unwrap(),
+        PgRecords::open(&url).unwrap(),
+    ];
+    let start = replicas[0].revision().unwrap();
+    const NAMES: usize = 20;
+    let wins: Vec<usize> = std::thread::scope(|scope| {
+        let racers: Vec<_> = replicas
+            .iter()
+            .enumerate()
+            .map(|(side, records)| {
+                scope.spawn(move || {
+                    let mut won = 0;
+                    for i in 0..NAMES {
+                        let mut record = tenant(&format!("r{side}-{i}"));
+                        record.hosts = vec![format!("race-{i}.example")];
+                        match records.put_tenant(&record, Generation::ABSENT) {
+                            Ok(_) => won += 1,
+                            Err(RecordError::HostTaken { host, .. }) => {
+                                assert_eq!(host, format!("race-{i}.example"));
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    won
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(wins.iter().sum::<usize>(), NAMES, "{wins:?}");
+    let owners: Vec<String> = replicas[1]
+        .tenant_names()
+        .unwrap()
+        .into_iter()
+        .map(|name| replicas[1].tenant(&name).unwrap().unwrap().value.hosts[0].clone())
+        .collect();
+    let mut unique = owners.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), NAMES, "{owners:?}");
+    let Changes::Since { changes, revision } = replicas[1].changes_since(start).unwrap() else {
+        panic!("the log reaches back");
+    };
+    assert_eq!(changes.len(), NAMES);
+    assert_eq!(revision, start + NAMES as u64, "revisions have no gaps");
+}
+
+/// The schema is migrated once, by whichever replica opens first; a database migrated by a
+/// newer Corral is refused, saying so.
+#[test]
+fn the_schema_is_migrated_once_and_a_newer_one_is_refused() {
+    let Some(server) = postgres_server::postgres() else {
+        return;
+    };
+    let url = server.database("migrations");
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    let records = std::thread::scope(|scope| {
+        let openers: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| PgRecords::open(&url)))
+            .collect();
+        openers
+            .into_iter()
+            .map(|o| o.join().unwrap().unwrap())
+            .collect::<Vec<_>>()
+    });
+    records[0]
+        .put_tenant(&tenant("acme"), Generation::ABSENT)
+        .unwrap();
+    assert_eq!(
+        server
+            .psql(&name, "SELECT count(*) FROM corral_schema_migrations")
+            .unwrap(),
+        "1"
+    );
+    drop(records);
+    PgRecords::open(&url).unwrap();
+    server
+        .psql(
+            &name,
+            "INSERT INTO corral_schema_migrations (version) VALUES (99)",
+        )
+        .unwrap();
+    let err = format!("{:#}", PgRecords::open(&url).unwrap_err());
+    assert!(err.contains("version 99") && err.contains("newer"), "{err}");
+}
+
+/// A connection the server drops is reopened, and the call that found it broken runs again
+/// on the new one: reads and writes after a database restart succeed at once.
+#[test]
+fn a_dropped_connection_is_reopened() {
+    let Some(server) = postgres_server::postgres() else {
+        return;
+    };
+    let url = server.database("reconnect");
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    let records = PgRecords::open(&url).unwrap();
+    let generation = records
+        .put_tenant(&tenant("acme"), Generation::ABSENT)
+        .unwrap();
+    let cut = || {
+        server
+            .psql(
+                "postgres",
+                &format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = '{name}' AND application_name = 'corral'"
+                ),
+            )
+            .unwrap()
+    };
+    cut();
+    assert_eq!(records.tenant_names().unwrap(), ["acme"]);
+    cut();
+    let mut update = tenant("acme");
+    update.active = Some(1);
+    let next = records.put_tenant(&update, generation).unwrap();
+    assert_eq!(records.tenant("acme").unwrap().unwrap().generation, next);
+    let err = format!(
+        "{:#}",
+        PgRecords::open(&server.url("no_such_database")).unwrap_err()
+    );
+    assert!(err.contains("no_such_database"), "{err}");
+}
+
+/// A client of the test process's S3 server, configured as the `AWS_*` variables would.
+fn s3_builder(server: &s3_server::S3) -> object_store::aws::AmazonS3Builder {
+    object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&server.endpoint)
+        .with_region("us-east-1")
+        .with_access_key_id("corral-test")
+        .with_secret_access_key("corral-test-secret")
+        .with_allow_http(true)
+}
+
+/// Blobs in object storage as one replica writes them and another reads them.
+fn s3_replica(
+    server: &s3_server::S3,
+    bucket: &str,
+    dir: &TempDir,
+    cache_bytes: u64,
+) -> super::s3::S3Blobs {
+    let data = Arc::new(DataDir::open(&dir.0).unwrap());
+    super::s3::S3Blobs::open_with(
+        s3_builder(server),
+        &format!("s3://{bucket}/corral"),
+        data,
+        cache_bytes,
+    )
+    .unwrap()
+}
+
+fn put(blobs: &dyn BlobStore, bytes: &[u8]) -> Digest {
+    let mut writer = blobs.writer().unwrap();
+    for chunk in bytes.chunks(1 << 20) {
+        writer.write(chunk).unwrap();
+    }
+    let (digest, len) = writer.commit().unwrap();
+    assert_eq!(len, bytes.len() as u64);
+    digest
+}
+
+/// What one replica uploads another reads, checked against its digest, from a cached copy
+/// after the first read; uploading stored bytes again is a no-op; large blobs go in parts.
+#[test]
+fn blobs_in_object_storage_are_shared_verified_and_cached() {
+    let Some(server) = s3_server::s3() else {
+        return;
+    };
+    let bucket = server.bucket("shared");
+    let (dir_a, dir_b) = (TempDir::new("s3-a"), TempDir::new("s3-b"));
+    let a = s3_replica(server, &bucket, &dir_a, 1 << 30);
+    let b = s3_replica(server, &bucket, &dir_b, 1 << 30);
+
+    let small = put(&a, b"a component");
+    // 20 MiB: more than one 8 MiB part.
+    let large_bytes: Vec<u8> = (0..20u32 << 20).map(|i| (i % 251) as u8).collect();
+    let large = put(&a, &large_bytes);
+    assert_eq!(put(&a, b"a component"), small, "same bytes, same key");
+
+    assert_eq!(b.read(&small).unwrap(), b"a component");
+    assert_eq!(b.len(&large), Some(large_bytes.len() as u64));
+    let path = b.local_path(&large).unwrap();
+    assert!(path.starts_with(&dir_b.0), "{}", path.display());
+    assert_eq!(fs::read(&path).unwrap(), large_bytes);
+    let mut listed = b.list().unwrap();
+    listed.sort();
+    let mut expected = vec![(small, 11), (large, large_bytes.len() as u64)];
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert!(b.shared());
+
+    assert!(b.remove(&small).unwrap());
+    assert!(!b.remove(&small).unwrap());
+    assert!(
+        a.len(&small).is_some(),
+        "a's cached copy stays until it needs the room"
+    );
+    assert_eq!(b.len(&small), None);
+}
+
+/// Bytes in the bucket that do not hash to their key are refused, naming the blob, and never
+/// kept as a copy.
+#[test]
+fn a_damaged_object_is_refused_and_not_cached() {
+    use object_store::ObjectStoreExt as _;
+    let Some(server) = s3_server::s3() else {
+        return;
+    };
+    let bucket = server.bucket("damaged");
+    let dir = TempDir::new("s3-damaged");
+    let blobs = s3_replica(server, &bucket, &dir, 1 << 30);
+    let digest = Digest::of(b"the real model");
+    let raw = s3_builder(server)
+        .with_bucket_name(&bucket)
+        .build()
+        .unwrap();
+    let key = object_store::path::Path::from(format!("corral/blobs/sha256/{}", digest.hex()));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(raw.put(&key, b"a substitute".to_vec().into()))
+        .unwrap();
+    let err = format!("{:#}", blobs.local_path(&digest).unwrap_err());
+    assert!(
+        err.contains("damaged") && err.contains(&digest.hex()),
+        "{err}"
+    );
+    assert!(
+        !dir.0.join("cache/blobs").join(digest.hex()).exists(),
+        "nothing cached"
+    );
+    assert_eq!(dir.temp_files(), 0, "no temporary file left");
+}
+
+/// The cache holds at most its budget, dropping the least recently used copy; a dropped copy
+/// is fetched again when it is next needed.
+#[test]
+fn the_blob_cache_is_bounded_least_recently_used_first() {
+    let Some(server) = s3_server::s3() else {
+        return;
+    };
+    let bucket = server.bucket("cache");
+    let dir = TempDir::new("s3-cache");
+    let blobs = s3_replica(server, &bucket, &dir, 2500);
+    let cached = |d: &Digest| dir.0.join("cache/blobs").join(d.hex()).exists();
+    let first = put(&blobs, &[1u8; 1000]);
+    let second = put(&blobs, &[2u8; 1000]);
+    blobs.local_path(&first).unwrap(); // first is now the most recently used
+    let third = put(&blobs, &[3u8; 1000]);
+    assert!(cached(&first) && cached(&third) && !cached(&second));
+    assert_eq!(blobs.read(&second).unwrap(), [2u8; 1000]);
+    assert!(
+        cached(&second) && !cached(&first),
+        "fetched again, the oldest dropped"
+    );
+}
+
+/// A blob store shared by several servers never has a blob removed by one of them: none sees
+/// every holder.
+#[test]
+fn a_shared_blob_store_removes_nothing_from_one_server() {
+    let Some(server) = s3_server::s3() else {
+        return;
+    };
+    let bucket = server.bucket("keep");
+    let dir = TempDir::new("s3-keep");
+    let store = Arc::new(s3_replica(server, &bucket, &dir, 1 << 30));
+    let digest = put(&*store, b"held elsewhere");
+    let blobs = Blobs::new(store.clone());
+    blobs.refer([digest]);
+    blobs.release([digest]);
+    assert_eq!(blobs.sweep().unwrap().0, 0);
+    assert!(store.len(&digest).is_some());
+}
