@@ -120,7 +120,11 @@ impl PgRecords {
             }
             let client = slot.as_mut().expect("connected above");
             let result = f(client);
-            if !client.is_closed() {
+            // A call cut by the server fails before the client has noticed the connection is
+            // gone: after a failure, ask the connection itself.
+            let broken = client.is_closed()
+                || (result.is_err() && client.is_valid(CONNECT_TIMEOUT).is_err());
+            if !broken {
                 return result;
             }
             *slot = None;
