@@ -19,8 +19,13 @@ const TOKEN: &str = "cluster-operator-token-0123456789";
 /// The configuration of servers sharing the database at `database_url` and a fresh bucket
 /// named after `name`, polling each other's changes every 200 ms.
 fn shared_config(database_url: &str, s3: &s3_server::S3, name: &str) -> String {
+    polling_config(database_url, s3, name, 200)
+}
+
+/// [`shared_config`] polling every `poll_ms`.
+fn polling_config(database_url: &str, s3: &s3_server::S3, name: &str, poll_ms: u64) -> String {
     format!(
-        "{}blob_url = \"s3://{}/corral\"\npoll_interval_ms = 200\n",
+        "{}blob_url = \"s3://{}/corral\"\npoll_interval_ms = {poll_ms}\n",
         cluster_config(database_url),
         s3.bucket(name)
     )
@@ -232,12 +237,13 @@ fn classify() -> (&'static str, &'static str, Vec<u8>) {
 /// Three servers sharing PostgreSQL and S3 behave as one: a tenant created and deployed
 /// through one is served by the others, a new version through another and a rollback through
 /// the third reach every server, a deletion too, and each reports the revision it has applied.
+/// They poll only every ten minutes: every change travels by the database's notifications.
 #[tokio::test]
 async fn servers_sharing_a_database_apply_each_others_changes() {
     let (Some(postgres), Some(s3)) = (postgres_server::postgres(), s3_server::s3()) else {
         return;
     };
-    let config = shared_config(&postgres.database("follow"), s3, "follow");
+    let config = polling_config(&postgres.database("follow"), s3, "follow", 600_000);
     let env = s3.env();
     let dirs: Vec<DataDir> = (0..3)
         .map(|i| DataDir::new(&format!("cluster-follow-{i}")))

@@ -336,7 +336,8 @@ pub struct ClusterSettings {
     /// recently used dropped first.
     pub cache_bytes: u64,
     /// How often a server reads the database's change log to apply what other servers
-    /// changed, in milliseconds.
+    /// changed, in milliseconds, besides reading it whenever the database notifies a change
+    /// (notifications are not durable: polling catches what one missed).
     pub poll_interval_ms: u64,
 }
 
@@ -346,7 +347,7 @@ impl Default for ClusterSettings {
             database_url: String::new(),
             blob_url: String::new(),
             cache_bytes: 20 << 30,
-            poll_interval_ms: 1000,
+            poll_interval_ms: 5000,
         }
     }
 }

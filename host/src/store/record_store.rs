@@ -23,11 +23,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use anyhow::Context;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
 
 use super::dir::DataDir;
 use super::records::{CertificateRecord, DeploymentRecord, TenantRecord, check_tenant_name};
@@ -140,6 +141,13 @@ pub trait Records: Send + Sync + fmt::Debug {
     fn revision(&self) -> anyhow::Result<u64>;
     /// The changes after `revision`.
     fn changes_since(&self, revision: u64) -> anyhow::Result<Changes>;
+    /// Starts telling `wake` of every change other servers make, as soon as the store learns
+    /// of it (until `wake` is dropped); whether the store can. One that cannot (a data
+    /// directory, which only this server writes) leaves its followers to poll.
+    fn listen(&self, wake: Weak<Notify>) -> bool {
+        let _ = wake;
+        false
+    }
 }
 
 /// Every deployment of a tenant, by version (a store's whole view of one tenant).

@@ -1,6 +1,7 @@
 //! Following the store's change log, so that servers sharing a database behave as one: what
 //! another server wrote (a tenant created, changed or deleted, a deployment activated, a
-//! certificate uploaded) reaches this one within a poll interval.
+//! certificate uploaded) reaches this one as soon as the database notifies it, and within a
+//! poll interval when a notification is lost.
 //!
 //! Each poll asks the store for the changes since the revision this server has applied and
 //! refreshes every tenant they name: the tenant's record is read again and, when its active
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use serde::Serialize;
+use tokio::sync::Notify;
 
 use super::certificates::restore_certificate;
 use super::restore::load_version;
@@ -86,16 +88,25 @@ impl Tenancy {
         }
     }
 
-    /// Applies the store's changes every `interval` until `stopped` turns true. Spawn it once
-    /// [`Tenancy::open`] has read the store.
+    /// Applies the store's changes as soon as the store says there are some (a database
+    /// notification) and every `interval` in any case, until `stopped` turns true. Spawn it
+    /// once [`Tenancy::open`] has read the store.
     pub async fn follow(
         self: Arc<Self>,
         interval: Duration,
         mut stopped: tokio::sync::watch::Receiver<bool>,
     ) {
+        let wake = Arc::new(Notify::new());
+        let listening = self.platform.store.records.listen(Arc::downgrade(&wake));
+        tracing::info!(
+            listening,
+            poll_interval_ms = interval.as_millis() as u64,
+            "following other servers' changes"
+        );
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
+                _ = wake.notified() => {}
                 _ = stopped.changed() => return,
             }
             if *stopped.borrow() {

@@ -1,7 +1,13 @@
-//! The change log in the database: every write appends one numbered entry.
+//! The change log in the database: every write appends one numbered entry and notifies
+//! [`CHANNEL`]; [`listen`] hears those notifications for a follower.
+
+use std::sync::Weak;
+use std::time::Duration;
 
 use anyhow::bail;
-use postgres::Transaction;
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::{NoTls, Transaction};
+use tokio::sync::Notify;
 
 use super::db_error;
 use crate::store::record_store::{Change, LOG_LEN};
@@ -53,4 +59,62 @@ pub(super) fn change_of(
         },
         _ => bail!("the database's change log has an entry of unknown kind '{kind}'"),
     })
+}
+
+/// How long a listener waits for a notification before checking it is still wanted.
+const LISTEN_CHECK: Duration = Duration::from_secs(1);
+/// How long a listener waits before connecting again after its connection broke.
+const LISTEN_RETRY: Duration = Duration::from_secs(2);
+
+/// Wakes `wake` at each notification on [`CHANNEL`], on a connection of its own in a thread of
+/// its own, until `wake` is dropped. Each time it (re)connects it wakes `wake` once too, for
+/// what was written while it was not listening. Notifications are not durable and a broken
+/// connection loses some: followers poll as well.
+pub(super) fn listen(mut config: postgres::Config, wake: Weak<Notify>) -> anyhow::Result<()> {
+    config.application_name("corral-listen");
+    std::thread::Builder::new()
+        .name("corral-listen".into())
+        .spawn(move || {
+            let mut warned = false;
+            while wake.strong_count() > 0 {
+                match hear(&config, &wake) {
+                    Ok(()) => return,
+                    Err(e) => {
+                        if !warned {
+                            tracing::warn!(error = %format!("{e:#}"), "not listening for other servers' changes; polling meanwhile");
+                            warned = true;
+                        }
+                        std::thread::sleep(LISTEN_RETRY);
+                    }
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// One connection's worth of [`listen`]: returns when `wake` is gone, fails when the
+/// connection does.
+fn hear(config: &postgres::Config, wake: &Weak<Notify>) -> anyhow::Result<()> {
+    let mut client = config.connect(NoTls).map_err(db_error)?;
+    client
+        .batch_execute(&format!("LISTEN {CHANNEL}"))
+        .map_err(db_error)?;
+    tracing::debug!("listening for other servers' changes");
+    let Some(notify) = wake.upgrade() else {
+        return Ok(());
+    };
+    notify.notify_one();
+    drop(notify);
+    loop {
+        let heard = client.notifications().timeout_iter(LISTEN_CHECK).next();
+        let Some(notify) = wake.upgrade() else {
+            return Ok(());
+        };
+        match heard {
+            Ok(Some(_)) => notify.notify_one(),
+            Err(e) => return Err(db_error(e)),
+            Ok(None) if client.is_closed() => bail!("the database closed the connection"),
+            Ok(None) => {}
+        }
+    }
 }

@@ -12,8 +12,9 @@
 //!   deletion and re-creation too.
 //! - Host names are a table whose primary key is the host: two tenants can never hold one,
 //!   whichever replicas race to claim it.
-//! - Each write notifies [`log::CHANNEL`] with its revision (delivered at commit), for replicas
-//!   that listen; they poll too, since notifications are not durable.
+//! - Each write notifies [`log::CHANNEL`] with its revision (delivered at commit); followers
+//!   listen on a connection of their own ([`Records::listen`]) and poll too, since
+//!   notifications are not durable.
 //!
 //! The client is the synchronous `postgres` crate: like every [`Records`] call, its calls
 //! block, and are made from the blocking pool. One connection, reopened after it breaks;
@@ -21,7 +22,7 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -29,10 +30,11 @@ use postgres::error::SqlState;
 use postgres::{Client, NoTls, Transaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
 
 use super::record_store::{Change, Changes, Generation, RecordError, Records, Versioned};
 use super::records::{CertificateRecord, DeploymentRecord, TenantRecord, check_tenant_name};
-use log::{append, change_of};
+use log::{append, change_of, listen};
 use schema::migrate;
 
 mod log;
@@ -499,5 +501,15 @@ impl Records for PgRecords {
                 revision: latest,
             })
         })
+    }
+
+    fn listen(&self, wake: Weak<Notify>) -> bool {
+        match listen(self.config.clone(), wake) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start listening for other servers' changes; polling only");
+                false
+            }
+        }
     }
 }

@@ -149,6 +149,74 @@ fn a_dropped_connection_is_reopened() {
     assert!(err.contains("no_such_database"), "{err}");
 }
 
+/// A server listening hears every other server's write at once, and keeps hearing them after
+/// its listening connection is cut; dropping what it wakes stops it.
+#[test]
+fn a_listening_server_hears_each_write_and_survives_a_cut() {
+    let Some(server) = postgres_server::postgres() else {
+        return;
+    };
+    let url = server.database("listen");
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    let (listener, writer) = (
+        PgRecords::open(&url).unwrap(),
+        PgRecords::open(&url).unwrap(),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    assert!(listener.listen(Arc::downgrade(&wake)));
+    let woken = |what: &str| {
+        runtime
+            .block_on(async {
+                tokio::time::timeout(std::time::Duration::from_secs(20), wake.notified()).await
+            })
+            .unwrap_or_else(|_| panic!("not woken {what} within 20 s"));
+    };
+    woken("once listening");
+    writer
+        .put_tenant(&tenant("acme"), Generation::ABSENT)
+        .unwrap();
+    woken("by a write");
+    let listening = || {
+        server
+            .psql(
+                "postgres",
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = '{name}' AND application_name = 'corral-listen'"
+                ),
+            )
+            .unwrap()
+    };
+    assert_eq!(listening(), "1");
+    server
+        .psql(
+            "postgres",
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{name}' AND application_name = 'corral-listen'"
+            ),
+        )
+        .unwrap();
+    woken("after reconnecting");
+    writer
+        .put_tenant(&tenant("beta"), Generation::ABSENT)
+        .unwrap();
+    woken("by a write after the cut");
+    drop(wake);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while listening() != "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still listening with nothing to wake"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// A client of the test process's S3 server, configured as the `AWS_*` variables would.
 fn s3_builder(server: &s3_server::S3) -> object_store::aws::AmazonS3Builder {
     object_store::aws::AmazonS3Builder::new()
