@@ -124,6 +124,14 @@ impl Server {
         if operator_token.trim().len() < 16 {
             anyhow::bail!("the operator token must be at least 16 characters long");
         }
+        let operator_token_sha256 = token_hash(operator_token.trim());
+        let store = tokio::task::spawn_blocking(move || {
+            store
+                .records
+                .agree_operator_token(&operator_token_sha256)
+                .map(|()| store)
+        })
+        .await??;
         let inference = Arc::new(Inference::new(inference_options(&options)));
         let engine = engine::new_engine(&options.engine)?;
         let metrics = Arc::new(Metrics::default());
@@ -202,7 +210,7 @@ impl Server {
             store,
             instance_slots: options.engine.instances,
             metrics,
-            operator_token_sha256: token_hash(operator_token.trim()),
+            operator_token_sha256,
             uploads: admin::UploadSettings {
                 max_bytes: options.max_upload_bytes,
                 min_bytes_per_sec: options.upload_min_bytes_per_sec,

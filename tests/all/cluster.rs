@@ -129,6 +129,35 @@ fn cluster_mode_needs_the_operator_token_given() {
     );
 }
 
+/// The first server on a database records the operator token's hash; one given another
+/// token refuses to start, naming the setting, and the database never holds the token itself.
+#[test]
+fn servers_sharing_a_database_must_share_the_operator_token() {
+    let Some(postgres) = postgres_server::postgres() else {
+        return;
+    };
+    let url = postgres.database("token");
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let dir = DataDir::new("cluster-token-first");
+    let first = Corral::start(&dir, &cluster_config(&url));
+    let stderr = serve_refused(
+        "cluster-token-other",
+        &cluster_config(&url).replace(TOKEN, "another-operator-token-0123456789"),
+    );
+    assert!(
+        stderr.contains("operator token") && stderr.contains("operator_token_sha256"),
+        "{stderr}"
+    );
+    let stored = postgres
+        .psql(&database, "SELECT value FROM corral_settings")
+        .unwrap();
+    assert_eq!(stored.len(), 64, "a sha256 in hex: {stored}");
+    assert!(!stored.contains(TOKEN));
+    drop(first);
+    // The same token is accepted again.
+    Corral::start(&DataDir::new("cluster-token-same"), &cluster_config(&url));
+}
+
 /// A database that cannot be reached stops the start, naming it without its password.
 #[test]
 fn an_unreachable_database_is_named_without_its_password() {

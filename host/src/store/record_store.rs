@@ -30,6 +30,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
+use super::Digest;
 use super::dir::DataDir;
 use super::records::{CertificateRecord, DeploymentRecord, TenantRecord, check_tenant_name};
 
@@ -147,6 +148,13 @@ pub trait Records: Send + Sync + fmt::Debug {
     fn listen(&self, wake: Weak<Notify>) -> bool {
         let _ = wake;
         false
+    }
+    /// Checks that this server was given the operator token every server sharing the store
+    /// uses (`hash` is its sha256): the first server to start records it, and a server given
+    /// another one is refused, saying so. A store only this server uses has nothing to check.
+    fn agree_operator_token(&self, hash: &Digest) -> anyhow::Result<()> {
+        let _ = hash;
+        Ok(())
     }
 }
 

@@ -32,6 +32,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
+use super::Digest;
 use super::record_store::{Change, Changes, Generation, RecordError, Records, Versioned};
 use super::records::{CertificateRecord, DeploymentRecord, TenantRecord, check_tenant_name};
 use log::{append, change_of, listen};
@@ -42,6 +43,8 @@ mod schema;
 
 /// The advisory lock every write transaction takes first (an arbitrary constant: "corral-w").
 const WRITE_LOCK: i64 = 0x636f_7272_616c_2d77;
+/// The key of the operator token's sha256 in `corral_settings`.
+const OPERATOR_TOKEN: &str = "operator_token_sha256";
 /// Longest a statement may run before the server cancels it.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a connection attempt may take.
@@ -501,6 +504,34 @@ impl Records for PgRecords {
                 revision: latest,
             })
         })
+    }
+
+    fn agree_operator_token(&self, hash: &Digest) -> anyhow::Result<()> {
+        let recorded: String = self.write(|tx| {
+            tx.execute(
+                "INSERT INTO corral_settings (key, value) VALUES ($1, $2)
+                 ON CONFLICT (key) DO NOTHING",
+                &[&OPERATOR_TOKEN, &hash.hex()],
+            )
+            .map_err(db_error)?;
+            anyhow::Ok(
+                tx.query_one(
+                    "SELECT value FROM corral_settings WHERE key = $1",
+                    &[&OPERATOR_TOKEN],
+                )
+                .map_err(db_error)?
+                .get(0),
+            )
+        })?;
+        if recorded != hash.hex() {
+            bail!(
+                "this server's operator token is not the one the other servers sharing the \
+                 database use (the database keeps its sha256 under corral_settings key \
+                 '{OPERATOR_TOKEN}'): give every server the same token. To change it, give every \
+                 server the new one and delete that row before the first restarts"
+            );
+        }
+        Ok(())
     }
 
     fn listen(&self, wake: Weak<Notify>) -> bool {

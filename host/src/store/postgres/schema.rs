@@ -37,6 +37,16 @@ const MIGRATIONS: &[&str] = &[
          version integer,
          at timestamptz NOT NULL DEFAULT now()
      );",
+    // 2: settings every server must agree on (the operator token's hash), and the blobs
+    // uploads are putting in the shared bucket (kept from collection for a grace period).
+    "CREATE TABLE corral_settings (
+         key text PRIMARY KEY,
+         value text NOT NULL
+     );
+     CREATE TABLE corral_blob_uploads (
+         digest text PRIMARY KEY,
+         at timestamptz NOT NULL DEFAULT now()
+     );",
 ];
 
 /// Applies the migrations the database lacks, under [`MIGRATION_LOCK`].

@@ -97,7 +97,8 @@ fn the_schema_is_migrated_once_and_a_newer_one_is_refused() {
         server
             .psql(&name, "SELECT count(*) FROM corral_schema_migrations")
             .unwrap(),
-        "1"
+        "2",
+        "each migration applied once"
     );
     drop(records);
     PgRecords::open(&url).unwrap();
