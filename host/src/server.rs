@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, Admin};
 use crate::backends::onnx::OnnxRuntime;
-use crate::config::Config;
+use crate::config::{ClusterSettings, Config};
 use crate::deployment::DeploymentBuilder;
 use crate::engine;
 use crate::http::error::HostError;
@@ -136,6 +136,7 @@ impl Server {
         let engine = engine::new_engine(&options.engine)?;
         let metrics = Arc::new(Metrics::default());
         let store = Arc::new(store);
+        let collected = store.collects_shared().then(|| Arc::clone(&store));
         let platform = Arc::new(Platform {
             builder: DeploymentBuilder::new(
                 engine,
@@ -271,7 +272,14 @@ impl Server {
         // Servers sharing a database apply each other's changes.
         if !options.cluster.database_url.is_empty() {
             let interval = Duration::from_millis(options.cluster.poll_interval_ms);
-            tokio::spawn(Arc::clone(&tenancy).follow(interval, following));
+            tokio::spawn(Arc::clone(&tenancy).follow(interval, following.clone()));
+        }
+        if let Some(store) = collected {
+            tokio::spawn(collect_shared_blobs(
+                store,
+                options.cluster.clone(),
+                following,
+            ));
         }
         Ok(Self {
             data_addr,
@@ -375,6 +383,36 @@ impl Router for TenantRouter {
 
     fn record(&self, label: &str, status: u16, elapsed: std::time::Duration) {
         self.metrics.record_request(label, status, elapsed);
+    }
+}
+
+/// Collects the blobs of a bucket servers share every `collect_interval_secs` (one server at a
+/// time: the others find the lock taken and skip), until `stopped`.
+async fn collect_shared_blobs(
+    store: Arc<Store>,
+    cluster: ClusterSettings,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let grace = Duration::from_secs(cluster.blob_grace_secs);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(cluster.collect_interval_secs)) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        let store = Arc::clone(&store);
+        match tokio::task::spawn_blocking(move || store.collect_shared(grace)).await {
+            Ok(Ok(Some(collected))) if !collected.busy => tracing::info!(
+                listed = collected.listed,
+                removed = collected.removed,
+                bytes = collected.bytes,
+                "collected the shared bucket's unused blobs"
+            ),
+            Ok(Ok(_)) => tracing::debug!("another server is collecting the shared bucket"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot collect the shared bucket's unused blobs; trying again later")
+            }
+            Err(e) => tracing::error!(error = %e, "the collection of shared blobs failed"),
+        }
     }
 }
 

@@ -217,6 +217,65 @@ async fn a_server_with_an_empty_disk_serves_what_another_deployed() {
     );
 }
 
+/// Servers sharing a bucket collect from it (one at a time) what no deployment refers to: a
+/// deleted tenant's model goes once the grace period has passed, while every blob a stored
+/// deployment refers to stays, and a server with an empty disk still serves those.
+#[tokio::test]
+async fn the_shared_bucket_loses_only_what_no_deployment_refers_to() {
+    let (Some(postgres), Some(s3)) = (postgres_server::postgres(), s3_server::s3()) else {
+        return;
+    };
+    let bucket = s3.bucket("collect");
+    let config = format!(
+        "{}blob_url = \"s3://{bucket}/corral\"\npoll_interval_ms = 200\n\
+         collect_interval_secs = 1\nblob_grace_secs = 15\n",
+        cluster_config(&postgres.database("collect"))
+    );
+    let env = s3.env();
+    let (dir_a, dir_b) = (DataDir::new("collect-a"), DataDir::new("collect-b"));
+    let a = Corral::start_with_env(&dir_a, &config, &env);
+    let b = Corral::start_with_env(&dir_b, &config, &env);
+    a.probe_tenant("alpha", "alpha.test").await;
+    let token = a.create_tenant("beta", "beta.test").await;
+    let (status, body) = a
+        .deploy(
+            "beta",
+            &token,
+            &guest("image-classifier"),
+            &[("classifier", &example_model())],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = b
+        .admin("DELETE", "/v1/tenants/beta", Some(TOKEN), None)
+        .await;
+    assert!(status.is_success(), "{body}");
+
+    let object = |path: &std::path::Path| {
+        let digest = corral::Digest::of(&std::fs::read(path).unwrap());
+        let status = s3.request(
+            "HEAD",
+            &format!("/{bucket}/corral/blobs/sha256/{}", digest.hex()),
+        );
+        status.expect("the S3 server answers")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while object(&example_model()) != 404 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deleted tenant's model is still in the bucket after 60 s\n{}\n{}",
+            a.log_text(),
+            b.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert_eq!(object(&fixture("add.onnx")), 200, "alpha's model stays");
+    assert_eq!(object(&guest("nn-probe")), 200, "alpha's component stays");
+    let dir_c = DataDir::new("collect-c");
+    let c = Corral::start_with_env(&dir_c, &config, &env);
+    until_answers(&c, "alpha.test", add(), StatusCode::OK, "sum").await;
+}
+
 /// Asks `corral` until `host` answers `method path` with `want` and a body containing
 /// `needle` (other servers' changes arrive within a poll interval, plus a build).
 async fn until_answers(

@@ -339,6 +339,13 @@ pub struct ClusterSettings {
     /// changed, in milliseconds, besides reading it whenever the database notifies a change
     /// (notifications are not durable: polling catches what one missed).
     pub poll_interval_ms: u64,
+    /// How often a server collects the shared bucket's unused blobs, in seconds (one server
+    /// at a time, with both `database_url` and `blob_url`).
+    pub collect_interval_secs: u64,
+    /// How long a blob uploaded to the shared bucket is kept though no deployment refers to
+    /// it yet, in seconds: longer than any upload takes from storing its blobs to recording
+    /// its deployment.
+    pub blob_grace_secs: u64,
 }
 
 impl Default for ClusterSettings {
@@ -348,6 +355,8 @@ impl Default for ClusterSettings {
             blob_url: String::new(),
             cache_bytes: 20 << 30,
             poll_interval_ms: 5000,
+            collect_interval_secs: 3600,
+            blob_grace_secs: 3600,
         }
     }
 }
@@ -552,8 +561,16 @@ impl Config {
             }
         }
         self.engine.check().map_err(anyhow::Error::msg)?;
-        if self.cluster.cache_bytes == 0 || self.cluster.poll_interval_ms == 0 {
-            anyhow::bail!("[cluster]: cache_bytes and poll_interval_ms must be at least 1");
+        let cluster = &self.cluster;
+        if cluster.cache_bytes == 0
+            || cluster.poll_interval_ms == 0
+            || cluster.collect_interval_secs == 0
+            || cluster.blob_grace_secs == 0
+        {
+            anyhow::bail!(
+                "[cluster]: cache_bytes, poll_interval_ms, collect_interval_secs and \
+                 blob_grace_secs must be at least 1"
+            );
         }
         if !self.cluster.blob_url.is_empty() && !self.cluster.blob_url.starts_with("s3://") {
             anyhow::bail!(

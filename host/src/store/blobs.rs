@@ -31,12 +31,29 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
     fn local_path(&self, digest: &Digest) -> anyhow::Result<PathBuf>;
     /// Removes the blob; whether it was there.
     fn remove(&self, digest: &Digest) -> anyhow::Result<bool>;
-    /// Every stored blob and its size.
-    fn list(&self) -> anyhow::Result<Vec<(Digest, u64)>>;
+    /// Every stored blob, its size and when it was stored.
+    fn list(&self) -> anyhow::Result<Vec<Listed>>;
     /// Whether other servers use the same blobs (then this one cannot know every holder).
     fn shared(&self) -> bool {
         false
     }
+}
+
+/// A stored blob, as [`BlobStore::list`] finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub digest: Digest,
+    pub len: u64,
+    /// When it was last written, in seconds since the Unix epoch.
+    pub modified: u64,
+}
+
+/// Told of each blob an upload is about to store, before anything of it is stored: a store
+/// shared by several servers keeps these marks, so that collection spares blobs whose
+/// deployment is not recorded yet (see [`super::postgres`]).
+pub trait UploadMarks: Send + Sync + fmt::Debug {
+    /// Marks `digest` as being uploaded now (blocks on I/O).
+    fn mark(&self, digest: &Digest) -> anyhow::Result<()>;
 }
 
 /// The bytes of a blob being written, as a store receives them.
@@ -133,13 +150,25 @@ impl BlobStore for DirBlobs {
         }
     }
 
-    fn list(&self) -> anyhow::Result<Vec<(Digest, u64)>> {
+    fn list(&self) -> anyhow::Result<Vec<Listed>> {
         let mut all = Vec::new();
         for name in list(&self.blobs)? {
             let Ok(digest) = format!("sha256:{name}").parse::<Digest>() else {
                 continue;
             };
-            all.push((digest, self.len(&digest).unwrap_or(0)));
+            let Ok(meta) = fs::metadata(self.path(&digest)) else {
+                continue; // Removed meanwhile.
+            };
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            all.push(Listed {
+                digest,
+                len: meta.len(),
+                modified,
+            });
         }
         Ok(all)
     }

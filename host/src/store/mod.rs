@@ -25,12 +25,13 @@ pub mod s3;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::config::ClusterSettings;
-use blobs::BlobStore;
-use postgres::PgRecords;
+use blobs::{BlobStore, UploadMarks};
+use postgres::{Collected, PgRecords};
 use s3::S3Blobs;
 
 pub use blobs::{BlobWriter, DirBlobs};
@@ -47,6 +48,7 @@ pub struct Store {
     pub blobs: Blobs,
     pub records: Arc<dyn Records>,
     pub cache: CacheDir,
+    shared: Option<Shared>,
 }
 
 impl Store {
@@ -60,33 +62,69 @@ impl Store {
             DataDir::open(&root)
                 .with_context(|| format!("cannot open the data directory {}", root.display()))?,
         );
+        let database = if cluster.database_url.is_empty() {
+            None
+        } else {
+            let shown = ClusterSettings::redact(&cluster.database_url);
+            let records = PgRecords::open(&cluster.database_url)
+                .with_context(|| format!("cannot open the database {shown}"))?;
+            tracing::info!(database = %shown, "records are kept in the database");
+            Some(Arc::new(records))
+        };
         let records: Arc<dyn Records> =
-            if cluster.database_url.is_empty() {
-                Arc::new(DirRecords::open(Arc::clone(&dir)).with_context(|| {
+            match &database {
+                Some(records) => Arc::clone(records) as Arc<dyn Records>,
+                None => Arc::new(DirRecords::open(Arc::clone(&dir)).with_context(|| {
                     format!("cannot open the data directory {}", root.display())
-                })?)
-            } else {
-                let shown = ClusterSettings::redact(&cluster.database_url);
-                let records = PgRecords::open(&cluster.database_url)
-                    .with_context(|| format!("cannot open the database {shown}"))?;
-                tracing::info!(database = %shown, "records are kept in the database");
-                Arc::new(records)
+                })?),
             };
-        let blobs: Arc<dyn BlobStore> = if cluster.blob_url.is_empty() {
-            Arc::new(DirBlobs::open(Arc::clone(&dir))?)
+        let bucket = if cluster.blob_url.is_empty() {
+            None
         } else {
             let blobs = S3Blobs::open(&cluster.blob_url, Arc::clone(&dir), cluster.cache_bytes)
                 .with_context(|| format!("cannot open the blob store {}", cluster.blob_url))?;
             tracing::info!(url = %cluster.blob_url, cache_bytes = cluster.cache_bytes, "blobs are kept in object storage");
-            Arc::new(blobs)
+            Some(Arc::new(blobs))
         };
+        let blobs: Arc<dyn BlobStore> = match &bucket {
+            Some(bucket) => Arc::clone(bucket) as Arc<dyn BlobStore>,
+            None => Arc::new(DirBlobs::open(Arc::clone(&dir))?),
+        };
+        let shared = database.zip(bucket).map(|(records, bucket)| {
+            bucket.mark_uploads(Arc::clone(&records) as Arc<dyn UploadMarks>);
+            Shared { records, bucket }
+        });
         Ok(Self {
             blobs: Blobs::new(blobs),
             records,
             cache: CacheDir::new(Arc::clone(&dir)),
+            shared,
             dir,
         })
     }
+
+    /// Whether records and blobs are both shared with other servers, so that
+    /// [`Store::collect_shared`] has work.
+    pub fn collects_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Removes from a bucket that servers share the blobs nothing holds any more, when this
+    /// server holds the collection lock (see [`postgres::collect`]); `None` when blobs and
+    /// records are not both shared. Blocking.
+    pub fn collect_shared(&self, grace: Duration) -> anyhow::Result<Option<Collected>> {
+        self.shared
+            .as_ref()
+            .map(|shared| shared.records.collect_blobs(&*shared.bucket, grace))
+            .transpose()
+    }
+}
+
+/// Records in a database and blobs in a bucket, shared by servers: collected under a lock.
+#[derive(Debug)]
+struct Shared {
+    records: Arc<PgRecords>,
+    bucket: Arc<S3Blobs>,
 }
 
 #[cfg(test)]

@@ -28,8 +28,8 @@ struct Owners {
 
 impl Blobs {
     /// The holders of `store`'s blobs. A store shared with other servers never has a blob
-    /// removed from here: this server cannot see the others' holders (collection across
-    /// servers, under a lock, is for a later change).
+    /// removed from here: this server cannot see the others' holders (the store collects
+    /// those across servers, under a lock: [`super::Store::collect_shared`]).
     pub fn new(store: Arc<dyn BlobStore>) -> Self {
         let owners = Owners {
             keep_all: store.shared(),
@@ -135,10 +135,10 @@ impl Blobs {
             return Ok((0, 0)); // Nothing would be removed: no need to list every blob.
         }
         let (mut removed, mut bytes) = (0, 0);
-        for (digest, len) in self.store.list()? {
-            if self.remove_if_unheld(&owners, &digest) {
+        for blob in self.store.list()? {
+            if self.remove_if_unheld(&owners, &blob.digest) {
                 removed += 1;
-                bytes += len;
+                bytes += blob.len;
             }
         }
         Ok((removed, bytes))

@@ -142,6 +142,11 @@ pub trait Records: Send + Sync + fmt::Debug {
     fn revision(&self) -> anyhow::Result<u64>;
     /// The changes after `revision`.
     fn changes_since(&self, revision: u64) -> anyhow::Result<Changes>;
+    /// Whether other servers write these records too (then what this server holds may be
+    /// behind them).
+    fn shared(&self) -> bool {
+        false
+    }
     /// Starts telling `wake` of every change other servers make, as soon as the store learns
     /// of it (until `wake` is dropped); whether the store can. One that cannot (a data
     /// directory, which only this server writes) leaves its followers to poll.

@@ -23,7 +23,7 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
@@ -33,7 +33,7 @@ use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use sha2::{Digest as _, Sha256};
 
 use super::Digest;
-use super::blobs::{BlobStore, BlobWrite, BlobWriter, HashedFile};
+use super::blobs::{BlobStore, BlobWrite, BlobWriter, HashedFile, Listed, UploadMarks};
 use super::dir::{DataDir, sync_dir};
 
 /// Where this node keeps its copies, under the data directory.
@@ -49,6 +49,8 @@ pub struct S3Blobs {
     cache: PathBuf,
     lru: Arc<Lru>,
     runtime: Runtime,
+    /// Told of each upload before it is stored, once the store is shared through a database.
+    marks: OnceLock<Arc<dyn UploadMarks>>,
 }
 
 impl fmt::Debug for S3Blobs {
@@ -186,6 +188,7 @@ impl S3Blobs {
             cache,
             lru,
             runtime: Runtime(Some(runtime)),
+            marks: OnceLock::new(),
         };
         // Copies a previous run left count against the budget (oldest names first).
         for name in super::dir::list(&blobs.cache)? {
@@ -204,6 +207,12 @@ impl S3Blobs {
             .transpose()
             .with_context(|| format!("cannot list the bucket of {url}"))?;
         Ok(blobs)
+    }
+
+    /// Tells `marks` of every blob an upload is about to store, before it is stored (the
+    /// first call only).
+    pub fn mark_uploads(&self, marks: Arc<dyn UploadMarks>) {
+        let _ = self.marks.set(marks);
     }
 
     fn key(&self, digest: &Digest) -> Path {
@@ -275,6 +284,7 @@ impl BlobStore for S3Blobs {
                 prefix: self.prefix.clone(),
                 cache: self.cache.clone(),
                 lru: Arc::clone(&self.lru),
+                marks: self.marks.get().cloned(),
                 runtime: self
                     .runtime
                     .0
@@ -335,7 +345,7 @@ impl BlobStore for S3Blobs {
         Ok(existed)
     }
 
-    fn list(&self) -> anyhow::Result<Vec<(Digest, u64)>> {
+    fn list(&self) -> anyhow::Result<Vec<Listed>> {
         self.runtime.block_on(async {
             let mut all = Vec::new();
             let mut stream = self.store.list(Some(&self.prefix));
@@ -345,7 +355,11 @@ impl BlobStore for S3Blobs {
                     continue;
                 };
                 if let Ok(digest) = format!("sha256:{name}").parse::<Digest>() {
-                    all.push((digest, meta.size));
+                    all.push(Listed {
+                        digest,
+                        len: meta.size,
+                        modified: meta.last_modified.timestamp().max(0) as u64,
+                    });
                 }
             }
             Ok(all)
@@ -363,6 +377,7 @@ struct S3Target {
     prefix: Path,
     cache: PathBuf,
     lru: Arc<Lru>,
+    marks: Option<Arc<dyn UploadMarks>>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -394,6 +409,14 @@ impl BlobWrite for S3Writer {
         let digest = self.file.finish()?;
         let len = self.file.len;
         let target = &self.blobs;
+        // Marked before the bucket is asked whether it has the blob: a collection that might
+        // remove it either has finished by then (and the blob is uploaded again) or sees the
+        // mark and spares it.
+        if let Some(marks) = &target.marks {
+            marks
+                .mark(&digest)
+                .with_context(|| format!("cannot record the upload of blob {digest}"))?;
+        }
         let key = target.prefix.clone().join(digest.hex());
         let temp = self.file.temp.clone();
         let small = len <= CHUNK as u64;

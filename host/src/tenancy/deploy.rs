@@ -39,6 +39,7 @@ impl Tenancy {
         models: BTreeMap<String, ModelRef>,
         config: DeploymentConfig,
     ) -> Result<DeploymentRecord, Refusal> {
+        self.up_to_date(name).await?;
         let before = self.tenant(name)?;
         let record = DeploymentRecord {
             // Allocated by the store when the deployment is recorded.
@@ -138,6 +139,7 @@ impl Tenancy {
 
     /// Deletes a stored deployment that is not the active one, and the blobs only it used.
     pub async fn delete_deployment(&self, name: &str, version: u32) -> Result<(), Refusal> {
+        self.up_to_date(name).await?;
         let _changing = self.changes.lock().await;
         let tenant = self.tenant(name)?;
         if tenant.record.load().active == Some(version) {
@@ -186,6 +188,7 @@ impl Tenancy {
 
     /// Makes an existing version the active one (roll back or forward).
     pub async fn activate(&self, name: &str, version: u32) -> Result<DeploymentRecord, Refusal> {
+        self.up_to_date(name).await?;
         let before = self.tenant(name)?;
         let before_record = before.record.load_full();
         let slot = self.deploy_slot()?;

@@ -171,6 +171,17 @@ impl Tenancy {
         Ok(())
     }
 
+    /// Before a write through this server to tenant `name`: what other servers changed about
+    /// it is applied first, so that an operator may write through any server right after a
+    /// change through another (a write racing another server's still gets `409 conflict`).
+    /// Call it before taking the changes lock.
+    pub(super) async fn up_to_date(&self, name: &str) -> Result<(), Refusal> {
+        if self.platform.store.records.shared() {
+            self.refresh(name).await?;
+        }
+        Ok(())
+    }
+
     /// Makes tenant `name` here what the store says it is.
     async fn refresh(&self, name: &str) -> Result<(), Refusal> {
         let platform = Arc::clone(&self.platform);

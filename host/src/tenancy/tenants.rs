@@ -63,6 +63,7 @@ impl Tenancy {
             Some(hosts) => Some(normalize_hosts(&hosts, ErrorCode::InvalidHost)?),
             None => None,
         };
+        self.up_to_date(name).await?;
         let _changing = self.changes.lock().await;
         let existing = self.tenants.get(name).map(|t| Arc::clone(t.value()));
         let normalized = match (hosts, &existing) {
@@ -192,6 +193,7 @@ impl Tenancy {
 
     /// Deletes a tenant and all its deployment records. Requests in flight finish.
     pub async fn delete_tenant(&self, name: &str) -> Result<(), Refusal> {
+        self.up_to_date(name).await?;
         let _changing = self.changes.lock().await;
         let tenant = self.tenant(name)?;
         let store_name = name.to_owned();

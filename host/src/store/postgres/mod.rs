@@ -38,6 +38,9 @@ use super::records::{CertificateRecord, DeploymentRecord, TenantRecord, check_te
 use log::{append, change_of, listen};
 use schema::migrate;
 
+pub use collect::Collected;
+
+pub mod collect;
 mod log;
 mod schema;
 
@@ -504,6 +507,10 @@ impl Records for PgRecords {
                 revision: latest,
             })
         })
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 
     fn agree_operator_token(&self, hash: &Digest) -> anyhow::Result<()> {

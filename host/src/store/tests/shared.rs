@@ -255,6 +255,68 @@ fn put(blobs: &dyn BlobStore, bytes: &[u8]) -> Digest {
     digest
 }
 
+/// Collecting a shared bucket removes only what no stored deployment refers to, no upload
+/// marked within the grace period, and the bucket stored before it: bytes stored long ago
+/// and uploaded again just now are spared by their fresh mark. One server collects at a time.
+#[test]
+fn collection_keeps_every_referenced_or_recently_uploaded_blob() {
+    let (Some(server), Some(s3)) = (postgres_server::postgres(), s3_server::s3()) else {
+        return;
+    };
+    let url = server.database("collect");
+    let records = Arc::new(PgRecords::open(&url).unwrap());
+    let dir = TempDir::new("collect");
+    let bucket = s3_replica(s3, &s3.bucket("collect"), &dir, 1 << 30);
+    bucket.mark_uploads(Arc::clone(&records) as Arc<dyn super::super::blobs::UploadMarks>);
+
+    let component = put(&bucket, b"component");
+    let model = put(&bucket, b"model");
+    records
+        .put_tenant(&tenant("acme"), Generation::ABSENT)
+        .unwrap();
+    let mut record = super::deployment(b"component");
+    record.models.insert(
+        "m".into(),
+        records::ModelRef {
+            digest: model,
+            format: crate::backends::models::ModelFormat::Onnx,
+        },
+    );
+    records.add_deployment("acme", record).unwrap();
+    let orphan = put(&bucket, b"orphan");
+    let again = put(&bucket, b"stored long ago, uploaded again");
+    let grace = std::time::Duration::from_secs(3);
+    std::thread::sleep(grace + std::time::Duration::from_secs(1));
+    assert_eq!(put(&bucket, b"stored long ago, uploaded again"), again);
+    let fresh = put(&bucket, b"fresh");
+
+    let collected = records.collect_blobs(&bucket, grace).unwrap();
+    assert_eq!(
+        (collected.busy, collected.listed, collected.removed),
+        (false, 5, 1),
+        "{collected:?}"
+    );
+    assert_eq!(collected.bytes, 6);
+    assert_eq!(bucket.len(&orphan), None, "the orphan is gone");
+    for kept in [component, model, again, fresh] {
+        assert!(bucket.len(&kept).is_some(), "{kept} kept");
+    }
+
+    // Another server holding the lock: this one skips its turn.
+    let mut other = url
+        .parse::<::postgres::Config>()
+        .unwrap()
+        .connect(::postgres::NoTls)
+        .unwrap();
+    other
+        .execute(
+            "SELECT pg_advisory_lock($1)",
+            &[&super::super::postgres::collect::COLLECT_LOCK],
+        )
+        .unwrap();
+    assert!(records.collect_blobs(&bucket, grace).unwrap().busy);
+}
+
 /// What one replica uploads another reads, checked against its digest, from a cached copy
 /// after the first read; uploading stored bytes again is a no-op; large blobs go in parts.
 #[test]
@@ -278,7 +340,12 @@ fn blobs_in_object_storage_are_shared_verified_and_cached() {
     let path = b.local_path(&large).unwrap();
     assert!(path.starts_with(&dir_b.0), "{}", path.display());
     assert_eq!(fs::read(&path).unwrap(), large_bytes);
-    let mut listed = b.list().unwrap();
+    let mut listed: Vec<(Digest, u64)> = b
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|blob| (blob.digest, blob.len))
+        .collect();
     listed.sort();
     let mut expected = vec![(small, 11), (large, large_bytes.len() as u64)];
     expected.sort();
