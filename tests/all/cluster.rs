@@ -6,7 +6,7 @@
 use hyper::StatusCode;
 use serde_json::json;
 
-use crate::common::serve::{Corral, DataDir};
+use crate::common::serve::{Corral, DataDir, Part, multipart, send};
 use crate::common::*;
 
 #[path = "../support/postgres.rs"]
@@ -410,16 +410,15 @@ async fn servers_sharing_a_database_apply_each_others_changes() {
     );
 }
 
-/// While the database cannot be reached, servers keep serving what they have, stay ready and
-/// report themselves behind; once it is back, a change made through one reaches the other.
+/// PostgreSQL stopped for ten seconds under load: servers keep answering every request with
+/// 200, stay ready and report themselves behind; once it is back, a change made through one
+/// reaches the other.
 #[tokio::test]
 async fn a_database_outage_leaves_servers_serving_and_they_catch_up() {
-    let (Some(postgres), Some(s3)) = (postgres_server::postgres(), s3_server::s3()) else {
+    let (Some(postgres), Some(s3)) = (postgres_server::own_postgres(), s3_server::s3()) else {
         return;
     };
-    let url = postgres.database("outage");
-    let database = url.rsplit('/').next().unwrap().to_owned();
-    let config = shared_config(&url, s3, "outage");
+    let config = shared_config(&postgres.database("outage"), s3, "outage");
     let env = s3.env();
     let (dir_a, dir_b) = (DataDir::new("outage-a"), DataDir::new("outage-b"));
     let a = Corral::start_with_env(&dir_a, &config, &env);
@@ -427,46 +426,29 @@ async fn a_database_outage_leaves_servers_serving_and_they_catch_up() {
     a.probe_tenant("acme", "acme.test").await;
     until_answers(&b, "acme.test", add(), StatusCode::OK, "sum").await;
 
-    // The database refuses every connection, and the open ones are cut.
-    postgres
-        .psql(
-            "postgres",
-            &format!(
-                "ALTER DATABASE {database} ALLOW_CONNECTIONS false; \
-                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE datname = '{database}'"
-            ),
-        )
-        .unwrap();
-    let started = std::time::Instant::now();
-    let mut behind = false;
-    while started.elapsed() < std::time::Duration::from_secs(3) || !behind {
+    postgres.stop();
+    let stopped = std::time::Instant::now();
+    let (mut served, mut behind) = (0, false);
+    while stopped.elapsed() < std::time::Duration::from_secs(10) {
         for server in [&a, &b] {
             let (status, body) = server
                 .call("acme.test", "GET", "/case/add", Vec::new())
                 .await;
             assert_eq!(status, StatusCode::OK, "served during the outage: {body:?}");
+            served += 1;
         }
         let (status, body) = b.admin("GET", "/v1/status", Some(TOKEN), None).await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        behind = body["behind"] == true && body["error"].is_string();
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(30),
-            "b never reported the outage: {body}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        behind |= body["behind"] == true && body["error"].is_string();
+        let (status, _) = a.admin("GET", "/readyz", None, None).await;
+        assert_eq!(status, StatusCode::OK, "still ready: it serves what it has");
     }
-    let (status, _) = b.admin("GET", "/readyz", None, None).await;
-    assert_eq!(status, StatusCode::OK, "still ready: it serves what it has");
+    assert!(behind, "b reported the outage in /v1/status");
+    assert!(served > 20, "{served} requests during the outage");
+    postgres.start();
 
     // Back: a change through a (retried, as a client retries a 500 during an outage)
     // reaches b.
-    postgres
-        .psql(
-            "postgres",
-            &format!("ALTER DATABASE {database} ALLOW_CONNECTIONS true"),
-        )
-        .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let (status, body) = a
@@ -487,6 +469,112 @@ async fn a_database_outage_leaves_servers_serving_and_they_catch_up() {
     )
     .await;
     until_caught_up(&b).await;
+}
+
+/// A server killed (SIGKILL) under steady load leaves the two others serving every request;
+/// one killed in the middle of a deploy leaves nothing half-written that others see: the
+/// tenant keeps its version everywhere, the database has no trace of the new one, and the
+/// killed server, restarted, serves that version too.
+#[tokio::test]
+async fn killed_servers_leave_the_others_serving_and_nothing_half_written() {
+    let (Some(postgres), Some(s3)) = (postgres_server::postgres(), s3_server::s3()) else {
+        return;
+    };
+    let url = postgres.database("kill");
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let config = shared_config(&url, s3, "kill");
+    let env = s3.env();
+    let dirs: Vec<DataDir> = (0..3).map(|i| DataDir::new(&format!("kill-{i}"))).collect();
+    let mut servers: Vec<Corral> = dirs
+        .iter()
+        .map(|dir| Corral::start_with_env(dir, &config, &env))
+        .collect();
+    let token = servers[0].probe_tenant("acme", "acme.test").await;
+    for server in &servers[1..] {
+        until_answers(server, "acme.test", add(), StatusCode::OK, "sum").await;
+    }
+
+    // Load on b and c; a is killed in the middle of it.
+    let killed = servers.remove(0);
+    let mut kill = Some(killed);
+    let mut served = 0;
+    for round in 0..60 {
+        if round == 20 {
+            kill.take().unwrap().kill();
+        }
+        for server in &servers {
+            let (status, body) = server
+                .call("acme.test", "GET", "/case/add", Vec::new())
+                .await;
+            assert_eq!(status, StatusCode::OK, "round {round}: {body:?}");
+            served += 1;
+        }
+    }
+    assert_eq!(served, 120);
+
+    // b is killed while it takes a deploy (the upload, or the validation after it).
+    let b = servers.remove(0);
+    let deploy = {
+        let parts = [
+            Part::file("component", &guest("image-classifier")),
+            Part::file("model.classifier", &example_model()),
+        ];
+        let (content_type, body) = multipart(&parts);
+        let admin = b.admin;
+        let authorization = format!("Bearer {token}");
+        tokio::spawn(async move {
+            send(
+                admin,
+                "POST",
+                "/v1/tenants/acme/deployments",
+                "localhost",
+                &[
+                    ("authorization", authorization.as_str()),
+                    ("content-type", content_type.as_str()),
+                ],
+                body,
+            )
+            .await
+        })
+    };
+    // Killed once the upload has started storing its blobs: the component is marked in the
+    // database, while the model, the validation and the record are still to come.
+    let component = corral::Digest::of(&std::fs::read(guest("image-classifier")).unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while postgres
+        .psql(
+            &database,
+            &format!("SELECT count(*) FROM corral_blob_uploads WHERE digest = '{component}'"),
+        )
+        .unwrap()
+        != "1"
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", b.log_text());
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    b.kill();
+    let _ = deploy.await;
+    let c = &servers[0];
+    let (status, body) = c
+        .admin("GET", "/v1/tenants/acme/deployments", Some(&token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["active"], 1, "{body}");
+    assert_eq!(
+        body["deployments"].as_array().unwrap().len(),
+        1,
+        "no second version: {body}"
+    );
+    assert_eq!(
+        postgres
+            .psql(&database, "SELECT count(*) FROM corral_deployments")
+            .unwrap(),
+        "1"
+    );
+    let (status, _) = c.call("acme.test", "GET", "/case/add", Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    let restarted = Corral::start_with_env(&dirs[1], &config, &env);
+    until_answers(&restarted, "acme.test", add(), StatusCode::OK, "sum").await;
 }
 
 /// The configuration the Kubernetes manifests ship (deploy/kubernetes/config.yaml) is one

@@ -37,6 +37,12 @@ pub fn postgres() -> Option<&'static Postgres> {
     SERVER.get_or_init(start).as_ref()
 }
 
+/// A server of the caller's own, which it may stop and start again ([`Postgres::stop`]); gone
+/// when dropped. `None` as for [`postgres`].
+pub fn own_postgres() -> Option<Postgres> {
+    start()
+}
+
 fn bin_dir() -> PathBuf {
     std::env::var_os("CORRAL_POSTGRES_BIN")
         .map(PathBuf::from)
@@ -73,11 +79,20 @@ fn start() -> Option<Postgres> {
 dir=$(mktemp -d /tmp/corral-test-pg.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 "{bin}/initdb" -D "$dir/data" -U corral --auth=trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 || {{ cat "$dir/initdb.log" >&2; exit 1; }}
-"{bin}/postgres" -D "$dir/data" -p {port} -k "$dir" -c listen_addresses=127.0.0.1 \
-  -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
-  >"$dir/server.log" 2>&1 &
-pid=$!
-read -r _ || true
+serve() {{
+  "{bin}/postgres" -D "$dir/data" -p {port} -k "$dir" -c listen_addresses=127.0.0.1 \
+    -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
+    >>"$dir/server.log" 2>&1 &
+  pid=$!
+}}
+serve
+while read -r command; do
+  case "$command" in
+    stop) kill -INT "$pid" 2>/dev/null || true; wait "$pid" || true ;;
+    start) serve ;;
+    *) break ;;
+  esac
+done
 kill -INT "$pid" 2>/dev/null || true
 wait "$pid" || true
 "#,
@@ -102,18 +117,51 @@ wait "$pid" || true
         bin,
         _shell: Mutex::new(shell),
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while server.psql("postgres", "SELECT 1").is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the PostgreSQL test server did not start on port {port} within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    server.until_serving();
     Some(server)
 }
 
 impl Postgres {
+    /// Waits until the server answers queries (at most 60 s).
+    fn until_serving(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.psql("postgres", "SELECT 1").is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the PostgreSQL test server did not start on port {} within 60 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn command(&self, command: &str) {
+        let mut shell = self._shell.lock().unwrap();
+        let stdin = shell.stdin.as_mut().expect("the shell's pipe");
+        writeln!(stdin, "{command}").expect("the server's shell is running");
+        stdin.flush().unwrap();
+    }
+
+    /// Stops the server (a fast shutdown: connections are cut), returning once it no longer
+    /// listens. For a server from [`own_postgres`].
+    pub fn stop(&self) {
+        self.command("stop");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL still listens 30 s after stop"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts a stopped server again on the same port and data, returning once it answers.
+    pub fn start(&self) {
+        self.command("start");
+        self.until_serving();
+    }
+
     /// Runs `sql` with `psql` against `database`; its output, or why it failed.
     pub fn psql(&self, database: &str, sql: &str) -> Result<String, String> {
         if TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_err() {
@@ -165,9 +213,8 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         if let Ok(mut shell) = self._shell.lock() {
-            if let Some(stdin) = shell.stdin.as_mut() {
-                let _ = stdin.write_all(b"stop\n");
-            }
+            // The pipe's end stops the server and removes its directory.
+            drop(shell.stdin.take());
             let _ = shell.wait();
         }
     }
