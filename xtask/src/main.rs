@@ -8,7 +8,8 @@
 //!   image and prints the predictions.
 //! - `test`: setup + build, then `cargo test --workspace --features corral/torch` with
 //!   `LIBTORCH` pointing at the installed libtorch (extra arguments are passed on).
-//! - `bench [--quick]`: every side-by-side benchmark, written to `docs/benchmarks.md`
+//! - `bench [--quick | --report | --cluster | --only SCENARIO..]`: every side-by-side
+//!   benchmark, written to `docs/benchmarks.md`
 //!   (`--quick`: a few minutes, written under the target directory instead); see `bench/mod.rs`.
 
 mod bench;
@@ -35,7 +36,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("bench") => bench::bench(&args[1..]),
         _ => {
-            Err("usage: cargo xtask <setup | build-guests | demo | test [cargo test args] | bench [--quick]>".into())
+            Err("usage: cargo xtask <setup | build-guests | demo | test [cargo test args] | bench [--quick | --report | --cluster | --only SCENARIO..]>".into())
         }
     };
     match result {

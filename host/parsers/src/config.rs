@@ -471,10 +471,11 @@ impl Config {
         let from_file: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut table: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut overridden = Vec::new();
-        let env: Vec<(String, String)> = env
+        let mut env: Vec<(String, String)> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with("CORRAL_"))
             .collect();
+        secrets_from_files(&mut env)?;
         let defaults = toml::Value::try_from(Config::default()).ok();
         for (path, variable) in env_keys() {
             // An empty variable counts as unset.
@@ -634,6 +635,36 @@ pub fn env_keys() -> Vec<(String, String)> {
             (path, variable)
         })
         .collect()
+}
+
+/// The keys that hold secrets: each may also be given as a file's content through
+/// `CORRAL_..._FILE` (a mounted Kubernetes or Docker secret).
+const SECRETS: &[&str] = &["CORRAL_ADMIN_TOKEN", "CORRAL_CLUSTER_DATABASE_URL"];
+
+/// Adds to `env` each secret given as `CORRAL_..._FILE` (the file's content without its
+/// trailing newline) and not given directly; a file that cannot be read is an error naming
+/// the variable and the file.
+fn secrets_from_files(env: &mut Vec<(String, String)>) -> anyhow::Result<()> {
+    for secret in SECRETS {
+        let file_variable = format!("{secret}_FILE");
+        let Some((_, path)) = env
+            .iter()
+            .find(|(k, v)| *k == file_variable && !v.is_empty())
+            .cloned()
+        else {
+            continue;
+        };
+        if env.iter().any(|(k, v)| k == secret && !v.is_empty()) {
+            anyhow::bail!("{secret} and {file_variable} are both set: give one");
+        }
+        let content = std::fs::read_to_string(&path)
+            .with_context(|| format!("{file_variable}: cannot read {path}"))?;
+        env.push((
+            (*secret).to_owned(),
+            content.trim_end_matches(['\n', '\r']).to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 /// An environment value: as given for keys that hold strings, else as a TOML value (`500`,
@@ -839,6 +870,47 @@ mod tests {
             text.contains("cpu_ms") && text.contains("CORRAL_LIMITS_CPU_MS"),
             "{text}"
         );
+    }
+    /// Secrets may come from files (`CORRAL_..._FILE`, as Kubernetes and Docker mount them),
+    /// never from both a file and the variable.
+    #[test]
+    fn secrets_come_from_files_too() {
+        let dir = std::env::temp_dir().join(format!("corral-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, "secret-token-from-a-file-0123\n").unwrap();
+        let file = |k: &str| (k.to_owned(), token.display().to_string());
+        let config = Config::parse("", [file("CORRAL_ADMIN_TOKEN_FILE")]).unwrap();
+        assert_eq!(
+            config.admin_token.as_deref(),
+            Some("secret-token-from-a-file-0123")
+        );
+        let config = Config::parse("", [file("CORRAL_CLUSTER_DATABASE_URL_FILE")]).unwrap();
+        assert_eq!(config.cluster.database_url, "secret-token-from-a-file-0123");
+        let both = Config::parse(
+            "",
+            [
+                file("CORRAL_ADMIN_TOKEN_FILE"),
+                ("CORRAL_ADMIN_TOKEN".into(), "x".repeat(20)),
+            ],
+        )
+        .unwrap_err();
+        assert!(format!("{both:#}").contains("both set"), "{both:#}");
+        let missing = dir.join("absent");
+        let err = Config::parse(
+            "",
+            [(
+                "CORRAL_ADMIN_TOKEN_FILE".into(),
+                missing.display().to_string(),
+            )],
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("CORRAL_ADMIN_TOKEN_FILE")
+                && format!("{err:#}").contains("absent"),
+            "{err:#}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! plots in `docs/benchmarks/` (`--quick`: shorter, under `target/bench/`; `--report`: the
 //! document again from the last full run's `target/bench/results.json`, measuring nothing;
 //! `--only batching|neighbour|churn`: the inference scheduler's scenarios alone, rewriting only
-//! their section of the document).
+//! their section of the document; `--cluster`: three replicas sharing PostgreSQL and S3,
+//! rewriting only their section).
 //!
 //! Load comes from `wrk` (Debian's `wrk` package) with `xtask/bench/wrk.lua`; in-process
 //! figures (native ONNX Runtime, instantiation, session memory, tenant deployment) come from
@@ -31,7 +32,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use super::{Result, build_guests, cargo, root, run, setup, target_dir};
-use report::{machine, report, scheduler_report, splice};
+use report::{machine, report, scheduler_report, splice, splice_between};
 use scenarios::{
     cold_start::cold_start, density::density, fixed::fixed, instantiation::instantiation,
     overhead::overhead, python::python_pair, sessions::sessions,
@@ -96,13 +97,15 @@ struct Kit {
 pub fn bench(args: &[String]) -> Result {
     let usage = || {
         format!(
-            "usage: cargo xtask bench [--quick | --report | --only SCENARIO...] (scenarios: {})",
+            "usage: cargo xtask bench [--quick | --report | --cluster | --only SCENARIO...] \
+             (scenarios: {})",
             scenarios::SCENARIOS.join(", ")
         )
     };
     let (quick, only) = match args {
         [] => (false, Vec::new()),
         [flag] if flag == "--quick" => (true, Vec::new()),
+        [flag] if flag == "--cluster" => (false, vec![flag.clone()]),
         [flag] if flag == "--report" => return rewrite_report(),
         [flag, names @ ..] if flag == "--only" && !names.is_empty() => {
             if let Some(name) = names
@@ -127,11 +130,14 @@ pub fn bench(args: &[String]) -> Result {
         "--example",
         "bench_probe",
     ]))?;
-    let wrk = which("wrk").ok_or(
-        "wrk is not installed: on Debian or Ubuntu, `sudo apt-get install wrk` (the load generator \
-         every comparison uses)",
-    )?;
-    eprintln!("xtask: load generator {}", wrk.display());
+    // The cluster's scenario drives its servers itself.
+    if only != ["--cluster"] {
+        let wrk = which("wrk").ok_or(
+            "wrk is not installed: on Debian or Ubuntu, `sudo apt-get install wrk` (the load \
+             generator every comparison uses)",
+        )?;
+        eprintln!("xtask: load generator {}", wrk.display());
+    }
     let python = python_env()?;
     // The scheduler's scenarios alone never start `wasmtime serve`.
     let wasmtime = if only.is_empty() {
@@ -164,6 +170,9 @@ pub fn bench(args: &[String]) -> Result {
         commands: Vec::new(),
     };
     let started = Instant::now();
+    if only == ["--cluster"] {
+        return cluster_only(&mut kit);
+    }
     if !only.is_empty() {
         return scheduler_only(&mut kit, &only);
     }
@@ -254,6 +263,25 @@ fn scheduler_only(kit: &mut Kit, scenarios: &[String]) -> Result {
     let section = scheduler_report(&results, &kit.commands);
     std::fs::write(&doc, splice(&text, &section)).map_err(|e| format!("{}: {e}", doc.display()))?;
     eprintln!("xtask: scheduler benchmarks written to {}", doc.display());
+    Ok(())
+}
+
+/// `--cluster`: three replicas sharing PostgreSQL and S3, into their own section of
+/// docs/benchmarks.md (results in `target/bench/results-cluster.json`).
+fn cluster_only(kit: &mut Kit) -> Result {
+    let results = scenarios::cluster::cluster(kit)?;
+    std::fs::write(
+        kit.work.join("results-cluster.json"),
+        format!("{results:#}"),
+    )
+    .map_err(|e| e.to_string())?;
+    let doc = root().join("docs/benchmarks.md");
+    let text = std::fs::read_to_string(&doc).map_err(|e| format!("{}: {e}", doc.display()))?;
+    let section = scenarios::cluster::section(&results, &kit.commands);
+    let markers = (scenarios::cluster::BEGIN, scenarios::cluster::END);
+    std::fs::write(&doc, splice_between(&text, &section, markers))
+        .map_err(|e| format!("{}: {e}", doc.display()))?;
+    eprintln!("xtask: cluster benchmarks written to {}", doc.display());
     Ok(())
 }
 

@@ -281,13 +281,19 @@ pub(super) const END: &str = "<!-- end of scheduler benchmarks -->";
 /// `doc` with its scheduler section (between [`BEGIN`] and [`END`]) replaced by `section`, or
 /// `section` appended.
 pub(super) fn splice(doc: &str, section: &str) -> String {
-    let block = format!("{BEGIN}\n{section}{END}\n");
-    match (doc.find(BEGIN), doc.find(END)) {
-        (Some(begin), Some(end)) if end > begin => {
+    splice_between(doc, section, (BEGIN, END))
+}
+
+/// `doc` with the section between the `begin` and `end` markers replaced by `section`, or
+/// `section` appended with them.
+pub(super) fn splice_between(doc: &str, section: &str, (begin, end): (&str, &str)) -> String {
+    let block = format!("{begin}\n{section}{end}\n");
+    match (doc.find(begin), doc.find(end)) {
+        (Some(from), Some(to)) if to > from => {
             format!(
                 "{}{block}{}",
-                &doc[..begin],
-                &doc[end + END.len()..].trim_start_matches('\n')
+                &doc[..from],
+                &doc[to + end.len()..].trim_start_matches('\n')
             )
         }
         _ => format!("{}\n{block}", doc.trim_end()),

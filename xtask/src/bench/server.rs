@@ -117,6 +117,16 @@ impl Corral {
         Self::launch(kit, name, dir, &[])
     }
 
+    /// [`Corral::start_in`] with extra environment variables.
+    pub(super) fn start_in_with(
+        kit: &mut Kit,
+        name: &str,
+        dir: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        Self::launch(kit, name, dir, env)
+    }
+
     fn launch(kit: &mut Kit, name: &str, dir: PathBuf, env: &[(&str, &str)]) -> Result<Self> {
         let (data, admin) = (free_addr()?, free_addr()?);
         let mut command = Command::new(&kit.corral);
@@ -134,10 +144,14 @@ impl Corral {
             command.env(key, value);
         }
         let server = Server::start(kit, name, &mut command, admin)?;
-        let token = std::fs::read_to_string(dir.join("admin-token"))
-            .map_err(|e| format!("{}: {e}", dir.join("admin-token").display()))?
-            .trim()
-            .to_owned();
+        // A token given (cluster mode) is not written to the data directory.
+        let token = match env.iter().find(|(key, _)| *key == "CORRAL_ADMIN_TOKEN") {
+            Some((_, token)) => (*token).to_owned(),
+            None => std::fs::read_to_string(dir.join("admin-token"))
+                .map_err(|e| format!("{}: {e}", dir.join("admin-token").display()))?
+                .trim()
+                .to_owned(),
+        };
         Ok(Self {
             server,
             data,

@@ -17,7 +17,7 @@ use crate::bench::server::{Corral, guest, metric_sum, metrics};
 
 /// EfficientNet-Lite0 with a `doc_string` naming `n` appended (field 6 of ModelProto): the
 /// same network, distinct bytes.
-fn distinct_classifier(kit: &Kit, dir: &Path, n: usize) -> Result<PathBuf> {
+pub(in crate::bench) fn distinct_classifier(kit: &Kit, dir: &Path, n: usize) -> Result<PathBuf> {
     let mut bytes = std::fs::read(&kit.classifier).map_err(|e| e.to_string())?;
     let doc = format!("copy {n}");
     bytes.push(0x32);

@@ -1,9 +1,11 @@
 //! The benchmark scenarios, one file each with its measurement and its section of
-//! `docs/benchmarks.md`: the full run's seven (sections 1 to 7) and the inference
-//! scheduler's four, which `--only` runs alone and which keep their own section.
+//! `docs/benchmarks.md`: the full run's seven (sections 1 to 7), the inference scheduler's
+//! four, which `--only` runs alone and which keep their own section, and the cluster's, which
+//! `--cluster` runs alone into a section of its own.
 
 pub(super) mod batching;
 pub(super) mod churn;
+pub(super) mod cluster;
 pub(super) mod cold_start;
 pub(super) mod density;
 pub(super) mod fixed;
