@@ -34,13 +34,18 @@ static DATABASES: AtomicUsize = AtomicUsize::new(0);
 /// The test process's server, started on first use. `None` when PostgreSQL is not installed
 /// on a developer's machine (the caller skips, saying so); under `CI=true` that is a failure.
 pub fn postgres() -> Option<&'static Postgres> {
-    SERVER.get_or_init(start).as_ref()
+    SERVER.get_or_init(|| start(None)).as_ref()
 }
 
 /// A server of the caller's own, which it may stop and start again ([`Postgres::stop`]); gone
 /// when dropped. `None` as for [`postgres`].
 pub fn own_postgres() -> Option<Postgres> {
-    start()
+    start(None)
+}
+
+/// [`own_postgres`] serving TLS (`ssl = on`) with `cert` and `key` (PEM), besides plain TCP.
+pub fn own_postgres_tls(cert: &str, key: &str) -> Option<Postgres> {
+    start(Some((cert, key)))
 }
 
 fn bin_dir() -> PathBuf {
@@ -56,7 +61,7 @@ fn is_root() -> bool {
         .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
 }
 
-fn start() -> Option<Postgres> {
+fn start(tls: Option<(&str, &str)>) -> Option<Postgres> {
     let bin = bin_dir();
     if !bin.join("initdb").is_file() {
         assert!(
@@ -79,10 +84,15 @@ fn start() -> Option<Postgres> {
 dir=$(mktemp -d /tmp/corral-test-pg.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 "{bin}/initdb" -D "$dir/data" -U corral --auth=trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 || {{ cat "$dir/initdb.log" >&2; exit 1; }}
+tls=""
+if [ -n "$CORRAL_PG_CERT" ]; then
+  (umask 077; printf '%s' "$CORRAL_PG_CERT" >"$dir/server.crt"; printf '%s' "$CORRAL_PG_KEY" >"$dir/server.key")
+  tls="-c ssl=on -c ssl_cert_file=$dir/server.crt -c ssl_key_file=$dir/server.key"
+fi
 serve() {{
   "{bin}/postgres" -D "$dir/data" -p {port} -k "$dir" -c listen_addresses=127.0.0.1 \
     -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 \
-    >>"$dir/server.log" 2>&1 &
+    $tls >>"$dir/server.log" 2>&1 &
   pid=$!
 }}
 serve
@@ -107,6 +117,11 @@ wait "$pid" || true
         c.args(["-c", &script]);
         c
     };
+    if let Some((cert, key)) = tls {
+        command
+            .env("CORRAL_PG_CERT", cert)
+            .env("CORRAL_PG_KEY", key);
+    }
     let shell = command
         .current_dir("/")
         .stdin(Stdio::piped())

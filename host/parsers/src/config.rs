@@ -328,6 +328,9 @@ pub struct ClusterSettings {
     /// PostgreSQL holding tenants, host names, token hashes, limits, certificates and
     /// deployments (`postgres://user:password@host:5432/dbname`); empty: the data directory.
     pub database_url: String,
+    /// PEM certificates that the database's TLS certificate must chain to (with `sslmode`
+    /// `prefer` or `require` in `database_url`); empty: the system's certificate bundle.
+    pub database_ca_file: PathBuf,
     /// S3-compatible object storage holding components and models (`s3://bucket` or
     /// `s3://bucket/prefix`; endpoint and credentials from the `AWS_*` variables); empty:
     /// the data directory.
@@ -352,6 +355,7 @@ impl Default for ClusterSettings {
     fn default() -> Self {
         Self {
             database_url: String::new(),
+            database_ca_file: PathBuf::new(),
             blob_url: String::new(),
             cache_bytes: 20 << 30,
             poll_interval_ms: 5000,

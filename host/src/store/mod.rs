@@ -66,7 +66,9 @@ impl Store {
             None
         } else {
             let shown = ClusterSettings::redact(&cluster.database_url);
-            let records = PgRecords::open(&cluster.database_url)
+            let ca_file = (!cluster.database_ca_file.as_os_str().is_empty())
+                .then_some(cluster.database_ca_file.as_path());
+            let records = PgRecords::open(&cluster.database_url, ca_file)
                 .with_context(|| format!("cannot open the database {shown}"))?;
             tracing::info!(database = %shown, "records are kept in the database");
             Some(Arc::new(records))

@@ -5,8 +5,9 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use anyhow::bail;
+use postgres::Transaction;
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{NoTls, Transaction};
+use postgres_rustls::MakeTlsConnector;
 use tokio::sync::Notify;
 
 use super::db_error;
@@ -70,14 +71,18 @@ const LISTEN_RETRY: Duration = Duration::from_secs(2);
 /// its own, until `wake` is dropped. Each time it (re)connects it wakes `wake` once too, for
 /// what was written while it was not listening. Notifications are not durable and a broken
 /// connection loses some: followers poll as well.
-pub(super) fn listen(mut config: postgres::Config, wake: Weak<Notify>) -> anyhow::Result<()> {
+pub(super) fn listen(
+    mut config: postgres::Config,
+    tls: MakeTlsConnector,
+    wake: Weak<Notify>,
+) -> anyhow::Result<()> {
     config.application_name("corral-listen");
     std::thread::Builder::new()
         .name("corral-listen".into())
         .spawn(move || {
             let mut warned = false;
             while wake.strong_count() > 0 {
-                match hear(&config, &wake) {
+                match hear(&config, &tls, &wake) {
                     Ok(()) => return,
                     Err(e) => {
                         if !warned {
@@ -94,8 +99,12 @@ pub(super) fn listen(mut config: postgres::Config, wake: Weak<Notify>) -> anyhow
 
 /// One connection's worth of [`listen`]: returns when `wake` is gone, fails when the
 /// connection does.
-fn hear(config: &postgres::Config, wake: &Weak<Notify>) -> anyhow::Result<()> {
-    let mut client = config.connect(NoTls).map_err(db_error)?;
+fn hear(
+    config: &postgres::Config,
+    tls: &MakeTlsConnector,
+    wake: &Weak<Notify>,
+) -> anyhow::Result<()> {
+    let mut client = config.connect(tls.clone()).map_err(db_error)?;
     client
         .batch_execute(&format!("LISTEN {CHANNEL}"))
         .map_err(db_error)?;

@@ -18,16 +18,19 @@
 //!
 //! The client is the synchronous `postgres` crate: like every [`Records`] call, its calls
 //! block, and are made from the blocking pool. One connection, reopened after it breaks;
-//! a statement may run at most [`STATEMENT_TIMEOUT`].
+//! a statement may run at most [`STATEMENT_TIMEOUT`]. Connections use TLS as the URL's
+//! `sslmode` asks, always verified ([`tls`]).
 
 use std::cell::Cell;
 use std::fmt;
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use postgres::error::SqlState;
-use postgres::{Client, NoTls, Transaction};
+use postgres::{Client, Transaction};
+use postgres_rustls::MakeTlsConnector;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
@@ -43,6 +46,7 @@ pub use collect::Collected;
 pub mod collect;
 mod log;
 mod schema;
+mod tls;
 
 /// The advisory lock every write transaction takes first (an arbitrary constant: "corral-w").
 const WRITE_LOCK: i64 = 0x636f_7272_616c_2d77;
@@ -56,6 +60,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Records in a PostgreSQL database.
 pub struct PgRecords {
     config: postgres::Config,
+    /// TLS for every connection, as the URL's `sslmode` asks (see [`tls`]).
+    tls: MakeTlsConnector,
     /// The connection; `None` after it broke, until the next call reopens it.
     client: Mutex<Option<Client>>,
 }
@@ -72,8 +78,9 @@ impl fmt::Debug for PgRecords {
 
 impl PgRecords {
     /// Connects to the database at `url` (`postgres://user:password@host:port/dbname`, or
-    /// libpq's `key=value` form) and brings its schema up to date. Blocking.
-    pub fn open(url: &str) -> anyhow::Result<Self> {
+    /// libpq's `key=value` form; `sslmode` as [`tls`] says, verified against `ca_file` or the
+    /// system's certificates) and brings its schema up to date. Blocking.
+    pub fn open(url: &str, ca_file: Option<&Path>) -> anyhow::Result<Self> {
         let mut config: postgres::Config = url
             .parse()
             .map_err(|e| anyhow::anyhow!("[cluster] database_url is not a valid URL: {e}"))?;
@@ -88,6 +95,7 @@ impl PgRecords {
             ));
         let records = Self {
             config,
+            tls: tls::connector(ca_file)?,
             client: Mutex::new(None),
         };
         records.read(migrate)?;
@@ -95,7 +103,7 @@ impl PgRecords {
     }
 
     fn connect(&self) -> anyhow::Result<Client> {
-        self.config.connect(NoTls).with_context(|| {
+        self.config.connect(self.tls.clone()).with_context(|| {
             format!(
                 "cannot connect to the database ({:?}, database {:?})",
                 self.config.get_hosts(),
@@ -542,7 +550,7 @@ impl Records for PgRecords {
     }
 
     fn listen(&self, wake: Weak<Notify>) -> bool {
-        match listen(self.config.clone(), wake) {
+        match listen(self.config.clone(), self.tls.clone(), wake) {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start listening for other servers' changes; polling only");

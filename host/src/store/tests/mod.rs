@@ -262,7 +262,7 @@ fn each_records(name: &str, case: impl Fn(&dyn Records)) {
     let store = Store::open(&dir.0, &Default::default()).unwrap();
     case(&*store.records);
     if let Some(server) = postgres_server::postgres() {
-        let records = PgRecords::open(&server.database(name)).unwrap();
+        let records = PgRecords::open(&server.database(name), None).unwrap();
         case(&records);
     }
 }

@@ -25,8 +25,8 @@ fn replicas_racing_for_a_host_name_cannot_both_win() {
         return;
     };
     let replicas = [
-        PgRecords::open(&url).unwrap(),
-        PgRecords::open(&url).unwrap(),
+        PgRecords::open(&url, None).unwrap(),
+        PgRecords::open(&url, None).unwrap(),
     ];
     let start = replicas[0].revision().unwrap();
     const NAMES: usize = 20;
@@ -83,7 +83,7 @@ fn the_schema_is_migrated_once_and_a_newer_one_is_refused() {
     let name = url.rsplit('/').next().unwrap().to_owned();
     let records = std::thread::scope(|scope| {
         let openers: Vec<_> = (0..3)
-            .map(|_| scope.spawn(|| PgRecords::open(&url)))
+            .map(|_| scope.spawn(|| PgRecords::open(&url, None)))
             .collect();
         openers
             .into_iter()
@@ -101,14 +101,14 @@ fn the_schema_is_migrated_once_and_a_newer_one_is_refused() {
         "each migration applied once"
     );
     drop(records);
-    PgRecords::open(&url).unwrap();
+    PgRecords::open(&url, None).unwrap();
     server
         .psql(
             &name,
             "INSERT INTO corral_schema_migrations (version) VALUES (99)",
         )
         .unwrap();
-    let err = format!("{:#}", PgRecords::open(&url).unwrap_err());
+    let err = format!("{:#}", PgRecords::open(&url, None).unwrap_err());
     assert!(err.contains("version 99") && err.contains("newer"), "{err}");
 }
 
@@ -121,7 +121,7 @@ fn a_dropped_connection_is_reopened() {
     };
     let url = server.database("reconnect");
     let name = url.rsplit('/').next().unwrap().to_owned();
-    let records = PgRecords::open(&url).unwrap();
+    let records = PgRecords::open(&url, None).unwrap();
     let generation = records
         .put_tenant(&tenant("acme"), Generation::ABSENT)
         .unwrap();
@@ -145,9 +145,71 @@ fn a_dropped_connection_is_reopened() {
     assert_eq!(records.tenant("acme").unwrap().unwrap().generation, next);
     let err = format!(
         "{:#}",
-        PgRecords::open(&server.url("no_such_database")).unwrap_err()
+        PgRecords::open(&server.url("no_such_database"), None).unwrap_err()
     );
     assert!(err.contains("no_such_database"), "{err}");
+}
+
+/// A CA, and a certificate it signed for 127.0.0.1 with its key: (CA PEM, cert PEM, key PEM).
+fn test_certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// With `sslmode=require` the connection is TLS, verified against `database_ca_file`; a
+/// server whose certificate is not trusted, or one without TLS, is refused, saying why.
+#[test]
+fn the_database_connection_can_be_tls_and_is_verified() {
+    if postgres_server::postgres().is_none() {
+        return;
+    }
+    let (ca, cert, key) = test_certificates();
+    let server = postgres_server::own_postgres_tls(&cert, &key).unwrap();
+    let dir = TempDir::new("pg-tls");
+    fs::create_dir_all(&dir.0).unwrap();
+    let ca_file = dir.0.join("ca.pem");
+    fs::write(&ca_file, ca).unwrap();
+    let url = format!("{}?sslmode=require", server.database("tls"));
+    let records = PgRecords::open(&url, Some(&ca_file)).unwrap();
+    records
+        .put_tenant(&tenant("acme"), Generation::ABSENT)
+        .unwrap();
+    assert_eq!(
+        server
+            .psql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+                 WHERE ssl AND application_name = 'corral'"
+            )
+            .unwrap(),
+        "1",
+        "the connection is TLS"
+    );
+
+    // A CA that did not sign the server's certificate.
+    let (other_ca, _, _) = test_certificates();
+    let other = dir.0.join("other.pem");
+    fs::write(&other, other_ca).unwrap();
+    let err = format!("{:#}", PgRecords::open(&url, Some(&other)).unwrap_err());
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+
+    // A server without TLS, when TLS is required.
+    let plain = format!(
+        "{}?sslmode=require",
+        postgres_server::postgres().unwrap().database("tls_plain")
+    );
+    let err = format!("{:#}", PgRecords::open(&plain, Some(&ca_file)).unwrap_err());
+    assert!(err.contains("TLS"), "{err}");
 }
 
 /// A server listening hears every other server's write at once, and keeps hearing them after
@@ -160,8 +222,8 @@ fn a_listening_server_hears_each_write_and_survives_a_cut() {
     let url = server.database("listen");
     let name = url.rsplit('/').next().unwrap().to_owned();
     let (listener, writer) = (
-        PgRecords::open(&url).unwrap(),
-        PgRecords::open(&url).unwrap(),
+        PgRecords::open(&url, None).unwrap(),
+        PgRecords::open(&url, None).unwrap(),
     );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -264,7 +326,7 @@ fn collection_keeps_every_referenced_or_recently_uploaded_blob() {
         return;
     };
     let url = server.database("collect");
-    let records = Arc::new(PgRecords::open(&url).unwrap());
+    let records = Arc::new(PgRecords::open(&url, None).unwrap());
     let dir = TempDir::new("collect");
     let bucket = s3_replica(s3, &s3.bucket("collect"), &dir, 1 << 30);
     bucket.mark_uploads(Arc::clone(&records) as Arc<dyn super::super::blobs::UploadMarks>);
