@@ -93,6 +93,15 @@ pub enum RecordError {
     Store(#[from] anyhow::Error),
 }
 
+/// [`Records::remove_deployment`] of the version the tenant runs: the store refuses it, so
+/// that a server whose view is behind another's activation cannot remove what it activated.
+#[derive(Debug, thiserror::Error)]
+#[error("version {version} is the active deployment of '{tenant}'; activate another first")]
+pub struct ActiveDeployment {
+    pub tenant: String,
+    pub version: u32,
+}
+
 /// Where tenants and their deployments are recorded. Every call may block on I/O.
 pub trait Records: Send + Sync + fmt::Debug {
     /// Every tenant's name, sorted.
@@ -125,7 +134,8 @@ pub trait Records: Send + Sync + fmt::Debug {
         tenant: &str,
         record: DeploymentRecord,
     ) -> anyhow::Result<DeploymentRecord>;
-    /// Removes a deployment, returning it; `None` if it was not stored.
+    /// Removes a deployment, returning it; `None` if it was not stored. The tenant's active
+    /// version is refused ([`ActiveDeployment`]), whichever server activated it.
     fn remove_deployment(
         &self,
         tenant: &str,
@@ -398,6 +408,16 @@ impl Records for DirRecords {
         let Some(record) = self.read::<DeploymentRecord>(&path)? else {
             return Ok(None);
         };
+        let active = self
+            .read::<TenantRecord>(&tenant_path(tenant))?
+            .and_then(|t| t.active);
+        if active == Some(version) {
+            return Err(ActiveDeployment {
+                tenant: tenant.to_owned(),
+                version,
+            }
+            .into());
+        }
         self.dir.remove_file(&path)?;
         state.record(Change::Deployment {
             tenant: tenant.to_owned(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::{LiveDeployment, Refusal, Tenancy, Tenant, Validation, blocking};
 use crate::backends::models::ModelFormat;
 use crate::error::ErrorCode;
+use crate::store::record_store::ActiveDeployment;
 use crate::store::records::{DeploymentConfig, DeploymentRecord, ModelRef, TenantRecord};
 use crate::store::{Digest, stored_deployments};
 
@@ -153,7 +154,12 @@ impl Tenancy {
             let deployment = platform
                 .store
                 .records
-                .remove_deployment(&store_name, version)?
+                .remove_deployment(&store_name, version)
+                .map_err(|e| match e.downcast_ref::<ActiveDeployment>() {
+                    // Another server activated it after this one last heard.
+                    Some(active) => Refusal::conflict(active.to_string()),
+                    None => Refusal::Internal(e),
+                })?
                 .ok_or_else(|| {
                     Refusal::not_found(format!("tenant '{store_name}' has no version {version}"))
                 })?;

@@ -36,7 +36,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use super::Digest;
-use super::record_store::{Change, Changes, Generation, RecordError, Records, Versioned};
+use super::record_store::{
+    ActiveDeployment, Change, Changes, Generation, RecordError, Records, Versioned,
+};
 use super::records::{CertificateRecord, DeploymentRecord, TenantRecord, check_tenant_name};
 use log::{append, change_of, listen};
 use schema::migrate;
@@ -395,6 +397,20 @@ impl Records for PgRecords {
         version: u32,
     ) -> anyhow::Result<Option<DeploymentRecord>> {
         self.write(|tx| {
+            let active: Option<i64> = tx
+                .query_opt(
+                    "SELECT (record->>'active')::bigint FROM corral_tenants WHERE name = $1",
+                    &[&tenant],
+                )
+                .map_err(db_error)?
+                .and_then(|row| row.get(0));
+            if active == Some(i64::from(version)) {
+                return Err(ActiveDeployment {
+                    tenant: tenant.to_owned(),
+                    version,
+                }
+                .into());
+            }
             let row = tx
                 .query_opt(
                     "DELETE FROM corral_deployments WHERE tenant = $1 AND version = $2

@@ -372,6 +372,18 @@ fn the_store_allocates_versions_and_a_deleted_tenant_takes_its_deployments() {
             4
         );
         records.put_certificate("acme", &certificate()).unwrap();
+        // The version the tenant runs cannot be removed, whoever asks.
+        let mut active = tenant("acme");
+        active.active = Some(3);
+        let generation = records.put_tenant(&active, generation).unwrap();
+        let refused = records.remove_deployment("acme", 3).unwrap_err();
+        assert!(
+            refused
+                .downcast_ref::<record_store::ActiveDeployment>()
+                .is_some(),
+            "{refused:#}"
+        );
+        assert_eq!(records.versions("acme").unwrap(), [1, 3, 4]);
 
         let gone = records.delete_tenant("acme", generation).unwrap();
         assert_eq!(
