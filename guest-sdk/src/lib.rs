@@ -24,13 +24,14 @@
 use std::fmt;
 
 pub mod http;
+pub mod metadata;
 #[cfg(feature = "vision")]
 pub mod vision;
 
 #[allow(missing_docs)]
 mod bindings {
     wit_bindgen::generate!({
-        world: "corral:service/nn",
+        world: "corral:service/nn-models",
         path: "../wit",
         generate_all,
     });
@@ -38,6 +39,9 @@ mod bindings {
 
 /// The raw `wasi:nn` bindings, for anything the typed API does not cover.
 pub use bindings::wasi::nn as wasi_nn;
+
+/// The raw bindings of Corral's own `corral:service/models` interface ([`metadata`] wraps it).
+pub use bindings::corral::service::models as corral_models;
 
 use wasi_nn::errors::ErrorCode;
 use wasi_nn::tensor::TensorType;
@@ -101,6 +105,14 @@ impl Model {
     pub fn load(name: &str) -> Result<Self, Error> {
         let graph = wasi_nn::graph::load_by_name(name).map_err(Error::from_wasi)?;
         Ok(Self { graph })
+    }
+
+    /// What the model takes and gives: its inputs' and outputs' names, element types and
+    /// shapes. Corral only (`corral:service/models`): a component that calls it no longer
+    /// runs under `wasmtime serve`.
+    pub fn describe(&self) -> Result<metadata::Signature, Error> {
+        let described = corral_models::describe(&self.graph).map_err(Error::from_wasi)?;
+        Ok(metadata::Signature::from_wit(described))
     }
 
     /// Runs the model on named inputs and returns every output.

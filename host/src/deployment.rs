@@ -193,7 +193,13 @@ impl DeploymentBuilder {
             parts.config,
             validation,
         )?;
-        let nn = NnCtx::new(Arc::new(models), Arc::clone(&self.inference), tenant);
+        // Guests may read the configuration they were deployed with (`corral:service/models`).
+        // (A record of strings and numbers: encoding it cannot fail.)
+        let config = (!parts.config.is_empty())
+            .then(|| serde_json::to_string(parts.config).ok())
+            .flatten();
+        let nn =
+            NnCtx::new(Arc::new(models), Arc::clone(&self.inference), tenant).with_config(config);
         let service = Service::new(&self.engine, &component, nn).map_err(BuildError::Link)?;
         Ok(Built {
             service: Arc::new(service),

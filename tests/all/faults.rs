@@ -134,6 +134,12 @@ fn cases() -> Vec<Case> {
             code: "nn_limit",
             check: any,
         },
+        Case {
+            path: "/fault/many-describes",
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "nn_limit",
+            check: any,
+        },
         // Everything a guest makes the host hold through wasi:nn is counted: dimension lists,
         // live resources, names, every copy of an output.
         Case {

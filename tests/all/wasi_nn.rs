@@ -124,3 +124,76 @@ async fn the_sandbox_grants_no_environment_files_or_outgoing_http() {
         "no arguments beyond a program name: {result}"
     );
 }
+
+/// `corral:service/models` describes each model of the deployment as the model declares it
+/// (names, element types, shapes, dynamic dimensions as null), and a deployment without a
+/// configuration has none.
+#[tokio::test]
+async fn a_guest_can_read_its_models_signatures() {
+    let result = case("describe").await;
+    assert_eq!(result["ok"], true, "{result}");
+    let models = &result["detail"]["models"];
+    let names: Vec<&String> = models.as_object().unwrap().keys().collect();
+    assert_eq!(names, ["add", "bool", "identity"], "{result}");
+    assert_eq!(
+        models["add"],
+        serde_json::json!({
+            "inputs": [
+                { "name": "a", "datatype": "TensorType::Fp32", "shape": [2, 2] },
+                { "name": "b", "datatype": "TensorType::Fp32", "shape": [2, 2] },
+            ],
+            "outputs": [{ "name": "sum", "datatype": "TensorType::Fp32", "shape": [2, 2] }],
+        }),
+        "{result}"
+    );
+    // A dynamic dimension is none.
+    assert_eq!(
+        models["identity"]["inputs"][2],
+        serde_json::json!({ "name": "x_f32", "datatype": "TensorType::Fp32", "shape": [null, 4] }),
+        "{result}"
+    );
+    // An element type wasi:nn cannot carry is named as none.
+    assert_eq!(
+        models["bool"]["outputs"][0]["datatype"],
+        serde_json::Value::Null,
+        "{result}"
+    );
+    assert_eq!(result["detail"]["config"], serde_json::Value::Null);
+}
+
+/// A deployment's `config` part reaches its guest through `corral:service/models.config`.
+#[tokio::test]
+async fn a_guest_reads_the_configuration_it_was_deployed_with() {
+    use crate::common::serve::{Corral, DataDir, Part, multipart};
+    let dir = DataDir::new("guest-config");
+    let corral = Corral::start(&dir, "");
+    let token = corral.create_tenant("acme", "acme.test").await;
+    let config = serde_json::json!({ "batching": { "max_batch_size": 2 } });
+    let parts = [
+        Part::file("component", &guest("nn-probe")),
+        Part::file("model.add", &fixture("add.onnx")),
+        Part::bytes("config", "config.json", config.to_string().into_bytes()),
+    ];
+    let (status, body) = corral
+        .admin(
+            "POST",
+            "/v1/tenants/acme/deployments",
+            Some(&token),
+            Some(multipart(&parts)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = corral
+        .call("acme.test", "GET", "/case/describe", Vec::new())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let result = json(&body);
+    assert_eq!(
+        result["detail"]["config"]["batching"]["max_batch_size"], 2,
+        "{result}"
+    );
+    assert_eq!(
+        result["detail"]["models"]["add"]["outputs"][0]["name"], "sum",
+        "{result}"
+    );
+}

@@ -117,10 +117,15 @@ fn is_newer_than(output: &Path, sources: &[PathBuf]) -> bool {
 }
 
 /// Builds `examples/python-sum` with componentize-py into the guests' output folder, unless
-/// the component is newer than its source.
+/// the component is newer than its sources.
 fn build_python_guest() -> Result {
     let output = guest_dir().join("python-sum.wasm");
-    if is_newer_than(&output, &[root().join("examples/python-sum/app.py")]) {
+    let sources = [
+        root().join("examples/python-sum/app.py"),
+        root().join("wit/world.wit"),
+        root().join("wit/models.wit"),
+    ];
+    if is_newer_than(&output, &sources) {
         return Ok(());
     }
     if !root()

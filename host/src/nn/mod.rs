@@ -34,9 +34,10 @@ use crate::limits::{LimitHit, Limits};
 mod generated {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "corral:service/nn",
+        world: "corral:service/nn-models",
         imports: {
             "wasi:nn/inference.[method]graph-execution-context.compute": async | trappable,
+            "corral:service/models.describe": async | trappable,
             default: trappable,
         },
         with: {
@@ -48,7 +49,10 @@ mod generated {
     });
 }
 
+use generated::corral::service::models as models_interface;
 use generated::wasi::nn::{errors, graph, inference, tensor};
+
+mod models;
 
 /// A loaded graph: the guest's handle on one of its deployment's models.
 #[derive(Debug)]
@@ -65,6 +69,8 @@ pub struct NnCtx {
     models: Arc<ModelSet>,
     inference: Arc<Inference>,
     tenant: Arc<str>,
+    /// The deployment's configuration as JSON (`corral:service/models.config`).
+    config: Option<Arc<str>>,
     /// Registers the tenant with the scheduler while the deployment has models.
     _registration: Option<Arc<Registration>>,
 }
@@ -78,8 +84,15 @@ impl NnCtx {
             models,
             inference,
             tenant: Arc::from(tenant),
+            config: None,
             _registration: registration,
         }
+    }
+
+    /// With the deployment's configuration, as JSON, for guests that ask for it.
+    pub fn with_config(mut self, config: Option<String>) -> Self {
+        self.config = config.map(Arc::from);
+        self
     }
 
     pub fn models(&self) -> &ModelSet {
@@ -209,6 +222,7 @@ pub fn add_to_linker<T: Send + 'static>(
     graph::add_to_linker::<T, Nn>(linker, view)?;
     inference::add_to_linker::<T, Nn>(linker, view)?;
     errors::add_to_linker::<T, Nn>(linker, view)?;
+    models_interface::add_to_linker::<T, Nn>(linker, view)?;
     Ok(())
 }
 

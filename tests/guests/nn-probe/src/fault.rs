@@ -79,6 +79,24 @@ pub async fn run(name: &str, query: &str) -> Option<(StatusCode, Value)> {
                 json!({ "fault": name, "ok": true, "computes": done }),
             )
         }
+        "many-describes" => {
+            // Asking again and again for what the models take: every answer is copied into
+            // this instance, and every call counts.
+            let model = Model::load("add").map_err(|e| e.message);
+            let mut done = 0u32;
+            if let Ok(model) = model {
+                for _ in 0..1_000_000 {
+                    if model.describe().is_err() {
+                        break;
+                    }
+                    done += 1;
+                }
+            }
+            (
+                StatusCode::OK,
+                json!({ "fault": name, "ok": true, "describes": done }),
+            )
+        }
         "stdout-flood" => {
             let chunk = vec![b'x'; 64 << 10];
             let mut written = 0usize;

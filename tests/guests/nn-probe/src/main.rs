@@ -3,13 +3,14 @@
 //! "message":...}` with the `wasi:nn` error the host returned. The host is started with
 //! models `identity` (tests/fixtures/identity_types.onnx), `add` (add.onnx) and `bool`
 //! (bool_output.onnx). `GET /load/NAME` only loads the model NAME by name (tenancy tests);
-//! `GET /fault/NAME` misbehaves on purpose (the fault suite, see `fault.rs`); `POST
+//! `GET /case/describe` answers every model's signature and the deployment's configuration
+//! (`corral:service/models`); `GET /fault/NAME` misbehaves on purpose (the fault suite, see `fault.rs`); `POST
 //! /body-length` reads the whole body and answers its length.
 
 mod fault;
 
 use corral_guest::wasi_nn::{graph, tensor::TensorType};
-use corral_guest::{Error, Model, Tensor};
+use corral_guest::{Error, Model, Tensor, metadata};
 use serde_json::{Value, json};
 use wstd::http::{Body, Request, Response, StatusCode};
 
@@ -52,6 +53,7 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, wstd::http::
     let result = match case.as_str() {
         "types" => every_type(),
         "add" => add(f32s(&[1.0, 2.0, 3.0, 4.0]), f32s(&[10.0, 20.0, 30.0, 40.0])),
+        "describe" => describe(),
         "unknown-model" => Model::load("no-such-model").map(|_| json!({})),
         "load-bytes" => graph::load(
             &[vec![0u8; 16]],
@@ -122,6 +124,28 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, wstd::http::
         Err(e) => json!({ "case": case, "ok": false, "code": e.code_name(), "message": e.message }),
     };
     Ok(respond(StatusCode::OK, body))
+}
+
+/// Every model's signature and the deployment's configuration, through Corral's own
+/// `corral:service/models` interface.
+fn describe() -> Result<Value, Error> {
+    let info = |t: &metadata::TensorInfo| json!({ "name": t.name, "datatype": t.datatype.map(|d| format!("{d:?}")), "shape": t.shape });
+    let mut models = serde_json::Map::new();
+    for name in metadata::model_names() {
+        let signature = Model::load(&name)?.describe()?;
+        models.insert(
+            name,
+            json!({
+                "inputs": signature.inputs.iter().map(info).collect::<Vec<_>>(),
+                "outputs": signature.outputs.iter().map(info).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    let config: Option<Value> = metadata::config().map_err(|e| Error {
+        code: corral_guest::wasi_nn::errors::ErrorCode::InvalidEncoding,
+        message: e.to_string(),
+    })?;
+    Ok(json!({ "models": models, "config": config }))
 }
 
 fn f32s(values: &[f32]) -> Tensor {
