@@ -322,7 +322,7 @@ fn tenants(
                     // The server validates `[store] concurrent_deploys` uploads at once and
                     // asks the others to retry, as a client should.
                     loop {
-                        match client.deploy(&tenant, &file, &models, None).await {
+                        match client.deploy(&tenant, Some(&file), &models, None).await {
                             Err(e) if e.to_string().contains("deploys_busy") => {
                                 tokio::time::sleep(Duration::from_millis(200)).await;
                             }

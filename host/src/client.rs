@@ -69,13 +69,14 @@ impl AdminClient {
         self.send::<Full<Bytes>>(Method::DELETE, path, None).await
     }
 
-    /// Uploads a deployment: the component, `(name, path)` models and the optional `config`
-    /// file (JSON) as multipart parts, streamed from the files (never whole in memory), with
+    /// Uploads a deployment: the component (none: the server's built-in `inference`
+    /// component serves the models), `(name, path)` models and the optional `config` file
+    /// (JSON) as multipart parts, streamed from the files (never whole in memory), with
     /// progress on a terminal.
     pub async fn deploy(
         &self,
         tenant: &str,
-        component: &Path,
+        component: Option<&Path>,
         models: &[(String, PathBuf)],
         config: Option<&Path>,
     ) -> anyhow::Result<Value> {
@@ -103,7 +104,9 @@ impl AdminClient {
             segments.push_back(Segment::Bytes(Bytes::from_static(b"\r\n")));
             Ok(())
         };
-        part("component", component)?;
+        if let Some(component) = component {
+            part("component", component)?;
+        }
         for (name, path) in models {
             part(&format!("model.{name}"), path)?;
         }

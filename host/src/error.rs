@@ -130,7 +130,7 @@ error_codes! {
     UploadTooSlow = ("upload_too_slow", REQUEST_TIMEOUT, Admin,
         "the upload carried less than upload_min_bytes_per_sec over 10 s"),
     MissingComponent = ("missing_component", BAD_REQUEST, Admin,
-        "the upload has no 'component' part"),
+        "the upload has no 'component' part and no model for the built-in inference component, or this server lacks that component"),
     InvalidComponent = ("invalid_component", BAD_REQUEST, Admin,
         "the component does not compile (not a WebAssembly component, or invalid)"),
     UnsatisfiedImport = ("unsatisfied_import", BAD_REQUEST, Admin,

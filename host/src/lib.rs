@@ -17,6 +17,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod backends;
+pub(crate) mod builtins;
 pub mod cli;
 pub mod client;
 pub(crate) use corral_parsers::clock;

@@ -186,8 +186,23 @@ async fn the_cli_creates_tenants_deploys_lists_and_rolls_back() {
     );
     let (ok, _, err) = cli(&["tenant", "list"], "");
     assert!(!ok && err.contains("CORRAL_TOKEN"), "{err}");
+    let (ok, _, err) = cli(&["deploy", "--tenant", "acme"], &tenant_token);
+    assert!(!ok && err.contains("--model NAME=PATH"), "{err}");
+
+    // Models alone: the built-in inference component serves them (Open Inference Protocol).
+    let (ok, out, err) = cli(
+        &["deploy", "--tenant", "acme", "--model", &model],
+        &tenant_token,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("deployed 'acme' version 3 (active)"), "{out}");
+    let (status, body) = server
+        .call("acme.test", "GET", "/v2/models/add", Vec::new())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["outputs"][0]["name"], "sum");
     let (ok, out, _) = cli(&["tenant", "list"], &operator);
-    assert!(ok && out.contains("acme    1       acme.test"), "{out}");
+    assert!(ok && out.contains("acme    3       acme.test"), "{out}");
 }
 
 /// `corral new` → `cargo build --release` → `corral run` → a request: the scaffold works as

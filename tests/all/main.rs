@@ -15,6 +15,7 @@ mod front_door;
 mod guest_languages;
 mod https;
 mod inference;
+mod open_inference;
 mod operations;
 mod tenancy;
 mod text_embedding;

@@ -308,9 +308,9 @@ async fn invalid_uploads_are_refused_with_their_code_and_change_nothing() {
             code: "unknown_format",
         },
         BadUpload {
-            what: "no component",
+            what: "no component and no model",
             tenant: "acme",
-            parts: vec![add()],
+            parts: vec![],
             content_type: None,
             status: StatusCode::BAD_REQUEST,
             code: "missing_component",

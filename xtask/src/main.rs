@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use setup::{libtorch_dir, setup};
 
-const GUEST_WORKSPACES: [&str; 2] = ["examples", "tests/guests"];
+const GUEST_WORKSPACES: [&str; 3] = ["examples", "tests/guests", "host/builtins"];
 
 type Result<T = ()> = std::result::Result<T, String>;
 

@@ -22,6 +22,7 @@ use super::UploadSettings;
 use super::multipart::{self, Event, Parser};
 use super::paced::Paced;
 use crate::backends::models::ModelFormat;
+use crate::builtins;
 use crate::error::{ErrorCode, Refusal};
 use crate::store::records::{DeploymentConfig, MAX_CONFIG_BYTES, ModelRef, check_model_name};
 use crate::store::{BlobWriter, Digest, Store};
@@ -149,6 +150,9 @@ pub async fn receive(
                 Event::Data(data) => parts.data(&data).await?,
                 Event::End => {
                     parts.end().await?;
+                    if parts.component.is_none() && !parts.models.is_empty() {
+                        parts.builtin(builtins::INFERENCE).await?;
+                    }
                     return parts.into_upload();
                 }
             }
@@ -203,6 +207,23 @@ impl Parts {
             config: None,
             current: None,
         }
+    }
+
+    /// Models and no component: Corral's built-in component `name` runs them. Its bytes go
+    /// into the store as an upload's would (content-addressed: stored once), pinned alike.
+    async fn builtin(&mut self, name: &'static str) -> Result<(), Refusal> {
+        let bytes = builtins::component(name)
+            .map_err(|message| Refusal::new(ErrorCode::MissingComponent, message))?;
+        let store = Arc::clone(&self.store);
+        let (digest, _) = on_store(move || {
+            let mut writer = store.blobs.writer()?;
+            writer.write(&bytes)?;
+            store.blobs.commit_pinned(writer)
+        })
+        .await?;
+        self.pins.digests.push(digest);
+        self.component = Some(digest);
+        Ok(())
     }
 
     async fn begin(&mut self, head: multipart::PartHead) -> Result<(), Refusal> {
@@ -305,7 +326,8 @@ impl Parts {
         let component = self.component.ok_or_else(|| {
             Refusal::new(
                 ErrorCode::MissingComponent,
-                "the upload has no 'component' part (the .wasm file)",
+                "the upload has no 'component' part (the .wasm file) and no model for the \
+                 built-in inference component to serve",
             )
         })?;
         if let Some(orphan) = self.formats.keys().find(|m| !self.models.contains_key(*m)) {

@@ -1,4 +1,6 @@
-//! `corral deploy`: upload a component and its models as a tenant's new active deployment.
+//! `corral deploy`: upload a component and its models as a tenant's new active deployment
+//! (models alone: Corral's built-in `inference` component serves them over the Open Inference
+//! Protocol).
 
 use std::path::PathBuf;
 
@@ -13,9 +15,11 @@ pub(crate) struct DeployArgs {
     /// The tenant to deploy to.
     #[arg(long)]
     pub tenant: String,
-    /// The component (.wasm) to serve.
-    pub component: PathBuf,
-    /// A model the component loads by name: NAME=PATH (repeatable). PATH ends in .onnx.
+    /// The component (.wasm) to serve. Without one, Corral's built-in `inference` component
+    /// serves the models over the Open Inference Protocol (`/v2/models/NAME/infer`).
+    pub component: Option<PathBuf>,
+    /// A model the component loads by name: NAME=PATH (repeatable). PATH ends in .onnx (or
+    /// .pt, .torchscript).
     #[arg(long = "model", value_name = "NAME=PATH", value_parser = parse_model)]
     pub models: Vec<(String, PathBuf)>,
     /// The deployment's settings, a JSON file: batching overrides and TorchScript batch axes
@@ -28,6 +32,12 @@ pub(crate) struct DeployArgs {
 
 pub(super) async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let api = AdminClient::new(&args.client.server, args.client.token)?;
+    if args.component.is_none() && args.models.is_empty() {
+        anyhow::bail!(
+            "give a component (.wasm), or at least one --model NAME=PATH for the built-in \
+             inference component to serve"
+        );
+    }
     for (name, path) in &args.models {
         crate::backends::models::ModelFormat::from_path(path)
             .with_context(|| format!("--model {name}={}", path.display()))?;
@@ -35,7 +45,7 @@ pub(super) async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let answer = api
         .deploy(
             &args.tenant,
-            &args.component,
+            args.component.as_deref(),
             &args.models,
             args.config.as_deref(),
         )
