@@ -223,3 +223,155 @@ async fn bad_requests_get_the_protocols_errors_and_the_model_keeps_serving() {
     .await;
     assert_eq!(status, StatusCode::OK, "still serving: {answer}");
 }
+
+/// A third-party client, unchanged: NVIDIA's `tritonclient` (installed by `cargo xtask
+/// setup`) reads health and metadata and infers with JSON and with binary tensor data.
+#[tokio::test]
+async fn tritonclient_works_against_corral_unchanged() {
+    let clients = std::env::var_os("CORRAL_PYTHON_CLIENTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo().join(".corral/python-clients"));
+    if !clients.join("tritonclient").is_dir() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "tritonclient is missing from {}: run `cargo xtask setup`",
+            clients.display()
+        );
+        eprintln!("skipping: tritonclient is not installed (`cargo xtask setup` installs it)");
+        return;
+    }
+    let corral = deployed("oip-triton").await;
+    let output = std::process::Command::new("python3")
+        .arg(repo().join("tests/python/oip_tritonclient.py"))
+        .arg(corral.data.to_string())
+        .arg("acme.test")
+        .env("PYTHONPATH", &clients)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results = json(stdout.trim().as_bytes());
+    let want = json!([[11.0, 22.0], [33.0, 44.0]]);
+    assert_eq!(results["json"], want, "{results}");
+    assert_eq!(results["binary"], want, "{results}");
+    assert_eq!(results["unknown_model"]["status"], "404", "{results}");
+}
+
+/// The binary tensor data extension: raw little-endian tensors after a JSON header whose
+/// length `Inference-Header-Content-Length` gives, in and out; every length a client states
+/// is checked against what it sent.
+#[tokio::test]
+async fn binary_tensors_are_taken_and_given_and_their_lengths_checked() {
+    use crate::common::serve::send_full;
+    let corral = deployed("oip-binary").await;
+    let raw = |values: &[f32]| -> Vec<u8> { values.iter().flat_map(|v| v.to_le_bytes()).collect() };
+    let header = |a_size: usize| {
+        json!({
+            "inputs": [
+                { "name": "a", "shape": [2, 2], "datatype": "FP32", "parameters": { "binary_data_size": a_size } },
+                { "name": "b", "shape": [2, 2], "datatype": "FP32", "data": [10, 20, 30, 40] },
+            ],
+            "outputs": [{ "name": "sum", "parameters": { "binary_data": true } }],
+        })
+        .to_string()
+        .into_bytes()
+    };
+    let send = |head: Vec<u8>, tail: Vec<u8>, stated: String| {
+        let addr = corral.data;
+        async move {
+            let mut body = head;
+            body.extend_from_slice(&tail);
+            send_full(
+                addr,
+                "POST",
+                "/v2/models/add/infer",
+                "acme.test",
+                &[("inference-header-content-length", stated.as_str())],
+                body,
+            )
+            .await
+        }
+    };
+    let head = header(16);
+    let (status, headers, body) = send(
+        head.clone(),
+        raw(&[1.0, 2.0, 3.0, 4.0]),
+        head.len().to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let json_length: usize = headers["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let answer = json(&body[..json_length]);
+    assert_eq!(
+        answer["outputs"][0]["parameters"]["binary_data_size"], 16,
+        "{answer}"
+    );
+    assert_eq!(
+        &body[json_length..],
+        raw(&[11.0, 22.0, 33.0, 44.0]).as_slice()
+    );
+
+    for (what, head, tail, stated, needle) in [
+        (
+            "a header length past the body",
+            header(16),
+            raw(&[1.0; 4]),
+            "100000".to_owned(),
+            "Inference-Header-Content-Length",
+        ),
+        (
+            "a header length that is not a number",
+            header(16),
+            raw(&[1.0; 4]),
+            "many".to_owned(),
+            "Inference-Header-Content-Length",
+        ),
+        (
+            "a tensor size past the bytes sent",
+            header(64),
+            raw(&[1.0; 4]),
+            String::new(),
+            "binary_data_size 64",
+        ),
+        (
+            "a tensor size that is not the shape's",
+            header(12),
+            raw(&[1.0; 3]),
+            String::new(),
+            "takes 4 × 4",
+        ),
+        (
+            "bytes no input claims",
+            header(16),
+            raw(&[1.0; 5]),
+            String::new(),
+            "belong to no input",
+        ),
+    ] {
+        let stated = if stated.is_empty() {
+            head.len().to_string()
+        } else {
+            stated
+        };
+        let (status, _, body) = send(head, tail, stated).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{what}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        let answer = json(&body);
+        assert!(
+            answer["error"].as_str().unwrap().contains(needle),
+            "{what}: {answer}"
+        );
+    }
+}

