@@ -161,14 +161,18 @@ async fn a_guest_can_read_its_models_signatures() {
     assert_eq!(result["detail"]["config"], serde_json::Value::Null);
 }
 
-/// A deployment's `config` part reaches its guest through `corral:service/models.config`.
+/// A deployment's `config` part, the component's own free-form settings included, reaches its
+/// guest through `corral:service/models.config`.
 #[tokio::test]
 async fn a_guest_reads_the_configuration_it_was_deployed_with() {
     use crate::common::serve::{Corral, DataDir, Part, multipart};
     let dir = DataDir::new("guest-config");
     let corral = Corral::start(&dir, "");
     let token = corral.create_tenant("acme", "acme.test").await;
-    let config = serde_json::json!({ "batching": { "max_batch_size": 2 } });
+    let config = serde_json::json!({
+        "batching": { "max_batch_size": 2 },
+        "component": { "labels": ["cat", "dog"], "top_k": 1 },
+    });
     let parts = [
         Part::file("component", &guest("nn-probe")),
         Part::file("model.add", &fixture("add.onnx")),
@@ -188,10 +192,7 @@ async fn a_guest_reads_the_configuration_it_was_deployed_with() {
         .await;
     assert_eq!(status, StatusCode::OK);
     let result = json(&body);
-    assert_eq!(
-        result["detail"]["config"]["batching"]["max_batch_size"], 2,
-        "{result}"
-    );
+    assert_eq!(result["detail"]["config"], config, "{result}");
     assert_eq!(
         result["detail"]["models"]["add"]["outputs"][0]["name"], "sum",
         "{result}"

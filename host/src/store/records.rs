@@ -54,7 +54,8 @@ pub struct DeploymentRecord {
 ///
 /// ```json
 /// {"batching": {"max_batch_size": 8, "max_delay_us": 2000},
-///  "models": {"classifier": {"batch_axis": 0}}}
+///  "models": {"classifier": {"batch_axis": 0}},
+///  "component": {"labels": ["cat", "dog"]}}
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +66,10 @@ pub struct DeploymentConfig {
     /// Per model (by name).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub models: BTreeMap<String, ModelConfig>,
+    /// The component's own settings, any JSON (labels, preprocessing, ...): Corral keeps
+    /// them and hands them to the component (`corral:service/models.config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<serde_json::Value>,
 }
 
 /// `[batching]` for one deployment; unset keys keep the server's.
@@ -95,14 +100,14 @@ pub struct ModelConfig {
     pub batch_axis: Option<u32>,
 }
 
-/// Largest `config` part accepted.
-pub const MAX_CONFIG_BYTES: usize = 64 << 10;
+/// Largest `config` part accepted (room for a component's labels inline).
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 /// Longest batching delay a deployment may ask for, in microseconds.
 pub const MAX_DELAY_US: u64 = 1_000_000;
 
 impl DeploymentConfig {
     pub fn is_empty(&self) -> bool {
-        self.batching.is_empty() && self.models.is_empty()
+        self.batching.is_empty() && self.models.is_empty() && self.component.is_none()
     }
 
     /// Parses a `config` part and checks it against the deployment's models. Errors name the
