@@ -39,6 +39,52 @@ pub const IMAGENET: Preprocess = Preprocess {
     max_side: 8192,
 };
 
+/// A class a classifier ranked: its index in the model's output, its label and its
+/// probability (softmax of the logits).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Prediction {
+    /// The class's index in the model's output.
+    pub index: usize,
+    /// Its label (empty when there are fewer labels than classes).
+    pub label: String,
+    /// Its probability, the softmax of the logits.
+    pub probability: f32,
+}
+
+/// The `k` most likely classes of `logits`, most likely first, labelled from `labels` (one
+/// per class, in the model's order).
+pub fn top_k<S: AsRef<str>>(logits: &[f32], k: usize, labels: &[S]) -> Vec<Prediction> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    let mut ranked: Vec<(usize, f32)> = exps.iter().map(|&e| e / sum).enumerate().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    ranked
+        .into_iter()
+        .take(k)
+        .map(|(index, probability)| Prediction {
+            index,
+            label: labels
+                .get(index)
+                .map(|l| short_label(l.as_ref()))
+                .unwrap_or_default(),
+            probability,
+        })
+        .collect()
+}
+
+/// A label as people read it: ImageNet's `n02099601 golden retriever` → `golden retriever`,
+/// `n02123045 tabby, tabby cat` → `tabby`; a plain label stays as it is.
+pub fn short_label(line: &str) -> String {
+    let name = match line.split_once(' ') {
+        Some((id, rest)) if id.starts_with('n') && id[1..].bytes().all(|b| b.is_ascii_digit()) => {
+            rest
+        }
+        _ => line,
+    };
+    name.split(',').next().unwrap_or(name).trim().to_owned()
+}
+
 /// Decodes a JPEG or PNG and returns an `f32` tensor `[1, 3, crop, crop]`. Errors are
 /// messages a client can act on ("not a JPEG or PNG image", "cannot decode ...").
 pub fn image_tensor(bytes: &[u8], how: &Preprocess) -> Result<Tensor, String> {
@@ -182,6 +228,29 @@ mod tests {
             }
         }
         pixels
+    }
+
+    #[test]
+    fn classes_are_ranked_by_probability_and_labelled() {
+        let labels = ["n01 cat", "n02099601 golden retriever", "plain, more"];
+        let ranked = top_k(&[1.0, 3.0, 2.0], 2, &labels);
+        assert_eq!(
+            ranked
+                .iter()
+                .map(|p| (p.index, p.label.as_str()))
+                .collect::<Vec<_>>(),
+            [(1, "golden retriever"), (2, "plain")]
+        );
+        let total: f32 = top_k(&[1.0, 3.0, 2.0], 3, &labels)
+            .iter()
+            .map(|p| p.probability)
+            .sum();
+        assert!((total - 1.0).abs() < 1e-6);
+        assert_eq!(
+            top_k(&[0.0; 4], 4, &labels)[3].label,
+            "",
+            "more classes than labels"
+        );
     }
 
     #[test]

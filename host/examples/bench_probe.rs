@@ -26,6 +26,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use corral::client::Component;
 use corral::probe::{Instantiation, NativeModel, separate_sessions, shared_sessions};
 use serde_json::json;
 
@@ -322,7 +323,10 @@ fn tenants(
                     // The server validates `[store] concurrent_deploys` uploads at once and
                     // asks the others to retry, as a client should.
                     loop {
-                        match client.deploy(&tenant, Some(&file), &models, None).await {
+                        match client
+                            .deploy(&tenant, Some(Component::File(&file)), &models, None)
+                            .await
+                        {
                             Err(e) if e.to_string().contains("deploys_busy") => {
                                 tokio::time::sleep(Duration::from_millis(200)).await;
                             }

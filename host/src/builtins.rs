@@ -9,8 +9,13 @@
 
 use std::path::{Path, PathBuf};
 
-/// The Open Inference Protocol over the deployment's models (`host/builtins/inference`).
+/// The Open Inference Protocol over the deployment's models (`host/builtins/inference`): what
+/// a deployment with models and no component runs.
 pub const INFERENCE: &str = "inference";
+/// JPEG or PNG in, the most likely classes out (`host/builtins/image-classification`).
+pub const IMAGE_CLASSIFICATION: &str = "image-classification";
+/// Every built-in component, by the name a deploy's `builtin` part gives.
+pub const NAMES: &[&str] = &[INFERENCE, IMAGE_CLASSIFICATION];
 
 /// Where built-in component `name` may be, in the order they are tried.
 fn candidates(name: &str) -> Vec<PathBuf> {

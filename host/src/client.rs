@@ -17,6 +17,16 @@ use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
+/// The component of a deployment [`AdminClient::deploy`] uploads.
+#[derive(Clone, Copy, Debug)]
+pub enum Component<'a> {
+    /// A component file (`.wasm`).
+    File(&'a Path),
+    /// One of the server's built-in components, by name (`inference`,
+    /// `image-classification`).
+    Builtin(&'a str),
+}
+
 /// Where the admin API is and who we are.
 #[derive(Debug, Clone)]
 pub struct AdminClient {
@@ -69,14 +79,14 @@ impl AdminClient {
         self.send::<Full<Bytes>>(Method::DELETE, path, None).await
     }
 
-    /// Uploads a deployment: the component (none: the server's built-in `inference`
-    /// component serves the models), `(name, path)` models and the optional `config` file
-    /// (JSON) as multipart parts, streamed from the files (never whole in memory), with
-    /// progress on a terminal.
+    /// Uploads a deployment: the component (a file, a built-in one by name, or none: the
+    /// server's built-in `inference` component serves the models), `(name, path)` models and
+    /// the optional `config` file (JSON) as multipart parts, streamed from the files (never
+    /// whole in memory), with progress on a terminal.
     pub async fn deploy(
         &self,
         tenant: &str,
-        component: Option<&Path>,
+        component: Option<Component<'_>>,
         models: &[(String, PathBuf)],
         config: Option<&Path>,
     ) -> anyhow::Result<Value> {
@@ -104,14 +114,25 @@ impl AdminClient {
             segments.push_back(Segment::Bytes(Bytes::from_static(b"\r\n")));
             Ok(())
         };
-        if let Some(component) = component {
-            part("component", component)?;
+        let mut builtin = None;
+        match component {
+            Some(Component::File(path)) => part("component", path)?,
+            Some(Component::Builtin(name)) => builtin = Some(name),
+            None => {}
         }
         for (name, path) in models {
             part(&format!("model.{name}"), path)?;
         }
         if let Some(config) = config {
             part("config", config)?;
+        }
+        if let Some(name) = builtin {
+            let head = format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"builtin\"\r\n\r\n{}\r\n",
+                name.replace(['"', '\r', '\n'], "_")
+            );
+            total += head.len() as u64;
+            segments.push_back(Segment::Bytes(Bytes::from(head)));
         }
         let end = format!("--{boundary}--\r\n");
         total += end.len() as u64;

@@ -107,3 +107,80 @@ where
     }
     out
 }
+
+/// The built-in `image-classification` component, chosen with `corral deploy --builtin` and
+/// set up by the deployment's config (labels inline, top 3): the same answers as the example,
+/// with no component written; a deploy naming an unknown built-in is refused.
+#[tokio::test]
+async fn the_built_in_image_classification_component_needs_only_the_model_and_its_labels() {
+    use crate::common::serve::{Corral, DataDir};
+    let dir = DataDir::new("builtin-classifier");
+    let server = Corral::start(&dir, "");
+    let token = server.create_tenant("vision", "vision.test").await;
+    let labels: Vec<String> =
+        std::fs::read_to_string(repo().join("examples/image-classifier/model/labels.txt"))
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+    let config = dir.0.join("config.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({ "component": { "labels": labels, "top_k": 3 } }).to_string(),
+    )
+    .unwrap();
+    let model = format!("classifier={}", example_model().display());
+    let deploy = |builtin: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+            .args([
+                "deploy",
+                "--tenant",
+                "vision",
+                "--builtin",
+                builtin,
+                "--model",
+                &model,
+            ])
+            .arg("--config")
+            .arg(&config)
+            .env("CORRAL_SERVER", format!("http://{}", server.admin))
+            .env("CORRAL_TOKEN", &token)
+            .output()
+            .unwrap()
+    };
+    let refused = deploy("../../etc/passwd");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("unknown built-in component"),
+        "{stderr}"
+    );
+    let deployed = deploy("image-classification");
+    assert!(
+        deployed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deployed.stderr)
+    );
+    for (image, want) in [
+        ("dog.jpg", (207, "golden retriever")),
+        ("kitten.png", (281, "tabby")),
+    ] {
+        let (status, body) = server.call("vision.test", "POST", "/", sample(image)).await;
+        let result = json(&body);
+        assert_eq!(status, StatusCode::OK, "{image}: {result}");
+        let (index, label, _) = top(&result);
+        assert_eq!((index, label.as_str()), want, "{image}: {result}");
+        assert_eq!(
+            result["predictions"].as_array().unwrap().len(),
+            3,
+            "{result}"
+        );
+    }
+    // The same probabilities as the example component gives (one decoder, one preprocessing).
+    let (_, example) = classify(sample("dog.jpg")).await;
+    let (status, body) = server
+        .call("vision.test", "POST", "/", sample("dog.jpg"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let builtin = json(&body);
+    assert_eq!(top(&builtin), top(&example), "{builtin} vs {example}");
+}

@@ -7,7 +7,7 @@
 //! `{"predictions":[{"index":207,"label":"golden retriever","probability":0.90}, ...]}`.
 
 use corral_guest::http::{error, json};
-use corral_guest::vision::{IMAGENET, image_pixels};
+use corral_guest::vision::{IMAGENET, Prediction, image_pixels, top_k};
 use corral_guest::{Model, Tensor};
 use serde_json::json;
 use wstd::http::{Body, Error, Method, Request, Response, StatusCode};
@@ -38,7 +38,7 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
     }
 }
 
-fn classify(pixels: &[f32]) -> Result<Vec<serde_json::Value>, corral_guest::Error> {
+fn classify(pixels: &[f32]) -> Result<Vec<Prediction>, corral_guest::Error> {
     let model = Model::load("classifier")?;
     let outputs = model.run(vec![("input", Tensor::f32(&[1, 3, 224, 224], pixels))])?;
     let logits = outputs
@@ -47,24 +47,6 @@ fn classify(pixels: &[f32]) -> Result<Vec<serde_json::Value>, corral_guest::Erro
         .map(|t| t.to_f32())
         .transpose()?
         .unwrap_or_default();
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
-    let sum: f32 = exps.iter().sum();
-    let mut ranked: Vec<(usize, f32)> = exps.iter().map(|&e| e / sum).enumerate().collect();
-    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
     let labels: Vec<&str> = LABELS.lines().collect();
-    Ok(ranked
-        .into_iter()
-        .take(5)
-        .map(|(index, probability)| {
-            json!({ "index": index, "label": label(labels.get(index).copied()), "probability": probability })
-        })
-        .collect())
-}
-
-/// `n02099601 golden retriever` → `golden retriever`; `n02123045 tabby, tabby cat` → `tabby`.
-fn label(line: Option<&str>) -> String {
-    let line = line.unwrap_or("");
-    let name = line.split_once(' ').map_or(line, |(_, rest)| rest);
-    name.split(',').next().unwrap_or(name).trim().to_owned()
+    Ok(top_k(&logits, 5, &labels))
 }

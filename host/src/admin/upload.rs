@@ -150,9 +150,7 @@ pub async fn receive(
                 Event::Data(data) => parts.data(&data).await?,
                 Event::End => {
                     parts.end().await?;
-                    if parts.component.is_none() && !parts.models.is_empty() {
-                        parts.builtin(builtins::INFERENCE).await?;
-                    }
+                    parts.choose_builtin().await?;
                     return parts.into_upload();
                 }
             }
@@ -169,6 +167,8 @@ struct Parts {
     models: BTreeMap<String, (Digest, Option<ModelFormat>)>,
     formats: BTreeMap<String, String>,
     config: Option<Vec<u8>>,
+    /// The `builtin` part: the built-in component asked for instead of a `component`.
+    builtin: Option<String>,
     current: Option<Current>,
 }
 
@@ -187,6 +187,8 @@ enum Current {
     },
     /// The `config` part: at most [`MAX_CONFIG_BYTES`] of JSON.
     Config(Vec<u8>),
+    /// The `builtin` part: a built-in component's name.
+    Builtin(Vec<u8>),
 }
 
 /// Longest `format.NAME` value.
@@ -205,12 +207,39 @@ impl Parts {
             models: BTreeMap::new(),
             formats: BTreeMap::new(),
             config: None,
+            builtin: None,
             current: None,
         }
     }
 
-    /// Models and no component: Corral's built-in component `name` runs them. Its bytes go
-    /// into the store as an upload's would (content-addressed: stored once), pinned alike.
+    /// The built-in component a deployment without a `component` part runs: the one its
+    /// `builtin` part names, or `inference` when it has models.
+    async fn choose_builtin(&mut self) -> Result<(), Refusal> {
+        let name = match (self.component, self.builtin.take()) {
+            (Some(_), Some(_)) => {
+                return Err(Refusal::bad_request(
+                    "the upload has both a 'component' and a 'builtin' part: give one",
+                ));
+            }
+            (None, Some(asked)) => builtins::NAMES
+                .iter()
+                .copied()
+                .find(|known| *known == asked)
+                .ok_or_else(|| {
+                    Refusal::bad_request(format!(
+                        "unknown built-in component '{}'; Corral has: {}",
+                        asked.escape_debug(),
+                        builtins::NAMES.join(", ")
+                    ))
+                })?,
+            (None, None) if !self.models.is_empty() => builtins::INFERENCE,
+            _ => return Ok(()),
+        };
+        self.builtin(name).await
+    }
+
+    /// Corral's built-in component `name` serves this deployment. Its bytes go into the store
+    /// as an upload's would (content-addressed: stored once), pinned alike.
     async fn builtin(&mut self, name: &'static str) -> Result<(), Refusal> {
         let bytes = builtins::component(name)
             .map_err(|message| Refusal::new(ErrorCode::MissingComponent, message))?;
@@ -255,10 +284,12 @@ impl Parts {
             }
         } else if name == "config" {
             Current::Config(Vec::new())
+        } else if name == "builtin" {
+            Current::Builtin(Vec::new())
         } else {
             return Err(Refusal::bad_request(format!(
-                "unexpected part '{}': expected 'component', 'model.NAME', 'format.NAME' or \
-                 'config'",
+                "unexpected part '{}': expected 'component' (or 'builtin'), 'model.NAME', \
+                 'format.NAME' or 'config'",
                 name.escape_debug()
             )));
         });
@@ -268,6 +299,15 @@ impl Parts {
     async fn data(&mut self, data: &[u8]) -> Result<(), Refusal> {
         match &mut self.current {
             Some(Current::Component(sink) | Current::Model { sink, .. }) => sink.write(data).await,
+            Some(Current::Builtin(value)) => {
+                if value.len() + data.len() > MAX_FORMAT_BYTES {
+                    return Err(Refusal::bad_request(format!(
+                        "the part 'builtin' is longer than {MAX_FORMAT_BYTES} bytes"
+                    )));
+                }
+                value.extend_from_slice(data);
+                Ok(())
+            }
             Some(Current::Format { name, value }) => {
                 if value.len() + data.len() > MAX_FORMAT_BYTES {
                     return Err(Refusal::bad_request(format!(
@@ -318,6 +358,11 @@ impl Parts {
                 self.formats.insert(name, value.trim().to_owned());
             }
             Some(Current::Config(value)) => self.config = Some(value),
+            Some(Current::Builtin(value)) => {
+                let value = String::from_utf8(value)
+                    .map_err(|_| Refusal::bad_request("the part 'builtin' is not UTF-8"))?;
+                self.builtin = Some(value.trim().to_owned());
+            }
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use super::output::{print_json, version};
 use super::{ClientArgs, parse_model};
-use crate::client::AdminClient;
+use crate::client::{AdminClient, Component};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct DeployArgs {
@@ -16,8 +16,13 @@ pub(crate) struct DeployArgs {
     #[arg(long)]
     pub tenant: String,
     /// The component (.wasm) to serve. Without one, Corral's built-in `inference` component
-    /// serves the models over the Open Inference Protocol (`/v2/models/NAME/infer`).
+    /// serves the models over the Open Inference Protocol (`/v2/models/NAME/infer`), or the
+    /// built-in `--builtin` names.
     pub component: Option<PathBuf>,
+    /// A built-in component instead of a file: `inference` (the Open Inference Protocol) or
+    /// `image-classification` (set up by the config's `component` section).
+    #[arg(long, value_name = "NAME", conflicts_with = "component")]
+    pub builtin: Option<String>,
     /// A model the component loads by name: NAME=PATH (repeatable). PATH ends in .onnx (or
     /// .pt, .torchscript).
     #[arg(long = "model", value_name = "NAME=PATH", value_parser = parse_model)]
@@ -32,7 +37,7 @@ pub(crate) struct DeployArgs {
 
 pub(super) async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let api = AdminClient::new(&args.client.server, args.client.token)?;
-    if args.component.is_none() && args.models.is_empty() {
+    if args.component.is_none() && args.builtin.is_none() && args.models.is_empty() {
         anyhow::bail!(
             "give a component (.wasm), or at least one --model NAME=PATH for the built-in \
              inference component to serve"
@@ -45,7 +50,11 @@ pub(super) async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let answer = api
         .deploy(
             &args.tenant,
-            args.component.as_deref(),
+            match (&args.component, &args.builtin) {
+                (Some(path), _) => Some(Component::File(path)),
+                (None, Some(name)) => Some(Component::Builtin(name)),
+                (None, None) => None,
+            },
             &args.models,
             args.config.as_deref(),
         )
