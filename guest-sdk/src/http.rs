@@ -71,3 +71,16 @@ pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
         &serde_json::json!({ "error": { "code": code, "message": message } }),
     )
 }
+
+/// `Err` with the `405 method_not_allowed` response to return unless `request` is a POST;
+/// `usage` tells the client what to send.
+pub fn require_post(request: &Request<Body>, usage: &str) -> Result<(), Response<Body>> {
+    if request.method() == wstd::http::Method::POST {
+        return Ok(());
+    }
+    Err(error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        usage,
+    ))
+}

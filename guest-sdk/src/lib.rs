@@ -25,6 +25,8 @@ use std::fmt;
 
 pub mod http;
 pub mod metadata;
+#[cfg(feature = "text")]
+pub mod text;
 #[cfg(feature = "vision")]
 pub mod vision;
 

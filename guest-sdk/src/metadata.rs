@@ -78,3 +78,29 @@ pub fn config<T: DeserializeOwned>() -> Result<Option<T>, serde_json::Error> {
         .map(|text| serde_json::from_str(&text))
         .transpose()
 }
+
+/// The configuration's `component` section (the component's own settings) read as `T`;
+/// `Ok(None)` when there is none.
+pub fn component_config<T: DeserializeOwned>() -> Result<Option<T>, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Sections<T> {
+        component: Option<T>,
+    }
+    Ok(config::<Sections<T>>()?.and_then(|sections| sections.component))
+}
+
+/// The model `name` if given, else the deployment's only model; an error naming the models
+/// when there is not exactly one to choose.
+pub fn model_named(name: Option<&str>) -> Result<String, String> {
+    if let Some(name) = name {
+        return Ok(name.to_owned());
+    }
+    match model_names().as_slice() {
+        [only] => Ok(only.clone()),
+        names => Err(format!(
+            "the deployment has {} models ({}): name the one to use",
+            names.len(),
+            names.join(", ")
+        )),
+    }
+}

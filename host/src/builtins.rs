@@ -3,9 +3,10 @@
 //! component runs. Each is an ordinary component, stored as a blob like an uploaded one and
 //! sandboxed like any tenant's; only where its bytes come from differs.
 //!
-//! They ship beside the `corral` binary. Looked up, in order: `$CORRAL_BUILTINS_DIR/NAME.wasm`;
-//! `builtins/NAME.wasm` next to the binary; the build's own output
-//! (`target/guests/wasm32-wasip2/release/NAME.wasm`, for a `corral` run from `target/`).
+//! They ship beside the `corral` binary, as `corral-builtin-NAME.wasm` (the package
+//! `host/builtins/NAME` builds). Looked up, in order: in `$CORRAL_BUILTINS_DIR`; in `builtins/`
+//! next to the binary; in the build's own output (`target/guests/wasm32-wasip2/release/`, for
+//! a `corral` run from `target/`).
 
 use std::path::{Path, PathBuf};
 
@@ -14,12 +15,14 @@ use std::path::{Path, PathBuf};
 pub const INFERENCE: &str = "inference";
 /// JPEG or PNG in, the most likely classes out (`host/builtins/image-classification`).
 pub const IMAGE_CLASSIFICATION: &str = "image-classification";
+/// Sentences in, embeddings and similarities out (`host/builtins/text-embedding`).
+pub const TEXT_EMBEDDING: &str = "text-embedding";
 /// Every built-in component, by the name a deploy's `builtin` part gives.
-pub const NAMES: &[&str] = &[INFERENCE, IMAGE_CLASSIFICATION];
+pub const NAMES: &[&str] = &[INFERENCE, IMAGE_CLASSIFICATION, TEXT_EMBEDDING];
 
 /// Where built-in component `name` may be, in the order they are tried.
 fn candidates(name: &str) -> Vec<PathBuf> {
-    let file = format!("{name}.wasm");
+    let file = format!("corral-builtin-{name}.wasm");
     let mut paths = Vec::new();
     if let Some(dir) = std::env::var_os("CORRAL_BUILTINS_DIR") {
         paths.push(Path::new(&dir).join(&file));
@@ -51,8 +54,8 @@ pub fn component(name: &str) -> Result<Vec<u8>, String> {
     let looked: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     Err(format!(
         "this server has no built-in '{name}' component (looked for {}); build it with \
-         `cargo xtask build-guests` and put {name}.wasm in a `builtins/` folder beside the \
-         `corral` binary or in CORRAL_BUILTINS_DIR, or upload a component",
+         `cargo xtask build-guests` and put corral-builtin-{name}.wasm in a `builtins/` folder \
+         beside the `corral` binary or in CORRAL_BUILTINS_DIR, or upload a component",
         looked.join(", ")
     ))
 }

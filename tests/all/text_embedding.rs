@@ -98,3 +98,65 @@ async fn bad_requests_are_400_naming_the_problem() {
         );
     }
 }
+
+/// The built-in `text-embedding` component, chosen with a `builtin` part and given the
+/// vocabulary in the deployment's config: the same embeddings as the example component (one
+/// tokenizer, one pooling), with no component written.
+#[tokio::test]
+async fn the_built_in_text_embedding_component_needs_only_the_model_and_its_vocabulary() {
+    use crate::common::serve::{Corral, DataDir, Part, multipart};
+    let dir = DataDir::new("builtin-embedding");
+    let corral = Corral::start(&dir, "");
+    let token = corral.create_tenant("words", "words.test").await;
+    let vocab: Vec<String> =
+        std::fs::read_to_string(repo().join(".corral/models/text-embedding/vocab.txt"))
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+    let config = json!({ "component": { "vocab": vocab } });
+    let parts = [
+        Part::bytes("builtin", "builtin", b"text-embedding".to_vec()),
+        Part::file(
+            "model.minilm",
+            &repo().join(".corral/models/text-embedding/maskseq.onnx"),
+        ),
+        Part::bytes("config", "config.json", config.to_string().into_bytes()),
+    ];
+    let (status, body) = corral
+        .admin(
+            "POST",
+            "/v1/tenants/words/deployments",
+            Some(&token),
+            Some(multipart(&parts)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let request =
+        json!({ "sentences": ["A man is playing a guitar.", "Café au lait, s'il vous plaît!"] });
+    let (status, body) = corral
+        .call("words.test", "POST", "/", request.to_string().into_bytes())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let builtin = json(&body);
+    let (status, example) = embed(request).await;
+    assert_eq!(status, StatusCode::OK, "{example}");
+    for (a, b) in builtin["embeddings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(example["embeddings"].as_array().unwrap())
+    {
+        let (a, b) = (a.as_array().unwrap(), b.as_array().unwrap());
+        assert_eq!(a.len(), 384);
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x.as_f64().unwrap() - y.as_f64().unwrap()).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            worst < 1e-5,
+            "the built-in and the example differ by {worst}"
+        );
+    }
+}

@@ -6,22 +6,18 @@
 //! the host through `wasi:nn`, and answers the five most likely ImageNet classes:
 //! `{"predictions":[{"index":207,"label":"golden retriever","probability":0.90}, ...]}`.
 
-use corral_guest::http::{error, json};
+use corral_guest::http::{error, json, require_post};
 use corral_guest::vision::{IMAGENET, Prediction, image_pixels, top_k};
 use corral_guest::{Model, Tensor};
 use serde_json::json;
-use wstd::http::{Body, Error, Method, Request, Response, StatusCode};
+use wstd::http::{Body, Error, Request, Response, StatusCode};
 
 const LABELS: &str = include_str!("../model/labels.txt");
 
 #[wstd::http_server]
 async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
-    if request.method() != Method::POST {
-        return Ok(error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "POST a JPEG or PNG image as the request body",
-        ));
+    if let Err(response) = require_post(&request, "POST a JPEG or PNG image as the request body") {
+        return Ok(response);
     }
     let body = request.body_mut().contents().await?;
     let pixels = match image_pixels(body, &IMAGENET) {

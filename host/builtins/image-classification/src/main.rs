@@ -16,12 +16,12 @@
 //! top 5, and classes named by index. The image work is the same code as
 //! `examples/image-classifier` (`corral_guest::vision`).
 
-use corral_guest::http::{error, json};
+use corral_guest::http::{error, json, require_post};
 use corral_guest::vision::{IMAGENET, Preprocess, image_pixels, top_k};
 use corral_guest::{Model, Tensor, metadata};
 use serde::Deserialize;
 use serde_json::json;
-use wstd::http::{Body, Error, Method, Request, Response, StatusCode};
+use wstd::http::{Body, Error, Request, Response, StatusCode};
 
 /// The component's settings (`config.component`).
 #[derive(Default, Deserialize)]
@@ -39,11 +39,6 @@ struct Settings {
     output: Option<String>,
 }
 
-#[derive(Default, Deserialize)]
-struct Config {
-    component: Option<Settings>,
-}
-
 /// Most classes one answer lists.
 const MAX_TOP_K: usize = 100;
 /// Largest square side the image is resized to.
@@ -51,15 +46,11 @@ const MAX_SIDE: u32 = 2048;
 
 #[wstd::http_server]
 async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
-    if request.method() != Method::POST {
-        return Ok(error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "POST a JPEG or PNG image as the request body",
-        ));
+    if let Err(response) = require_post(&request, "POST a JPEG or PNG image as the request body") {
+        return Ok(response);
     }
-    let settings = match metadata::config::<Config>() {
-        Ok(config) => config.and_then(|c| c.component).unwrap_or_default(),
+    let settings = match metadata::component_config::<Settings>() {
+        Ok(settings) => settings.unwrap_or_default(),
         Err(e) => {
             return Ok(error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -95,18 +86,7 @@ fn classify(
     how: &Preprocess,
     pixels: &[f32],
 ) -> Result<serde_json::Value, String> {
-    let names = metadata::model_names();
-    let name = match (&settings.model, names.as_slice()) {
-        (Some(name), _) => name.clone(),
-        (None, [only]) => only.clone(),
-        (None, _) => {
-            return Err(format!(
-                "the deployment has {} models ({}): name the classifier in config.component.model",
-                names.len(),
-                names.join(", ")
-            ));
-        }
-    };
+    let name = metadata::model_named(settings.model.as_deref())?;
     let model = Model::load(&name).map_err(|e| e.to_string())?;
     let input = match &settings.input {
         Some(input) => input.clone(),

@@ -1,7 +1,15 @@
-//! BERT's tokenization, as MiniLM's `tokenizer.json` describes it: the BERT normalizer
-//! (clean control characters, lower-case, strip accents, space out CJK ideographs), the BERT
-//! pre-tokenizer (split on whitespace and punctuation), then greedy longest-match WordPiece
-//! with `##` continuations and `[UNK]` for words it cannot cover.
+//! Text in, token ids out (feature `text`): BERT's tokenization, as MiniLM's and most BERT
+//! models' `tokenizer.json` describe it: the BERT normalizer (clean control characters,
+//! lower-case, strip accents, space out CJK ideographs), the BERT pre-tokenizer (split on
+//! whitespace and punctuation), then greedy longest-match WordPiece with `##` continuations and
+//! `[UNK]` for words it cannot cover.
+//!
+//! ```no_run
+//! use corral_guest::text::WordPiece;
+//!
+//! let vocab = WordPiece::from_lines("[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n##s");
+//! let ids = vocab.encode("Hellos"); // [4, 5]
+//! ```
 
 use std::collections::HashMap;
 
@@ -11,21 +19,30 @@ use unicode_normalization::char::is_combining_mark;
 /// Words longer than this (in characters) become `[UNK]`, as in BERT.
 const MAX_WORD_CHARS: usize = 100;
 
-/// A WordPiece vocabulary: token → id (the line number in `vocab.txt`).
+/// A WordPiece vocabulary: token → id (its position in the vocabulary).
 pub struct WordPiece {
-    ids: HashMap<&'static str, i64>,
+    ids: HashMap<String, i64>,
     unk: i64,
+    /// The id of `[CLS]`, which starts a sequence.
     pub cls: i64,
+    /// The id of `[SEP]`, which ends one.
     pub sep: i64,
+    /// The id of `[PAD]`, which fills a sequence to its length.
     pub pad: i64,
 }
 
 impl WordPiece {
-    pub fn new(vocab: &'static str) -> Self {
-        let ids: HashMap<&'static str, i64> = vocab
-            .lines()
+    /// The vocabulary of a `vocab.txt`: one token per line, its id the line number.
+    pub fn from_lines(vocab: &str) -> Self {
+        Self::new(vocab.lines())
+    }
+
+    /// The vocabulary of `tokens`, each id its position.
+    pub fn new<S: Into<String>>(tokens: impl IntoIterator<Item = S>) -> Self {
+        let ids: HashMap<String, i64> = tokens
+            .into_iter()
             .enumerate()
-            .map(|(i, token)| (token, i as i64))
+            .map(|(i, token)| (token.into(), i as i64))
             .collect();
         let id = |token: &str| ids.get(token).copied().unwrap_or(0);
         Self {
@@ -140,4 +157,51 @@ fn is_cjk(c: char) -> bool {
     matches!(c as u32,
         0x4E00..=0x9FFF | 0x3400..=0x4DBF | 0x20000..=0x2A6DF | 0x2A700..=0x2B73F
         | 0x2B740..=0x2B81F | 0x2B820..=0x2CEAF | 0xF900..=0xFAFF | 0x2F800..=0x2FA1F)
+}
+
+/// The mean of the first `length` rows of `hidden` (rows of `dim` values: a model's
+/// per-token vectors), L2-normalized: a sentence embedding.
+pub fn mean_pooled(hidden: &[f32], length: usize, dim: usize) -> Vec<f32> {
+    let mut vector = vec![0f32; dim];
+    for row in hidden.chunks_exact(dim).take(length) {
+        for (sum, value) in vector.iter_mut().zip(row) {
+            *sum += value;
+        }
+    }
+    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt() + 1e-9;
+    vector.iter().map(|v| v / norm).collect()
+}
+
+/// The sentences of a `{"sentences": ["...", ...]}` body: 1 to `max` of them, each at most
+/// `max_bytes`; otherwise a message a client can act on.
+pub fn read_sentences(body: &[u8], max: usize, max_bytes: usize) -> Result<Vec<String>, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let sentences = value["sentences"]
+        .as_array()
+        .ok_or("expected {\"sentences\": [\"...\", ...]}")?;
+    if sentences.is_empty() || sentences.len() > max {
+        return Err(format!("send 1 to {max} sentences"));
+    }
+    sentences
+        .iter()
+        .map(|s| match s.as_str() {
+            Some(text) if text.len() <= max_bytes => Ok(text.to_owned()),
+            Some(_) => Err(format!("a sentence is longer than {max_bytes} bytes")),
+            None => Err("every sentence must be a string".to_owned()),
+        })
+        .collect()
+}
+
+/// Every pair's cosine similarity, for normalized embeddings (their dot products).
+pub fn similarity(embeddings: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    embeddings
+        .iter()
+        .map(|a| {
+            embeddings
+                .iter()
+                .map(|b| a.iter().zip(b).map(|(x, y)| x * y).sum())
+                .collect()
+        })
+        .collect()
 }
