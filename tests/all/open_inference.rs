@@ -5,7 +5,7 @@
 use hyper::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::serve::{Corral, DataDir, Part, multipart};
+use crate::common::serve::{Corral, DataDir, Part};
 use crate::common::*;
 
 /// A tenant given models and no component: the upload is accepted, and its host answers the
@@ -15,14 +15,7 @@ async fn deployed(name: &str) -> Corral {
     let corral = Corral::start(&dir, "");
     let token = corral.create_tenant("acme", "acme.test").await;
     let parts = [Part::file("model.add", &fixture("add.onnx"))];
-    let (status, body) = corral
-        .admin(
-            "POST",
-            "/v1/tenants/acme/deployments",
-            Some(&token),
-            Some(multipart(&parts)),
-        )
-        .await;
+    let (status, body) = corral.upload("acme", &token, &parts).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     corral
 }

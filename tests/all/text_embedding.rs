@@ -104,7 +104,7 @@ async fn bad_requests_are_400_naming_the_problem() {
 /// tokenizer, one pooling), with no component written.
 #[tokio::test]
 async fn the_built_in_text_embedding_component_needs_only_the_model_and_its_vocabulary() {
-    use crate::common::serve::{Corral, DataDir, Part, multipart};
+    use crate::common::serve::{Corral, DataDir, Part};
     let dir = DataDir::new("builtin-embedding");
     let corral = Corral::start(&dir, "");
     let token = corral.create_tenant("words", "words.test").await;
@@ -123,14 +123,7 @@ async fn the_built_in_text_embedding_component_needs_only_the_model_and_its_voca
         ),
         Part::bytes("config", "config.json", config.to_string().into_bytes()),
     ];
-    let (status, body) = corral
-        .admin(
-            "POST",
-            "/v1/tenants/words/deployments",
-            Some(&token),
-            Some(multipart(&parts)),
-        )
-        .await;
+    let (status, body) = corral.upload("words", &token, &parts).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let request =
         json!({ "sentences": ["A man is playing a guitar.", "Café au lait, s'il vous plaît!"] });

@@ -165,7 +165,7 @@ async fn a_guest_can_read_its_models_signatures() {
 /// guest through `corral:service/models.config`.
 #[tokio::test]
 async fn a_guest_reads_the_configuration_it_was_deployed_with() {
-    use crate::common::serve::{Corral, DataDir, Part, multipart};
+    use crate::common::serve::{Corral, DataDir, Part};
     let dir = DataDir::new("guest-config");
     let corral = Corral::start(&dir, "");
     let token = corral.create_tenant("acme", "acme.test").await;
@@ -178,14 +178,7 @@ async fn a_guest_reads_the_configuration_it_was_deployed_with() {
         Part::file("model.add", &fixture("add.onnx")),
         Part::bytes("config", "config.json", config.to_string().into_bytes()),
     ];
-    let (status, body) = corral
-        .admin(
-            "POST",
-            "/v1/tenants/acme/deployments",
-            Some(&token),
-            Some(multipart(&parts)),
-        )
-        .await;
+    let (status, body) = corral.upload("acme", &token, &parts).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, body) = corral
         .call("acme.test", "GET", "/case/describe", Vec::new())

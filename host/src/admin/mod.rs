@@ -10,6 +10,7 @@
 //! whether that tenant exists. Every error is `{"error":{"code","message"}}`.
 
 mod paced;
+mod sink;
 mod tenants;
 mod upload;
 

@@ -259,8 +259,13 @@ impl Corral {
         for (name, path) in models {
             parts.push(Part::file(&format!("model.{name}"), path));
         }
+        self.upload(tenant, token, &parts).await
+    }
+
+    /// Uploads a deployment of `parts` (multipart) with `token`.
+    pub async fn upload(&self, tenant: &str, token: &str, parts: &[Part]) -> (StatusCode, Value) {
         let path = format!("/v1/tenants/{tenant}/deployments");
-        self.admin("POST", &path, Some(token), Some(multipart(&parts)))
+        self.admin("POST", &path, Some(token), Some(multipart(parts)))
             .await
     }
 

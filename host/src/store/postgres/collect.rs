@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use postgres::Client;
 
-use super::{PgRecords, db_error, from_json};
+use super::{PgRecords, db_error, from_json, snapshot};
 use crate::clock::now;
 use crate::store::Digest;
 use crate::store::blobs::{BlobStore, UploadMarks};
@@ -124,12 +124,7 @@ impl PgRecords {
 /// snapshot. A deployment that cannot be read fails the collection: what it refers to is
 /// unknown.
 fn held(client: &mut Client, grace: Duration) -> anyhow::Result<HashSet<Digest>> {
-    let mut tx = client
-        .build_transaction()
-        .isolation_level(postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .map_err(db_error)?;
+    let mut tx = snapshot(client)?;
     let mut held = HashSet::new();
     for row in tx
         .query(
