@@ -218,27 +218,28 @@ async fn bad_requests_get_the_protocols_errors_and_the_model_keeps_serving() {
 }
 
 /// A third-party client, unchanged: NVIDIA's `tritonclient` (installed by `cargo xtask
-/// setup`) reads health and metadata and infers with JSON and with binary tensor data.
+/// setup` into the tests' Python environment) reads health and metadata and infers with JSON
+/// and with binary tensor data.
 #[tokio::test]
 async fn tritonclient_works_against_corral_unchanged() {
-    let clients = std::env::var_os("CORRAL_PYTHON_CLIENTS")
+    let env = std::env::var_os("CORRAL_PYTHON_ENV")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| repo().join(".corral/python-clients"));
-    if !clients.join("tritonclient").is_dir() {
+        .unwrap_or_else(|| repo().join(".corral/python-env"));
+    let python = env.join("bin/python");
+    if !python.exists() {
         assert!(
             std::env::var_os("CI").is_none(),
-            "tritonclient is missing from {}: run `cargo xtask setup`",
-            clients.display()
+            "the tests' Python environment is missing from {}: run `cargo xtask setup`",
+            env.display()
         );
-        eprintln!("skipping: tritonclient is not installed (`cargo xtask setup` installs it)");
+        eprintln!("skipping: no Python environment with tritonclient (`cargo xtask setup`)");
         return;
     }
     let corral = deployed("oip-triton").await;
-    let output = std::process::Command::new("python3")
+    let output = std::process::Command::new(&python)
         .arg(repo().join("tests/python/oip_tritonclient.py"))
         .arg(corral.data.to_string())
         .arg("acme.test")
-        .env("PYTHONPATH", &clients)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

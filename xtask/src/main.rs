@@ -7,7 +7,9 @@
 //! - `demo`: setup + build, starts `corral run` on the image classifier, classifies the sample
 //!   image and prints the predictions.
 //! - `test`: setup + build, then `cargo test --workspace --features corral/torch` with
-//!   `LIBTORCH` pointing at the installed libtorch (extra arguments are passed on).
+//!   `LIBTORCH` pointing at the installed libtorch (extra arguments are passed on), then the
+//!   Python client's tests (pytest, `clients/python/tests`) against the `corral` it built.
+//! - `pytest [args]`: those Python tests alone.
 //! - `bench [--quick | --report | --cluster | --only SCENARIO..]`: every side-by-side
 //!   benchmark, written to `docs/benchmarks.md`
 //!   (`--quick`: a few minutes, written under the target directory instead); see `bench/mod.rs`.
@@ -34,9 +36,10 @@ fn main() -> ExitCode {
         Some("build-guests") => build_guests(),
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
+        Some("pytest") => pytest(&args[1..]),
         Some("bench") => bench::bench(&args[1..]),
         _ => {
-            Err("usage: cargo xtask <setup | build-guests | demo | test [cargo test args] | bench [--quick | --report | --cluster | --only SCENARIO..]>".into())
+            Err("usage: cargo xtask <setup | build-guests | demo | test [cargo test args] | pytest [pytest args] | bench [--quick | --report | --cluster | --only SCENARIO..]>".into())
         }
     };
     match result {
@@ -191,6 +194,46 @@ fn test(extra: &[String]) -> Result {
         .args(extra)
         .env("LIBTORCH", libtorch_dir())
         .env("CORRAL_GUEST_DIR", guest_dir())
+        .env("ORT_DYLIB_PATH", ort_library()))?;
+    // The tests above built target/debug/corral (with the torch feature).
+    python_tests(&[])
+}
+
+/// `cargo xtask pytest [pytest args]`: the Python client's tests alone, against a fresh build.
+fn pytest(extra: &[String]) -> Result {
+    setup()?;
+    build_guests()?;
+    run(cargo()
+        .current_dir(root())
+        .args(["build", "--package", "corral", "--features", "torch"])
+        .env("LIBTORCH", libtorch_dir()))?;
+    python_tests(extra)
+}
+
+/// Installs `clients/python` into the tests' Python environment (as `pip install
+/// ./clients/python` does) and runs its tests with pytest against `target/debug/corral`.
+fn python_tests(extra: &[String]) -> Result {
+    let python = setup::python();
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-build-isolation",
+        ])
+        .arg(root().join("clients/python")))?;
+    // Typed, as it says (py.typed): mypy --strict, from its pyproject.toml.
+    run(Command::new(&python)
+        .current_dir(root().join("clients/python"))
+        .args(["-m", "mypy", "--no-incremental", "src"]))?;
+    run(Command::new(&python)
+        .current_dir(root().join("clients/python"))
+        .args(["-m", "pytest", "-p", "no:cacheprovider", "tests"])
+        .args(extra)
+        .env("CORRAL_BIN", target_dir().join("debug/corral"))
         .env("ORT_DYLIB_PATH", ort_library()))
 }
 

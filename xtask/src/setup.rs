@@ -61,47 +61,57 @@ pub(crate) fn setup() -> Result {
     install_jco()?;
     install_postgres()?;
     install_seaweedfs()?;
-    install_python_clients()?;
+    install_python_env()?;
     install_libtorch()
 }
 
-/// Third-party clients the tests drive Corral with: NVIDIA's `tritonclient` (the Open
-/// Inference Protocol over HTTP, with numpy).
-const PYTHON_CLIENTS: &[&str] = &["tritonclient[http]==2.73.0", "numpy==2.4.6"];
+/// The Python environment of the Python client's tests and of the third-party clients the
+/// tests drive Corral with (`tritonclient`): the pinned requirements file.
+const PYTHON_REQUIREMENTS: &str = "clients/python/requirements-test.txt";
 
-/// Where the tests' Python clients are installed (`pip --target`): `CORRAL_PYTHON_CLIENTS`,
-/// else `.corral/python-clients/`.
-pub(crate) fn python_clients_dir() -> PathBuf {
-    std::env::var_os("CORRAL_PYTHON_CLIENTS")
-        .map_or_else(|| root().join(".corral/python-clients"), PathBuf::from)
+/// Where that environment is (a virtualenv): `CORRAL_PYTHON_ENV`, else `.corral/python-env/`.
+pub(crate) fn python_env() -> PathBuf {
+    std::env::var_os("CORRAL_PYTHON_ENV")
+        .map_or_else(|| root().join(".corral/python-env"), PathBuf::from)
 }
 
-/// [`PYTHON_CLIENTS`] into [`python_clients_dir`], unless its stamp names them already.
-fn install_python_clients() -> Result {
-    let dir = python_clients_dir();
-    let stamp = dir.join("corral-packages");
-    let wanted = PYTHON_CLIENTS.join("\n");
-    if std::fs::read_to_string(&stamp).is_ok_and(|v| v == wanted) {
+/// The environment's interpreter.
+pub(crate) fn python() -> PathBuf {
+    python_env().join("bin/python")
+}
+
+/// A virtualenv at [`python_env`] with [`PYTHON_REQUIREMENTS`], unless its stamp (a copy of
+/// the requirements) says it has them already. From cold this downloads about 5 GB (the torch
+/// wheel pulls NVIDIA's CUDA libraries) and takes a few minutes.
+fn install_python_env() -> Result {
+    let dir = python_env();
+    let stamp = dir.join("corral-requirements.txt");
+    let requirements = root().join(PYTHON_REQUIREMENTS);
+    let wanted = std::fs::read_to_string(&requirements)
+        .map_err(|e| format!("cannot read {}: {e}", requirements.display()))?;
+    if std::fs::read_to_string(&stamp).is_ok_and(|v| v == wanted) && python().exists() {
         return Ok(());
     }
     eprintln!(
-        "xtask: installing the tests' Python clients into {}",
+        "xtask: installing the tests' Python environment into {} (a few GB, once)",
         dir.display()
     );
     let _ = std::fs::remove_dir_all(&dir);
-    run(Command::new("python3")
+    run(Command::new("python3").args(["-m", "venv"]).arg(&dir)).map_err(|e| {
+        format!(
+            "{e}\n(python3 with venv is needed for the Python tests: apt-get install python3-venv)"
+        )
+    })?;
+    run(Command::new(python())
         .args([
             "-m",
             "pip",
             "install",
             "--quiet",
             "--disable-pip-version-check",
-            "--root-user-action=ignore",
-            "--target",
+            "-r",
         ])
-        .arg(&dir)
-        .args(PYTHON_CLIENTS))
-    .map_err(|e| format!("{e}\n(python3 with pip is needed for the tests' Python clients)"))?;
+        .arg(&requirements))?;
     std::fs::write(&stamp, wanted).map_err(|e| e.to_string())
 }
 

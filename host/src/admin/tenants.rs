@@ -106,6 +106,7 @@ impl Admin {
                 if let Some(service) = self.tenancy.active_service(tenant) {
                     answer["status"]["models"] = self.model_status(service.nn().models());
                 }
+                answer["urls"] = self.urls(tenant);
                 answer["limits"] = serde_json::to_value(self.tenancy.limits(tenant)?)
                     .map_err(|e| Refusal::Internal(e.into()))?;
                 answer["limit_overrides"] = serde_json::to_value(&record.limits)
