@@ -108,6 +108,46 @@ def test_an_mlflow_model_directory_deploys_its_flavor(client, tmp_path: Path):
     np.testing.assert_allclose(got["probabilities"], forest.predict_proba(X), atol=1e-5)
 
 
+def test_a_hugging_face_feature_extraction_pipeline_serves_sentence_embeddings(client,
+                                                                            tmp_path: Path):
+    from transformers import (BertConfig, BertForSequenceClassification, BertModel,
+                              BertTokenizer, pipeline)
+
+    # No download: a small BERT (random weights) with MiniLM's uncased WordPiece vocabulary.
+    (tmp_path / "vocab.txt").write_bytes(
+        (REPO / ".corral/models/text-embedding/vocab.txt").read_bytes())
+    tokenizer = BertTokenizer.from_pretrained(str(tmp_path))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=128)
+    torch.manual_seed(0)
+    extractor = pipeline("feature-extraction", model=BertModel(config).eval(),
+                         tokenizer=tokenizer)
+    name = tenant(client, "hf")
+    deployment = client.deploy(extractor, "encoder", tenant=name)
+    assert deployment.builtin == "text-embedding"
+    assert "matches the framework" in deployment.checked
+
+    # Corral tokenizes (corral_guest::text), runs and pools; the pipeline's token vectors,
+    # averaged and normalized, are the same embeddings.
+    sentences = ["A man plays guitar.", "Crème brûlée, déjà vu!", "Rain in Zürich today."]
+    got = deployment.predict(sentences)
+    want = []
+    for sentence in sentences:
+        mean = np.mean(np.asarray(extractor(sentence))[0], axis=0)
+        want.append(mean / np.linalg.norm(mean))
+    np.testing.assert_allclose(got["embeddings"], np.asarray(want), atol=1e-5)
+    np.testing.assert_allclose(np.diag(got["similarity"]), np.ones(3), atol=1e-5)
+    # More sentences than one request carries.
+    assert deployment.predict(["word"] * 40)["embeddings"].shape == (40, 32)
+
+    classifier = pipeline("text-classification",
+                          model=BertForSequenceClassification(config).eval(),
+                          tokenizer=tokenizer)
+    with pytest.raises(corral.CorralError, match="'text-classification' pipeline is not one"):
+        client.deploy(classifier, "classifier", tenant=name)
+
+
 def test_a_bare_onnx_file_deploys_as_it_is(client):
     add = REPO / "tests/fixtures/add.onnx"
     name = tenant(client, "onnx-file")

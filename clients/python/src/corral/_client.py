@@ -16,6 +16,10 @@ from ._http import CorralError, Url, json_answer, refusal, send
 from ._models import Prepared, Tolerance, prepare
 
 DEFAULT_SERVER = "http://127.0.0.1:9080"
+# The largest deployment config the server takes (its `config` part).
+MAX_CONFIG_BYTES = 1 << 20
+# Sentences per request to the text-embedding component (its own limit).
+_SENTENCES_PER_REQUEST = 32
 _CHUNK = 1 << 20
 
 
@@ -99,6 +103,14 @@ class Client:
         if component is not None and builtin is not None:
             raise CorralError("give a component or a builtin, not both")
         prepared = prepare(model, example_input, Tolerance(rtol, atol))
+        if component is None and builtin is None:
+            builtin = prepared.builtin
+        if prepared.config is not None:
+            # The model's own settings, under what the caller gave.
+            given = dict(config or {})
+            section = dict(prepared.config.get("component", {}))
+            section.update(given.get("component") or {})
+            config = {**prepared.config, **given, "component": section}
         parts = [_Part(f"model.{name}", prepared.filename, prepared.data, prepared.path),
                  _Part(f"format.{name}", None, prepared.format.encode(), None)]
         if component is not None:
@@ -108,16 +120,23 @@ class Client:
                 path = os.fspath(component)
                 parts.append(_Part("component", os.path.basename(path), None, path))
         if config is not None:
-            parts.append(_Part("config", "config.json", json.dumps(config).encode(), None))
+            encoded = json.dumps(config).encode()
+            if len(encoded) > MAX_CONFIG_BYTES:
+                raise CorralError(
+                    f"the deployment's config is {len(encoded)} bytes of JSON; Corral takes at "
+                    f"most {MAX_CONFIG_BYTES}")
+            parts.append(_Part("config", "config.json", encoded, None))
         if builtin is not None:
             parts.append(_Part("builtin", None, builtin.encode(), None))
         if progress is None:
             progress = sys.stderr.isatty()
         answer = self._upload(f"/v1/tenants/{tenant}/deployments", parts, progress)
-        return Deployment(self, tenant, name, answer, prepared)
+        return Deployment(self, tenant, name, answer, prepared, builtin)
 
-    def deployment(self, tenant: str, name: str) -> "Deployment":
-        """The tenant's active deployment, to call its model ``name``."""
+    def deployment(self, tenant: str, name: str, *, builtin: Optional[str] = None
+                   ) -> "Deployment":
+        """The tenant's active deployment, to call its model ``name`` (served by the built-in
+        component ``builtin``: ``inference`` unless told otherwise)."""
         listing = self._admin("GET", f"/v1/tenants/{tenant}/deployments")
         active = listing.get("active")
         record = next((d for d in listing.get("deployments", []) if d.get("version") == active),
@@ -125,7 +144,7 @@ class Client:
         if record is None:
             raise CorralError(f"tenant '{tenant}' has no active deployment")
         answer = dict(record, urls=self._admin("GET", f"/v1/tenants/{tenant}").get("urls"))
-        return Deployment(self, tenant, name, answer, None)
+        return Deployment(self, tenant, name, answer, None, builtin)
 
     def _upload(self, path: str, parts: Sequence["_Part"], progress: bool) -> Any:
         boundary = "corral-" + secrets.token_hex(16)
@@ -187,8 +206,10 @@ class Deployment:
     ``model`` name, called over the Open Inference Protocol."""
 
     def __init__(self, client: Client, tenant: str, model: str, answer: Mapping[str, Any],
-                 prepared: Optional[Prepared]):
+                 prepared: Optional[Prepared], builtin: Optional[str] = None):
         self.client = client
+        # The built-in component serving it (None: the inference component, or the tenant's).
+        self.builtin = builtin
         self.tenant = tenant
         self.model = model
         self.version = int(answer["version"])
@@ -197,16 +218,17 @@ class Deployment:
         # What was checked before uploading (None when nothing could be).
         self.checked = prepared.checked if prepared is not None else None
         self._metadata: Optional[dict[str, Any]] = None
-        if not self.urls:
-            raise CorralError(f"tenant '{tenant}' has no host name to call it by")
 
     def __repr__(self) -> str:
+        url = self.urls[0] if self.urls else None
         return (f"Deployment(tenant='{self.tenant}', model='{self.model}', "
-                f"version={self.version}, url='{self.url}')")
+                f"version={self.version}, url={url!r})")
 
     @property
     def url(self) -> str:
         """Where the model answers: the first of ``urls`` (HTTPS when the server serves it)."""
+        if not self.urls:
+            raise CorralError(f"the server gave tenant '{self.tenant}' no URL to call it by")
         return self.urls[0]
 
     def _call(self, method: str, path: str, body: Any = None,
@@ -237,7 +259,13 @@ class Deployment:
         """Runs the model: ``inputs`` is one array (a model with one input), a dict of arrays
         by input name, or a sequence in the model's order. Arrays are cast to the datatypes
         the model declares when nothing but precision changes (float64 to FP32). Returns the
-        outputs (or those named in ``outputs``) by name, as numpy arrays."""
+        outputs (or those named in ``outputs``) by name, as numpy arrays.
+
+        Served by the text-embedding component (a transformers feature-extraction pipeline),
+        ``inputs`` is a list of sentences and the answer ``{"embeddings": ...}`` (one
+        normalized row per sentence) and ``{"similarity": ...}`` (their cosines)."""
+        if self.builtin == "text-embedding":
+            return self._embed(inputs)
         tensors = _oip.arrange(inputs, self.metadata()["inputs"])
         header, raw = _oip.request(tensors, outputs)
         body = header + b"".join(raw)
@@ -249,3 +277,14 @@ class Deployment:
         if status != 200:
             raise refusal("POST", f"{self.url.rstrip('/')}{path}", status, data)
         return _oip.response(data, headers.get("inference-header-content-length"))
+
+    def _embed(self, sentences: Any) -> dict[str, np.ndarray]:
+        sentences = [sentences] if isinstance(sentences, str) else list(sentences)
+        rows: list[list[float]] = []
+        for start in range(0, len(sentences), _SENTENCES_PER_REQUEST):
+            batch = sentences[start:start + _SENTENCES_PER_REQUEST]
+            body = json.dumps({"sentences": batch}).encode()
+            status, _, data = self._call("POST", "/", body, {"Content-Type": "application/json"})
+            rows.extend(json_answer("POST", self.url, status, data)["embeddings"])
+        embeddings = np.asarray(rows, dtype=np.float32)
+        return {"embeddings": embeddings, "similarity": embeddings @ embeddings.T}

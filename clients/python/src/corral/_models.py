@@ -32,6 +32,10 @@ class Prepared:
     path: Optional[str] = None
     # What was checked before uploading, for the user: e.g. "largest difference 1.2e-07".
     checked: Optional[str] = None
+    # The built-in component that serves this kind of model, and the config it needs (a
+    # Hugging Face feature-extraction pipeline: text-embedding, with its vocabulary).
+    builtin: Optional[str] = None
+    config: Optional[dict[str, Any]] = None
 
     @property
     def filename(self) -> str:
@@ -96,6 +100,9 @@ def prepare(model: Any, example_input: Any, tolerance: Tolerance) -> Prepared:
         return _from_torchscript(torch, model, example_input, tolerance)
     if torch is not None and isinstance(model, torch.nn.Module):
         return _from_torch(torch, model, example_input, tolerance)
+    transformers = _module("transformers")
+    if transformers is not None and isinstance(model, transformers.Pipeline):
+        return _from_transformers(torch, model, example_input, tolerance)
     sklearn = _module("sklearn.base")
     if sklearn is not None and isinstance(model, sklearn.BaseEstimator):
         return _from_sklearn(model, example_input, tolerance)
@@ -124,7 +131,8 @@ def _numpy(value: Any) -> Any:
     return detach().cpu().numpy() if detach is not None else value
 
 
-def _from_torch(torch: Any, module: Any, example_input: Any, tolerance: Tolerance) -> Prepared:
+def _from_torch(torch: Any, module: Any, example_input: Any, tolerance: Tolerance,
+                free_axes: Sequence[int] = (0,)) -> Prepared:
     if example_input is None:
         raise CorralError(
             f"a torch.nn.Module ({type(module).__name__}) is exported to ONNX by running it: "
@@ -144,13 +152,13 @@ def _from_torch(torch: Any, module: Any, example_input: Any, tolerance: Toleranc
         output_names = [f"output{i}" for i in range(len(expected))]
     else:
         output_names = ["output"]
-    # The first axis of every input is the batch, of any size.
-    batch = torch.export.Dim("batch")
+    # The first axis of every input is the batch, of any size (and so are the others named).
+    free = {axis: torch.export.Dim(f"axis{axis}" if axis else "batch") for axis in free_axes}
     with tempfile.TemporaryDirectory(prefix="corral-export-") as scratch:
         path = os.path.join(scratch, "model.onnx")
         try:
             torch.onnx.export(module, args, path, dynamo=True, external_data=False,
-                              dynamic_shapes=tuple({0: batch} for _ in args),
+                              dynamic_shapes=tuple(free for _ in args),
                               output_names=output_names, verbose=False)
         except Exception as e:  # noqa: BLE001  (the exporter raises many kinds; all mean one thing)
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -179,6 +187,65 @@ def _from_torchscript(torch: Any, module: Any, example_input: Any,
             got = _outputs_of(loaded(*args))
         prepared.checked = _compare(expected, got, [f"output{i}" for i in range(len(got))],
                                     tolerance, "the saved TorchScript")
+    return prepared
+
+
+# The text-embedding component's tokenizer: BERT's uncased WordPiece, [CLS] ... [SEP], padded.
+_WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
+# The sequence the text-embedding component builds, at most (the model's own limit if less).
+_TEXT_SEQ = 128
+
+
+def _from_transformers(torch: Any, pipeline: Any, example_input: Any,
+                       tolerance: Tolerance) -> Prepared:
+    """A feature-extraction pipeline of a BERT-style encoder with an uncased WordPiece
+    tokenizer: the encoder exported to ONNX (batch and sequence free), served by the built-in
+    text-embedding component with the tokenizer's vocabulary in its config."""
+    task = getattr(pipeline, "task", None)
+    if task != "feature-extraction":
+        raise CorralError(
+            f"a transformers '{task}' pipeline is not one Corral serves yet: it takes "
+            "'feature-extraction' pipelines (sentence embeddings, the text-embedding component)")
+    if torch is None or not isinstance(pipeline.model, torch.nn.Module):
+        raise CorralError("the pipeline's model is not a PyTorch model")
+    tokenizer = pipeline.tokenizer
+    vocabulary = tokenizer.get_vocab() if tokenizer is not None else {}
+    ids = sorted(vocabulary.values())
+    wordpiece = (getattr(tokenizer, "do_lower_case", False)
+                 and all(t in vocabulary for t in _WORDPIECE_SPECIALS)
+                 and ids == list(range(len(ids))))
+    if not wordpiece:
+        raise CorralError(
+            f"the pipeline's tokenizer ({type(tokenizer).__name__}) is not an uncased BERT "
+            "WordPiece one with [PAD], [UNK], [CLS] and [SEP]: Corral's text-embedding "
+            "component tokenizes that way only")
+    sentences = example_input if example_input is not None else [
+        "Corral serves many tenants' models.", "A short one."]
+    if isinstance(sentences, str):
+        sentences = [sentences]
+    encoded = tokenizer(list(sentences), padding=True, return_tensors="pt")
+
+    class Encoder(torch.nn.Module):  # type: ignore[misc]
+        """The encoder's token vectors only (what the component pools)."""
+
+        def __init__(self, model: Any):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.model(input_ids=input_ids,
+                              attention_mask=attention_mask).last_hidden_state
+
+    prepared = _from_torch(torch, Encoder(pipeline.model),
+                           (encoded["input_ids"], encoded["attention_mask"]), tolerance,
+                           free_axes=(0, 1))
+    limit = getattr(pipeline.model.config, "max_position_embeddings", _TEXT_SEQ)
+    prepared.builtin = "text-embedding"
+    prepared.config = {"component": {
+        "vocab": [token for token, _ in sorted(vocabulary.items(), key=lambda kv: kv[1])],
+        "seq": min(int(limit), _TEXT_SEQ),
+        "output": "output",
+    }}
     return prepared
 
 
