@@ -47,12 +47,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("corral")
     log = root / "serve.log"
     env = {k: v for k, v in os.environ.items() if k != "CORRAL_ADMIN_TOKEN"}
-    process = subprocess.Popen(
-        [_binary(), "serve", "--data", str(root / "data"), "--listen", "127.0.0.1:0",
-         "--admin-listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, stderr=open(log, "wb"), env=env, text=True)
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen(
+            [_binary(), "serve", "--data", str(root / "data"), "--listen", "127.0.0.1:0",
+             "--admin-listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0"],
+            stdout=subprocess.PIPE, stderr=stderr, env=env, text=True)
     found: dict[str, str] = {}
     assert process.stdout is not None
+    # A server that never gets as far as its token is stopped rather than waited on forever.
+    watchdog = threading.Timer(120, process.kill)
+    watchdog.start()
     for line in process.stdout:
         for key, prefix in (("data", "corral: serving tenants on http://"),
                             ("https", "corral: serving tenants on https://"),
@@ -62,8 +66,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 found[key] = line[len(prefix):].strip()
         if "token" in found:
             break
+    watchdog.cancel()
     if "token" not in found:
         process.kill()
+        process.wait()
         pytest.fail(f"corral serve did not start:\n{log.read_text()}")
     # Keep reading what it prints, so that it never blocks on a full pipe.
     threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
@@ -80,6 +86,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
+        process.wait()
 
 
 @pytest.hookimpl(hookwrapper=True)

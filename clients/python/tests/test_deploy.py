@@ -65,8 +65,11 @@ def test_a_pytorch_module_deploys_with_a_dynamic_batch_and_predicts_as_torch(cli
     torch.manual_seed(0)
     module = torch.nn.Sequential(
         torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3), torch.nn.Softmax(-1))
+    module.train()  # as it is after training: deploy exports it for inference
     deployment = client.deploy(module, "mlp", tenant=tenant(client, "torch-mlp"),
                                example_input=torch.randn(4, 8))
+    assert module.training, "the caller's module is left in the mode it was in"
+    module.eval()
     assert "matches the framework" in deployment.checked
     assert deployment.metadata()["inputs"][0]["shape"] == [-1, 8]
     # A batch of another size than the example's.
@@ -90,6 +93,21 @@ def test_a_large_upload_shows_its_progress(client, capfd):
         want = wide(x).numpy()
     np.testing.assert_allclose(deployment.predict(x.numpy())["output"], want, rtol=1e-4,
                                atol=1e-5)
+
+
+def test_an_upload_the_server_stops_halfway_gets_its_reason(client):
+    # A quota far below the model: the server refuses while the body is still streaming.
+    name = tenant(client, "small")
+    client._admin("PUT", f"/v1/tenants/{name}", {"limits": {"storage_bytes": 100_000}})
+    with pytest.raises(corral.CorralError) as refused:
+        client.deploy(torch.nn.Linear(1024, 1024), "big", tenant=name,
+                      example_input=torch.randn(2, 1024))
+    assert refused.value.status == 507, refused.value
+    assert refused.value.code == "storage_quota_exceeded", refused.value
+    # And an unknown tenant is refused before anything is exported or sent.
+    with pytest.raises(corral.CorralError) as unknown:
+        client.deploy(object(), "thing", tenant="no-such-tenant")
+    assert unknown.value.status == 404, unknown.value
 
 
 def test_an_mlflow_model_directory_deploys_its_flavor(client, tmp_path: Path):
@@ -165,7 +183,8 @@ def test_a_bare_onnx_file_deploys_as_it_is(client):
     assert found.version == 2 and found.urls == again.urls
 
 
-def test_predict_follows_the_https_url_of_the_answer(server: Server):
+def test_predict_follows_the_https_url_of_the_answer(server: Server, monkeypatch):
+    monkeypatch.delenv("CORRAL_CA_FILE", raising=False)
     # No data_plane: the deployment's own URL, HTTPS with Corral's development CA, and the
     # tenant's .localhost name sent to loopback.
     client = server.client(ca_file=server.ca_file)

@@ -41,15 +41,32 @@ def test_a_request_is_a_json_header_then_raw_little_endian_tensors():
 
 
 def test_bfloat16_rounds_to_nearest_even_and_comes_back_as_float32():
-    values = np.array([1.0, -2.5, 3.14159, np.nan, np.inf], np.float32)
+    values = np.array([1.0, 1 + 2**-8, 1 + 3 * 2**-8, 3.15, -2.5, np.nan, np.inf], np.float32)
     tensors = _oip.arrange(values, [{"name": "b", "datatype": "BF16", "shape": [-1]}])
     _, raw = _oip.request(tensors, None)
-    header = json.dumps({"outputs": [{"name": "b", "datatype": "BF16", "shape": [5],
-                                      "parameters": {"binary_data_size": 10}}]}).encode()
+    # Little-endian halves: 1.0 is 0x3F80; a tie rounds to even (down for 1 + 2^-8, up for
+    # 1 + 3 * 2^-8); 3.15 rounds up to 3.15625.
+    assert raw[0][:2] == b"\x80\x3f"
+    header = json.dumps({"outputs": [{"name": "b", "datatype": "BF16", "shape": [7],
+                                      "parameters": {"binary_data_size": 14}}]}).encode()
     back = _oip.response(header + raw[0], str(len(header)))["b"]
     assert back.dtype == np.float32
-    np.testing.assert_array_equal(back[[0, 1, 4]], values[[0, 1, 4]])
-    assert back[2] == np.float32(3.140625) and np.isnan(back[3])
+    assert back[:5].tolist() == [1.0, 1.0, 1 + 2**-6, 3.15625, -2.5]
+    assert np.isnan(back[5]) and back[6] == np.inf
+
+
+def test_integers_narrow_only_when_every_value_fits():
+    declared = [{"name": "i", "datatype": "INT32", "shape": [-1]}]
+    (_, _, fits), = _oip.arrange(np.array([1, -5, 2**31 - 1]), declared)
+    assert fits.dtype == np.dtype("<i4") and fits.tolist() == [1, -5, 2**31 - 1]
+    with pytest.raises(corral.CorralError, match=r"cannot hold the values given \(-8589934592"):
+        _oip.arrange(np.array([2**40, -2**33]), declared)
+    uint8 = [{"name": "u", "datatype": "UINT8", "shape": [-1]}]
+    assert _oip.arrange(np.array([0, 255]), uint8)[0][2].tolist() == [0, 255]
+    with pytest.raises(corral.CorralError, match="UINT8, which cannot hold"):
+        _oip.arrange(np.array([256]), uint8)
+    with pytest.raises(corral.CorralError, match="UINT8, which cannot hold"):
+        _oip.arrange(np.array([-1]), uint8)
 
 
 def test_answers_in_json_or_binary_become_writable_arrays():

@@ -7,7 +7,7 @@ import json
 import os
 import secrets
 import sys
-from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Generator, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -65,12 +65,14 @@ class Client:
         return json_answer(method, path, status, data)
 
     def create_tenant(self, name: str, hosts: Union[str, Sequence[str]], *,
-                      trusted_models: bool = False) -> dict[str, Any]:
+                      trusted_models: Optional[bool] = None) -> dict[str, Any]:
         """Creates (or updates) a tenant served on ``hosts``; operator only. A new tenant's
-        answer has its own ``token``. ``trusted_models`` lets it deploy TorchScript."""
-        hosts = [hosts] if isinstance(hosts, str) else list(hosts)
-        answer: dict[str, Any] = self._admin(
-            "PUT", f"/v1/tenants/{name}", {"hosts": hosts, "trusted_models": trusted_models})
+        answer has its own ``token``. ``trusted_models=True`` lets it deploy TorchScript;
+        left out, an existing tenant keeps what it had."""
+        update: dict[str, Any] = {"hosts": [hosts] if isinstance(hosts, str) else list(hosts)}
+        if trusted_models is not None:
+            update["trusted_models"] = trusted_models
+        answer: dict[str, Any] = self._admin("PUT", f"/v1/tenants/{name}", update)
         return answer
 
     def deploy(self, model: Any, name: str, *, tenant: Optional[str] = None,
@@ -102,6 +104,8 @@ class Client:
             raise CorralError("no tenant: pass tenant= or set CORRAL_TENANT")
         if component is not None and builtin is not None:
             raise CorralError("give a component or a builtin, not both")
+        # An unknown tenant or a token that may not deploy to it, before a long export.
+        self._admin("GET", f"/v1/tenants/{tenant}")
         prepared = prepare(model, example_input, Tolerance(rtol, atol))
         if component is None and builtin is None:
             builtin = prepared.builtin
@@ -152,7 +156,7 @@ class Client:
         for part in parts:
             disposition = f'form-data; name="{part.name}"'
             if part.filename is not None:
-                safe = part.filename.replace('"', "_").replace("\r", "_").replace("\n", "_")
+                safe = "".join("_" if c in '"\\\r\n' else c for c in part.filename)
                 disposition += f'; filename="{safe}"'
                 head = (f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
                         "Content-Type: application/octet-stream\r\n\r\n")
@@ -164,8 +168,11 @@ class Client:
         pieces.append(f"--{boundary}--\r\n".encode())
         total = sum(os.path.getsize(p) if isinstance(p, str) else len(p) for p in pieces)
         body = _stream(pieces, total, progress and total > _CHUNK)
-        return self._admin("POST", path, body, length=total,
-                           content_type=f"multipart/form-data; boundary={boundary}")
+        try:
+            return self._admin("POST", path, body, length=total,
+                               content_type=f"multipart/form-data; boundary={boundary}")
+        finally:
+            body.close()  # and the file it was reading, if it stopped halfway
 
 
 class _Part:
@@ -174,7 +181,8 @@ class _Part:
         self.name, self.filename, self.data, self.path = name, filename, data, path
 
 
-def _stream(pieces: Sequence[Union[bytes, str]], total: int, show: bool) -> Iterator[bytes]:
+def _stream(pieces: Sequence[Union[bytes, str]], total: int, show: bool
+            ) -> Generator[bytes, None, None]:
     """The body, a megabyte at a time (files read as they are sent), with progress."""
     sent = 0
     shown = -1
@@ -183,7 +191,8 @@ def _stream(pieces: Sequence[Union[bytes, str]], total: int, show: bool) -> Iter
         if isinstance(piece, str):
             chunks = _file_chunks(piece)
         else:
-            chunks = iter([piece[i:i + _CHUNK] for i in range(0, len(piece), _CHUNK)])
+            view = memoryview(piece)
+            chunks = (bytes(view[i:i + _CHUNK]) for i in range(0, len(piece), _CHUNK))
         for chunk in chunks:
             yield chunk
             sent += len(chunk)
@@ -258,8 +267,9 @@ class Deployment:
                 ) -> dict[str, np.ndarray]:
         """Runs the model: ``inputs`` is one array (a model with one input), a dict of arrays
         by input name, or a sequence in the model's order. Arrays are cast to the datatypes
-        the model declares when nothing but precision changes (float64 to FP32). Returns the
-        outputs (or those named in ``outputs``) by name, as numpy arrays.
+        the model declares when nothing but precision changes (float64 to FP32; integers
+        when every value fits). Returns the outputs (or those named in ``outputs``) by name,
+        as numpy arrays.
 
         Served by the text-embedding component (a transformers feature-extraction pipeline),
         ``inputs`` is a list of sentences and the answer ``{"embeddings": ...}`` (one

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
 import urllib.parse
 from dataclasses import dataclass
@@ -94,9 +95,13 @@ def send(
     (default: the target's) in ``Host`` and SNI. Returns the status, headers and body."""
     name = host or target.host
     address = _address(target.host)
+    where = f"{target.scheme}://{name}:{target.port}{path}"
     try:
         if target.scheme == "https":
-            context = ssl.create_default_context(cafile=ca_file)
+            context = ssl.create_default_context()
+            if ca_file:
+                # As well as the system's CAs, not instead of them.
+                context.load_verify_locations(cafile=ca_file)
             connection: http.client.HTTPConnection = _TlsConnection(
                 address, target.port, name, context, timeout)
         else:
@@ -106,7 +111,12 @@ def send(
         if length is not None:
             all_headers["Content-Length"] = str(length)
         try:
-            connection.request(method, path, body=body, headers=all_headers)
+            try:
+                connection.request(method, path, body=body, headers=all_headers)
+            except (BrokenPipeError, ConnectionResetError):
+                # The server may answer before it has read the body (a bad token, an unknown
+                # tenant, an upload over its limit) and close: its answer says why.
+                pass
             response = connection.getresponse()
             data = response.read()
             return response.status, {k.lower(): v for k, v in response.getheaders()}, data
@@ -114,13 +124,17 @@ def send(
             connection.close()
     except ssl.SSLCertVerificationError as e:
         raise CorralError(
-            f"{method} {target.scheme}://{name}:{target.port}{path}: the server's certificate "
-            f"is not trusted ({e.verify_message}); pass ca_file= (corral-data/ca.pem for "
-            "Corral's development CA) or set CORRAL_CA_FILE") from None
-    except OSError as e:
+            f"{method} {where}: the server's certificate is not trusted ({e.verify_message}); "
+            "pass ca_file= (corral-data/ca.pem for Corral's development CA) or set "
+            "CORRAL_CA_FILE") from None
+    except (TimeoutError, socket.timeout):
+        raise CorralError(f"{method} {where}: no answer within {timeout} s") from None
+    except ConnectionRefusedError as e:
         raise CorralError(
             f"cannot reach {target.scheme}://{address}:{target.port} for {method} {path} "
             f"(is `corral serve` running there?): {e}") from None
+    except (OSError, http.client.HTTPException) as e:
+        raise CorralError(f"{method} {where} failed: {type(e).__name__}: {e}") from None
 
 
 def refusal(method: str, where: str, status: int, data: bytes) -> CorralError:

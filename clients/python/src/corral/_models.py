@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from . import _oip
 from ._http import CorralError
 
 ONNX = "onnx"
@@ -143,7 +144,18 @@ def _from_torch(torch: Any, module: Any, example_input: Any, tolerance: Toleranc
         except ImportError:
             raise _needs("onnxscript (torch's ONNX exporter uses it)", "torch") from None
     args = tuple(torch.as_tensor(a) for a in _as_tuple(example_input))
+    # Exported for inference (dropout off, batch norm frozen); the caller's module is left
+    # in the mode it was in.
+    training = module.training
     module.eval()
+    try:
+        return _export_torch(torch, module, args, tolerance, free_axes)
+    finally:
+        module.train(training)
+
+
+def _export_torch(torch: Any, module: Any, args: tuple[Any, ...], tolerance: Tolerance,
+                  free_axes: Sequence[int]) -> Prepared:
     with torch.no_grad():
         expected = module(*args)
     if isinstance(expected, dict):
@@ -168,7 +180,8 @@ def _from_torch(torch: Any, module: Any, example_input: Any, tolerance: Toleranc
         with open(path, "rb") as f:
             data = f.read()
     prepared = Prepared(ONNX, data=data)
-    _check_onnx(data, [a.numpy() for a in args], _outputs_of(expected), tolerance, prepared)
+    _check_onnx(data, tuple(a.numpy() for a in args), _outputs_of(expected), tolerance,
+                prepared)
     return prepared
 
 
@@ -236,7 +249,9 @@ def _from_transformers(torch: Any, pipeline: Any, example_input: Any,
             return self.model(input_ids=input_ids,
                               attention_mask=attention_mask).last_hidden_state
 
-    prepared = _from_torch(torch, Encoder(pipeline.model),
+    encoder = Encoder(pipeline.model)
+    encoder.train(pipeline.model.training)  # so that the model's own mode is what is restored
+    prepared = _from_torch(torch, encoder,
                            (encoded["input_ids"], encoded["attention_mask"]), tolerance,
                            free_axes=(0, 1))
     limit = getattr(pipeline.model.config, "max_position_embeddings", _TEXT_SEQ)
@@ -277,7 +292,7 @@ def _from_sklearn(estimator: Any, example_input: Any, tolerance: Tolerance) -> P
         expected.append(np.asarray(estimator.transform(rows)))
     data = model.SerializeToString()
     prepared = Prepared(ONNX, data=data)
-    _check_onnx(data, [rows], expected, tolerance, prepared)
+    _check_onnx(data, (rows,), expected, tolerance, prepared)
     return prepared
 
 
@@ -353,8 +368,12 @@ def _check_onnx(model: Any, inputs: Any, expected: Optional[Sequence[np.ndarray]
                     "with string labels needs integer labels)")
     if inputs is None:
         return
-    feeds = {arg.name: np.asarray(value) for arg, value in
-             zip(session.get_inputs(), _as_tuple(inputs))}
+    # As predict sends them: by name, in order or alone, each cast to the input's datatype.
+    declared = [{"name": arg.name, "datatype": _tensor_type(arg.type)}
+                for arg in session.get_inputs()]
+    if isinstance(inputs, tuple) and len(inputs) == 1 and len(declared) == 1:
+        inputs = inputs[0]
+    feeds = {name: array for name, _, array in _oip.arrange(inputs, declared)}
     names = [o.name for o in session.get_outputs()]
     try:
         got = session.run(None, feeds)

@@ -40,10 +40,20 @@ def _cast(name: str, value: Any, datatype: str) -> np.ndarray:
         np.dtype("<f4") if datatype == "BF16" else DTYPES.get(datatype))
     if wanted is None:
         raise CorralError(f"input '{name}' is {datatype}, which this client cannot send")
-    if array.dtype != wanted and not np.can_cast(array.dtype, wanted, casting="same_kind"):
+    integers = wanted.kind in "iu" and array.dtype.kind in "iu"
+    if (array.dtype != wanted and not integers
+            and not np.can_cast(array.dtype, wanted, casting="same_kind")):
         raise CorralError(
             f"input '{name}' is {datatype} but the array given is {array.dtype} "
             f"(convert it, e.g. array.astype('{wanted.name}'))")
+    if integers and array.size and not np.can_cast(array.dtype, wanted, casting="safe"):
+        # Integers narrow only when every value fits.
+        limits = np.iinfo(wanted)
+        low, high = int(array.min()), int(array.max())
+        if low < limits.min or high > limits.max:
+            raise CorralError(
+                f"input '{name}' is {datatype}, which cannot hold the values given "
+                f"({low} to {high})")
     return np.ascontiguousarray(array, dtype=wanted)
 
 
