@@ -6,6 +6,7 @@
 - wide_mlp.onnx: 256 -> 2048 -> 2048 -> 2048 -> 16 (ReLU), fixed seed, input `input` with a
   dynamic batch: 34 MB of weights, so a batch-1 run is bound by reading them (the batching
   benchmark's weight-bound model). wide.f32: one row of 256 floats for it, raw f32 bytes.
+- photo-*.jpg, photo-640x480.png: photos of ordinary sizes (photos/README.md).
 - dog.f32: dog.jpg preprocessed exactly as the image-classifier example does (resize to 256x256,
   center crop 224, ImageNet mean/std, CHW), as raw little-endian f32 bytes: the raw-tensor
   input for the host-overhead comparison.
@@ -63,3 +64,19 @@ onnx.save(mlp(wide_rng, [256, 2048, 2048, 2048, 16], "wide_mlp", "input", "outpu
 features = [round(float(v), 4) for v in rng.standard_normal(16)]
 (out / "features.json").write_text(json.dumps({"features": features}))
 (out / "dog.f32").write_bytes(preprocess(image.read_bytes()).astype("<f4").tobytes())
+
+# Photos of ordinary sizes for the preprocessing benchmark (xtask/bench/photos/README.md):
+# the original, and derived sizes as a camera would save them.
+from PIL import Image  # noqa: E402
+
+photo = Image.open(pathlib.Path(__file__).parent / "photos/china.jpg").convert("RGB")
+(out / "photo-640x427.jpg").write_bytes((pathlib.Path(__file__).parent / "photos/china.jpg").read_bytes())
+for width, height in [(640, 480), (1280, 720), (1920, 1080)]:
+    scale = max(width / photo.width, height / photo.height)
+    size = (round(photo.width * scale), round(photo.height * scale))
+    scaled = photo.resize(size, Image.LANCZOS)
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    cropped = scaled.crop((left, top, left + width, top + height))
+    cropped.save(out / f"photo-{width}x{height}.jpg", quality=90, subsampling="4:2:0")
+    if width == 640:
+        cropped.save(out / f"photo-{width}x{height}.png")

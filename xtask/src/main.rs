@@ -10,7 +10,7 @@
 //!   `LIBTORCH` pointing at the installed libtorch (extra arguments are passed on), then the
 //!   Python client's tests (pytest, `clients/python/tests`) against the `corral` it built.
 //! - `pytest [args]`: those Python tests alone.
-//! - `bench [--quick | --report | --cluster | --only SCENARIO..]`: every side-by-side
+//! - `bench [--quick | --report | --cluster | --preprocess | --only SCENARIO..]`: every side-by-side
 //!   benchmark, written to `docs/benchmarks.md`
 //!   (`--quick`: a few minutes, written under the target directory instead); see `bench/mod.rs`.
 
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         Some("pytest") => pytest(&args[1..]),
         Some("bench") => bench::bench(&args[1..]),
         _ => {
-            Err("usage: cargo xtask <setup | build-guests | demo | test [cargo test args] | pytest [pytest args] | bench [--quick | --report | --cluster | --only SCENARIO..]>".into())
+            Err("usage: cargo xtask <setup | build-guests | demo | test [cargo test args] | pytest [pytest args] | bench [--quick | --report | --cluster | --preprocess | --only SCENARIO..]>".into())
         }
     };
     match result {

@@ -1,10 +1,11 @@
-//! `cargo xtask bench [--quick | --report | --only SCENARIO..]`: Corral against the real
+//! `cargo xtask bench [--quick | --report | --cluster | --preprocess | --only SCENARIO..]`: Corral against the real
 //! alternatives, side by side in one run on this machine, written to `docs/benchmarks.md` with
 //! plots in `docs/benchmarks/` (`--quick`: shorter, under `target/bench/`; `--report`: the
 //! document again from the last full run's `target/bench/results.json`, measuring nothing;
 //! `--only batching|neighbour|churn`: the inference scheduler's scenarios alone, rewriting only
 //! their section of the document; `--cluster`: three replicas sharing PostgreSQL and S3,
-//! rewriting only their section).
+//! rewriting only their section; `--preprocess`: the image classifier's preprocessing in the
+//! guest against Pillow's, on photos of ordinary sizes, rewriting only its section).
 //!
 //! Load comes from `wrk` (Debian's `wrk` package) with `xtask/bench/wrk.lua`; in-process
 //! figures (native ONNX Runtime, instantiation, session memory, tenant deployment) come from
@@ -97,7 +98,7 @@ struct Kit {
 pub fn bench(args: &[String]) -> Result {
     let usage = || {
         format!(
-            "usage: cargo xtask bench [--quick | --report | --cluster | --only SCENARIO...] \
+            "usage: cargo xtask bench [--quick | --report | --cluster | --preprocess | --only SCENARIO...] \
              (scenarios: {})",
             scenarios::SCENARIOS.join(", ")
         )
@@ -105,7 +106,7 @@ pub fn bench(args: &[String]) -> Result {
     let (quick, only) = match args {
         [] => (false, Vec::new()),
         [flag] if flag == "--quick" => (true, Vec::new()),
-        [flag] if flag == "--cluster" => (false, vec![flag.clone()]),
+        [flag] if flag == "--cluster" || flag == "--preprocess" => (false, vec![flag.clone()]),
         [flag] if flag == "--report" => return rewrite_report(),
         [flag, names @ ..] if flag == "--only" && !names.is_empty() => {
             if let Some(name) = names
@@ -130,8 +131,9 @@ pub fn bench(args: &[String]) -> Result {
         "--example",
         "bench_probe",
     ]))?;
-    // The cluster's scenario drives its servers itself.
-    if only != ["--cluster"] {
+    // The cluster's scenario drives its servers itself; preprocessing sends one request at a
+    // time.
+    if only != ["--cluster"] && only != ["--preprocess"] {
         let wrk = which("wrk").ok_or(
             "wrk is not installed: on Debian or Ubuntu, `sudo apt-get install wrk` (the load \
              generator every comparison uses)",
@@ -172,6 +174,12 @@ pub fn bench(args: &[String]) -> Result {
     let started = Instant::now();
     if only == ["--cluster"] {
         return cluster_only(&mut kit);
+    }
+    if only == ["--preprocess"] {
+        let results = scenarios::preprocess::preprocess(&mut kit)?;
+        let section = scenarios::preprocess::section(&results, &kit.commands);
+        let markers = (scenarios::preprocess::BEGIN, scenarios::preprocess::END);
+        return own_section(&kit, "preprocess", &results, &section, markers);
     }
     if !only.is_empty() {
         return scheduler_only(&mut kit, &only);
@@ -270,18 +278,30 @@ fn scheduler_only(kit: &mut Kit, scenarios: &[String]) -> Result {
 /// docs/benchmarks.md (results in `target/bench/results-cluster.json`).
 fn cluster_only(kit: &mut Kit) -> Result {
     let results = scenarios::cluster::cluster(kit)?;
+    let section = scenarios::cluster::section(&results, &kit.commands);
+    let markers = (scenarios::cluster::BEGIN, scenarios::cluster::END);
+    own_section(kit, "cluster", &results, &section, markers)
+}
+
+/// A scenario run alone: its results in `target/bench/results-NAME.json` and its section of
+/// docs/benchmarks.md, between its markers, rewritten in place.
+fn own_section(
+    kit: &Kit,
+    name: &str,
+    results: &Value,
+    section: &str,
+    markers: (&str, &str),
+) -> Result {
     std::fs::write(
-        kit.work.join("results-cluster.json"),
+        kit.work.join(format!("results-{name}.json")),
         format!("{results:#}"),
     )
     .map_err(|e| e.to_string())?;
     let doc = root().join("docs/benchmarks.md");
     let text = std::fs::read_to_string(&doc).map_err(|e| format!("{}: {e}", doc.display()))?;
-    let section = scenarios::cluster::section(&results, &kit.commands);
-    let markers = (scenarios::cluster::BEGIN, scenarios::cluster::END);
-    std::fs::write(&doc, splice_between(&text, &section, markers))
+    std::fs::write(&doc, splice_between(&text, section, markers))
         .map_err(|e| format!("{}: {e}", doc.display()))?;
-    eprintln!("xtask: cluster benchmarks written to {}", doc.display());
+    eprintln!("xtask: {name} benchmarks written to {}", doc.display());
     Ok(())
 }
 

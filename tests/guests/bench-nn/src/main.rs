@@ -6,13 +6,18 @@
 //!   and `x-model` the model's (default `model`). The answer is the first output's raw bytes.
 //! - `POST /json`: `{"features": [f32, ...]}` runs input `x` with shape `[1, n]` and answers
 //!   `{"scores": [f32, ...]}` from the first output (a small tabular model).
+//! - `POST /preprocess`: a JPEG or PNG body, put through the image classifier's preprocessing
+//!   (`corral_guest::vision`, ImageNet's defaults) and timed inside the guest:
+//!   `{"decode_us", "total_us", "width", "height"}`, where `decode_us` is the decode to RGB
+//!   alone and `total_us` the whole preprocessing (decode, resize, crop, normalize). No model.
 
 // Errors here are the response to send, made once per request: their size does not matter.
 #![allow(clippy::result_large_err)]
 
 use corral_guest::http::{error, json, read_json};
 use corral_guest::wasi_nn::tensor::TensorType;
-use corral_guest::{Model, Tensor};
+use corral_guest::{Model, Tensor, vision};
+use std::time::Instant;
 use wstd::http::{Body, Error, Request, Response, StatusCode};
 
 #[derive(serde::Deserialize)]
@@ -25,10 +30,12 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
     match request.uri().path() {
         "/tensor" => tensor(&mut request).await,
         "/json" => Ok(features(&mut request).await),
+        "/preprocess" => preprocess(&mut request).await,
         _ => Ok(error(
             StatusCode::NOT_FOUND,
             "not_found",
-            "POST /tensor (raw f32 bytes, x-shape header) or /json ({\"features\": [...]})",
+            "POST /tensor (raw f32 bytes, x-shape header), /json ({\"features\": [...]}) or \
+             /preprocess (an image)",
         )),
     }
 }
@@ -82,6 +89,37 @@ async fn features(request: &mut Request<Body>) -> Response<Body> {
         Ok(scores) => json(StatusCode::OK, &serde_json::json!({ "scores": scores })),
         Err(response) => response,
     }
+}
+
+async fn preprocess(request: &mut Request<Body>) -> Result<Response<Body>, Error> {
+    let body = request.body_mut().contents().await?;
+    let started = Instant::now();
+    let decoded = match image::load_from_memory(body) {
+        Ok(image) => image.into_rgb8(),
+        Err(e) => {
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_image",
+                &e.to_string(),
+            ));
+        }
+    };
+    let decode = started.elapsed();
+    let started = Instant::now();
+    let pixels = vision::image_pixels(body, &vision::IMAGENET);
+    let total = started.elapsed();
+    Ok(match pixels {
+        Ok(_) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "decode_us": decode.as_secs_f64() * 1e6,
+                "total_us": total.as_secs_f64() * 1e6,
+                "width": decoded.width(),
+                "height": decoded.height(),
+            }),
+        ),
+        Err(message) => error(StatusCode::BAD_REQUEST, "invalid_image", &message),
+    })
 }
 
 /// Runs the model named `name` and returns its first output, or the 422 answer naming the
