@@ -181,7 +181,7 @@ async fn bad_requests_get_the_protocols_errors_and_the_model_keeps_serving() {
             "add",
             with("INT32", json!([2, 2]), json!([1, 2, 3, 4])),
             StatusCode::BAD_REQUEST,
-            "'a'",
+            "input 'a' of model 'add' is FP32; the request gives INT32",
         ),
         (
             "not a request",

@@ -228,7 +228,33 @@ fn infer(name: &str, body: &[u8], mut binary: &[u8]) -> Response<Body> {
             ),
         );
     }
-    let outputs = match Model::load(name).and_then(|model| model.run(inputs)) {
+    let model = match Model::load(name) {
+        Ok(model) => model,
+        Err(e) => return model_error(&e),
+    };
+    // A datatype the model does not take, named in the protocol's terms before it runs.
+    if let Ok(signature) = model.describe() {
+        for input in &request.inputs {
+            let declared = signature
+                .inputs
+                .iter()
+                .find(|i| i.name == input.name)
+                .and_then(|i| i.datatype)
+                .map(datatype_name);
+            if let Some(declared) = declared
+                && declared != input.datatype
+            {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "input '{}' of model '{name}' is {declared}; the request gives {}",
+                        input.name, input.datatype
+                    ),
+                );
+            }
+        }
+    }
+    let outputs = match model.run(inputs) {
         Ok(outputs) => outputs,
         Err(e) => return model_error(&e),
     };
