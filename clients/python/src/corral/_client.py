@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import sys
+import urllib.parse
 from typing import Any, Generator, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -72,7 +73,8 @@ class Client:
         update: dict[str, Any] = {"hosts": [hosts] if isinstance(hosts, str) else list(hosts)}
         if trusted_models is not None:
             update["trusted_models"] = trusted_models
-        answer: dict[str, Any] = self._admin("PUT", f"/v1/tenants/{name}", update)
+        path = f"/v1/tenants/{urllib.parse.quote(name, safe='')}"
+        answer: dict[str, Any] = self._admin("PUT", path, update)
         return answer
 
     def deploy(self, model: Any, name: str, *, tenant: Optional[str] = None,
@@ -104,6 +106,9 @@ class Client:
             raise CorralError("no tenant: pass tenant= or set CORRAL_TENANT")
         if component is not None and builtin is not None:
             raise CorralError("give a component or a builtin, not both")
+        if not name or any(c in name for c in '"\\\r\n/'):
+            raise CorralError(f"model name {name!r} is not one a deployment can have")
+        tenant = urllib.parse.quote(tenant, safe="")
         # An unknown tenant or a token that may not deploy to it, before a long export.
         self._admin("GET", f"/v1/tenants/{tenant}")
         prepared = prepare(model, example_input, Tolerance(rtol, atol))
@@ -141,6 +146,7 @@ class Client:
                    ) -> "Deployment":
         """The tenant's active deployment, to call its model ``name`` (served by the built-in
         component ``builtin``: ``inference`` unless told otherwise)."""
+        tenant = urllib.parse.quote(tenant, safe="")
         listing = self._admin("GET", f"/v1/tenants/{tenant}/deployments")
         active = listing.get("active")
         record = next((d for d in listing.get("deployments", []) if d.get("version") == active),
@@ -247,6 +253,9 @@ class Deployment:
         return send(method, target, target.join(path), body=body, headers=headers,
                     host=url.host, timeout=self.client.timeout, ca_file=self.client.ca_file)
 
+    def _model_path(self, rest: str = "") -> str:
+        return f"/v2/models/{urllib.parse.quote(self.model, safe='')}{rest}"
+
     def _get(self, path: str) -> Any:
         status, _, data = self._call("GET", path)
         return json_answer("GET", f"{self.url.rstrip('/')}{path}", status, data)
@@ -255,12 +264,12 @@ class Deployment:
         """The model's Open Inference Protocol metadata: its inputs and outputs, with names,
         datatypes and shapes (``-1`` for a free axis)."""
         if self._metadata is None:
-            self._metadata = self._get(f"/v2/models/{self.model}")
+            self._metadata = self._get(self._model_path())
         return self._metadata
 
     def ready(self) -> bool:
         """Whether the model is loaded and serving."""
-        status, _, _ = self._call("GET", f"/v2/models/{self.model}/ready")
+        status, _, _ = self._call("GET", self._model_path("/ready"))
         return status == 200
 
     def predict(self, inputs: Any, outputs: Optional[Sequence[str]] = None
@@ -279,7 +288,7 @@ class Deployment:
         tensors = _oip.arrange(inputs, self.metadata()["inputs"])
         header, raw = _oip.request(tensors, outputs)
         body = header + b"".join(raw)
-        path = f"/v2/models/{self.model}/infer"
+        path = self._model_path("/infer")
         status, headers, data = self._call("POST", path, body, {
             "Content-Type": "application/octet-stream",
             "Inference-Header-Content-Length": str(len(header)),
