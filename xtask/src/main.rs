@@ -214,16 +214,8 @@ fn pytest(extra: &[String]) -> Result {
 /// ./clients/python` does) and runs its tests with pytest against `target/debug/corral`.
 fn python_tests(extra: &[String]) -> Result {
     let python = setup::python();
-    run(Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "--no-build-isolation",
-        ])
+    run(setup::pip_install(&python)
+        .args(["--no-deps", "--no-build-isolation"])
         .arg(root().join("clients/python")))?;
     // Typed, as it says (py.typed): mypy --strict, from its pyproject.toml.
     run(Command::new(&python)

@@ -75,6 +75,19 @@ pub(crate) fn python_env() -> PathBuf {
         .map_or_else(|| root().join(".corral/python-env"), PathBuf::from)
 }
 
+/// `python -m pip install`, quietly, for a virtualenv's `python`; the caller adds what.
+pub(crate) fn pip_install(python: &Path) -> Command {
+    let mut command = Command::new(python);
+    command.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]);
+    command
+}
+
 /// The environment's interpreter.
 pub(crate) fn python() -> PathBuf {
     python_env().join("bin/python")
@@ -102,16 +115,7 @@ fn install_python_env() -> Result {
             "{e}\n(python3 with venv is needed for the Python tests: apt-get install python3-venv)"
         )
     })?;
-    run(Command::new(python())
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "-r",
-        ])
-        .arg(&requirements))?;
+    run(pip_install(&python()).arg("-r").arg(&requirements))?;
     std::fs::write(&stamp, wanted).map_err(|e| e.to_string())
 }
 

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::setup::ONNXRUNTIME_VERSION;
+use crate::setup::{ONNXRUNTIME_VERSION, pip_install};
 use crate::{Result, cargo, root, run, target_dir};
 
 /// wasmtime-cli for the `wasmtime serve` anchor: the wasmtime release in Cargo.lock.
@@ -47,15 +47,7 @@ pub(super) fn python_env() -> Result<PathBuf> {
             venv.display()
         )
     })?;
-    run(Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .args(wanted.lines()))?;
+    run(pip_install(&python).args(wanted.lines()))?;
     std::fs::write(&stamp, wanted).map_err(|e| e.to_string())?;
     Ok(python)
 }
