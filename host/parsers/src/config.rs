@@ -279,6 +279,10 @@ pub struct EngineSettings {
     /// page-fault it in again. Costs up to this much resident memory per recently used slot;
     /// capped at `max_memory_bytes`.
     pub keep_resident_bytes: u64,
+    /// `"perfmap"`: wasmtime writes `/tmp/perf-PID.map` naming every compiled guest function,
+    /// so `perf record` / `perf report` show guest frames by name (for profiling; the map
+    /// grows with every component compiled). `"none"` (the default): no map.
+    pub profiling: String,
 }
 
 impl Default for EngineSettings {
@@ -288,6 +292,7 @@ impl Default for EngineSettings {
             max_memory_bytes: 1 << 30,
             stack_bytes: 1 << 20,
             keep_resident_bytes: 2 << 20,
+            profiling: "none".into(),
         }
     }
 }
@@ -303,6 +308,12 @@ impl EngineSettings {
         }
         if !(64 << 10..=64 << 20).contains(&self.stack_bytes) {
             return Err("engine.stack_bytes must be between 64 KiB and 64 MiB".into());
+        }
+        if !["none", "perfmap"].contains(&self.profiling.as_str()) {
+            return Err(format!(
+                "engine.profiling must be \"none\" or \"perfmap\", not {:?}",
+                self.profiling
+            ));
         }
         Ok(())
     }
@@ -915,6 +926,19 @@ mod tests {
             "{err:#}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn profiling_is_none_or_perfmap_and_anything_else_is_named() {
+        let env = |v: &str| vec![("CORRAL_ENGINE_PROFILING".to_owned(), v.to_owned())];
+        assert_eq!(Config::parse("", vec![]).unwrap().engine.profiling, "none");
+        let config = Config::parse("", env("perfmap")).unwrap();
+        assert_eq!(config.engine.profiling, "perfmap");
+        let err = Config::parse("[engine]\nprofiling = \"jitdump\"\n", vec![]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("engine.profiling must be"),
+            "{err:#}"
+        );
     }
 
     #[test]
