@@ -51,6 +51,74 @@ async fn kitten_is_a_tabby_cat() {
     assert!(probability > 0.5, "p = {probability}");
 }
 
+/// How far a probability of Corral's may be from the Python server's for the same image: the
+/// guest decodes with zune-jpeg and resizes with the image crate's triangle filter, Python
+/// with libjpeg-turbo and Pillow's bilinear filter, so pixels differ by a level or two.
+const PROBABILITY_TOLERANCE: f64 = 0.02;
+
+/// The answers a user would get from the Python server they would otherwise write
+/// (`xtask/bench/python_server.py`'s Pillow preprocessing, onnxruntime) are Corral's, within
+/// the tolerance: the same most likely class, and each of Python's five classes ranked by
+/// Corral too with a probability within [`PROBABILITY_TOLERANCE`]; for the two samples and an
+/// ordinary 640×427 photo.
+#[tokio::test]
+async fn answers_match_the_python_servers_within_the_stated_tolerance() {
+    let Some(python) = test_python() else {
+        return;
+    };
+    let images = [
+        repo().join("examples/image-classifier/samples/dog.jpg"),
+        repo().join("examples/image-classifier/samples/kitten.png"),
+        repo().join("xtask/bench/photos/china.jpg"),
+    ];
+    let mut args = vec![example_model().into_os_string()];
+    args.extend(images.iter().map(|p| p.clone().into_os_string()));
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let reference = json(
+        run_python(&python, "pillow_reference.py", &args)
+            .trim()
+            .as_bytes(),
+    );
+    for image in &images {
+        let (status, result) = classify(std::fs::read(image).unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{result}");
+        let ours: Vec<(u64, f64)> = result["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["index"].as_u64().unwrap(),
+                    p["probability"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        let theirs: Vec<(u64, f64)> = reference[image.to_str().unwrap()]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap()))
+            .collect();
+        let shown = format!("{}: Corral {ours:?}, Python {theirs:?}", image.display());
+        assert_eq!(ours[0].0, theirs[0].0, "the most likely class: {shown}");
+        for (index, probability) in &theirs {
+            // A class Python ranks fifth may fall just outside Corral's five when it is that
+            // unlikely.
+            let Some((_, p)) = ours.iter().find(|(i, _)| i == index) else {
+                assert!(
+                    *probability < PROBABILITY_TOLERANCE,
+                    "class {index}: {shown}"
+                );
+                continue;
+            };
+            assert!(
+                (p - probability).abs() <= PROBABILITY_TOLERANCE,
+                "class {index}: {shown}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_body_that_is_not_an_image_is_a_400_naming_the_problem() {
     for body in [

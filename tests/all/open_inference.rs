@@ -222,31 +222,15 @@ async fn bad_requests_get_the_protocols_errors_and_the_model_keeps_serving() {
 /// and with binary tensor data.
 #[tokio::test]
 async fn tritonclient_works_against_corral_unchanged() {
-    let env = std::env::var_os("CORRAL_PYTHON_ENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| repo().join(".corral/python-env"));
-    let python = env.join("bin/python");
-    if !python.exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the tests' Python environment is missing from {}: run `cargo xtask setup`",
-            env.display()
-        );
-        eprintln!("skipping: no Python environment with tritonclient (`cargo xtask setup`)");
+    let Some(python) = test_python() else {
         return;
-    }
+    };
     let corral = deployed("oip-triton").await;
-    let output = std::process::Command::new(&python)
-        .arg(repo().join("tests/python/oip_tritonclient.py"))
-        .arg(corral.data.to_string())
-        .arg("acme.test")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let address = corral.data.to_string();
+    let stdout = run_python(
+        &python,
+        "oip_tritonclient.py",
+        &[address.as_ref(), "acme.test".as_ref()],
     );
     let results = json(stdout.trim().as_bytes());
     let want = json!([[11.0, 22.0], [33.0, 44.0]]);

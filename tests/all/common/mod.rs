@@ -40,6 +40,43 @@ pub fn example_model() -> PathBuf {
     repo().join("examples/image-classifier/model/efficientnet-lite0.onnx")
 }
 
+/// The Python of the tests' environment (`cargo xtask setup` makes it: tritonclient, Pillow,
+/// onnxruntime, ...), or `None` where it is missing outside CI (the test then skips). Under
+/// `CI=true` a missing environment fails the test.
+pub fn test_python() -> Option<PathBuf> {
+    let env = std::env::var_os("CORRAL_PYTHON_ENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".corral/python-env"));
+    let python = env.join("bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the tests' Python environment is missing from {}: run `cargo xtask setup`",
+        env.display()
+    );
+    eprintln!("skipping: no Python environment for the tests (`cargo xtask setup`)");
+    None
+}
+
+/// Runs `python` on `script` (under `tests/python/`) with `args`; its stdout, or a failure
+/// naming what it printed.
+pub fn run_python(python: &Path, script: &str, args: &[&std::ffi::OsStr]) -> String {
+    let output = std::process::Command::new(python)
+        .arg(repo().join("tests/python").join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{script}: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 pub fn sample(name: &str) -> Vec<u8> {
     std::fs::read(repo().join("examples/image-classifier/samples").join(name))
         .expect("sample image")
