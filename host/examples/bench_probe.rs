@@ -1,11 +1,12 @@
 //! In-process measurements for `cargo xtask bench`, the parts no HTTP load generator can see.
 //! Each mode prints one JSON object per line on stdout.
 //!
-//! - `native MODEL INPUT SHAPE SECONDS C1,C2,..`: ONNX Runtime on its own, in this process,
-//!   with the session settings `corral serve` uses (Corral's session wrapper: the C API `Run`,
-//!   inputs passed without copying). For each concurrency, that many threads call `Run` on one
-//!   shared session in a loop; prints runs/s and latency percentiles. The physical limit the
-//!   HTTP numbers are compared with.
+//! - `native MODEL INPUT SHAPE SECONDS C1,C2,.. [THREADS]`: ONNX Runtime on its own, in this
+//!   process, with the session settings `corral serve` uses (Corral's session wrapper: the C
+//!   API `Run`, inputs passed without copying) and THREADS intra-op threads per run (default
+//!   `0`: ONNX Runtime's own default, one per core). For each concurrency, that many threads
+//!   call `Run` on one shared session in a loop; prints runs/s and latency percentiles. The
+//!   physical limit the HTTP numbers are compared with.
 //! - `instantiate COMPONENT ITERATIONS [NAME=MODEL ...]`: the per-request work `corral serve`
 //!   does before the guest's handler runs: a new store with the tenant's limits, then
 //!   instantiating the pre-instantiated component from the pooling allocator. Prints the
@@ -34,12 +35,24 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
-        ["native", model, input, shape, seconds, concurrency] => native(
+        [
+            "native",
+            model,
+            input,
+            shape,
+            seconds,
+            concurrency,
+            threads @ ..,
+        ] if threads.len() <= 1 => native(
             Path::new(model),
             input,
             &parse_list(shape)?,
             Duration::from_secs_f64(seconds.parse().context("SECONDS")?),
             &parse_list(concurrency)?,
+            threads
+                .first()
+                .map_or(Ok(0), |t| t.parse())
+                .context("THREADS")?,
         ),
         ["instantiate", component, iterations, models @ ..] => instantiate(
             Path::new(component),
@@ -68,7 +81,7 @@ fn main() -> anyhow::Result<()> {
             first_requests(addr, path, Path::new(body), hosts)
         }
         _ => bail!(
-            "usage: bench_probe native MODEL INPUT SHAPE SECONDS C1,C2.. | \
+            "usage: bench_probe native MODEL INPUT SHAPE SECONDS C1,C2.. [THREADS] | \
              instantiate COMPONENT ITERATIONS [NAME=MODEL ..] | sessions MODEL COUNT | \
              tenants ADMIN TOKEN FROM TO COMPONENT NAME=MODEL [DISTINCT_DIR] | \
              first ADDR PATH BODY HOST.."
@@ -102,8 +115,9 @@ fn native(
     shape: &[u32],
     seconds: Duration,
     concurrency: &[usize],
+    threads: usize,
 ) -> anyhow::Result<()> {
-    let session = NativeModel::load(model)?;
+    let session = NativeModel::load(model, threads)?;
     let elements: usize = shape.iter().map(|&d| d as usize).product();
     // A deterministic, image-like input: values in [-2, 2].
     let data: Vec<u8> = (0..elements)
@@ -219,7 +233,7 @@ fn rss_bytes() -> anyhow::Result<u64> {
 
 fn sessions(model: &Path, count: usize) -> anyhow::Result<()> {
     // Load ONNX Runtime itself before the first measurement.
-    drop(NativeModel::load(model)?);
+    drop(NativeModel::load(model, 0)?);
     let before = rss_bytes()?;
     let shared = shared_sessions(model, count)?;
     let after_shared = rss_bytes()?;

@@ -33,8 +33,14 @@ pub struct NativeModel {
 }
 
 impl NativeModel {
-    /// Loads the model at `path` (its format from the extension).
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
+    /// Loads the model at `path` (its format from the extension), each run using `threads`
+    /// intra-op threads (`0`: ONNX Runtime's default, one per core). The thread count is the
+    /// process's: the first model loaded sets it.
+    pub fn load(path: &Path, threads: usize) -> anyhow::Result<Self> {
+        crate::backends::onnx::OnnxRuntime::configure(crate::config::OnnxSettings {
+            intra_op_threads: threads,
+            ..Default::default()
+        });
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         let model = backend(ModelFormat::from_path(path)?)
@@ -136,7 +142,7 @@ pub fn shared_sessions(path: &Path, count: usize) -> anyhow::Result<Sessions> {
 pub fn separate_sessions(path: &Path, count: usize) -> anyhow::Result<Sessions> {
     let held = (0..count)
         .map(|_| {
-            let model = NativeModel::load(path)?.model;
+            let model = NativeModel::load(path, 0)?.model;
             Ok(Arc::new(model) as Arc<dyn std::any::Any + Send + Sync>)
         })
         .collect::<anyhow::Result<_>>()?;

@@ -5,7 +5,10 @@
 //! `--only batching|neighbour|churn`: the inference scheduler's scenarios alone, rewriting only
 //! their section of the document; `--cluster`: three replicas sharing PostgreSQL and S3,
 //! rewriting only their section; `--preprocess`: the image classifier's preprocessing in the
-//! guest against Pillow's, on photos of ordinary sizes, rewriting only its section).
+//! guest against Pillow's, on photos of ordinary sizes, rewriting only its section;
+//! `--profile`: where a request's CPU time goes, from `perf record` of the server under load,
+//! rewriting only its section). A full run keeps those sections as they are, and the notes
+//! between [`NOTES`]' markers, which only people write.
 //!
 //! Load comes from `wrk` (Debian's `wrk` package) with `xtask/bench/wrk.lua`; in-process
 //! figures (native ONNX Runtime, instantiation, session memory, tenant deployment) come from
@@ -45,6 +48,9 @@ struct Plan {
     /// Seconds of load per point.
     seconds: u32,
     concurrency: Vec<u32>,
+    /// Concurrency levels for the photos against the Python server: one at a time, and past
+    /// both servers' saturation.
+    photo_concurrency: Vec<u32>,
     /// Tenant counts for the density runs, same component and model.
     tenants: Vec<usize>,
     /// Tenant counts with a distinct component each (each one compiled).
@@ -59,6 +65,7 @@ impl Plan {
             Self {
                 seconds: 2,
                 concurrency: vec![1, 4, 16],
+                photo_concurrency: vec![1, 8],
                 tenants: vec![1, 100],
                 distinct: vec![1, 10],
                 instantiations: 2_000,
@@ -68,6 +75,7 @@ impl Plan {
             Self {
                 seconds: 5,
                 concurrency: vec![1, 2, 4, 8, 16, 32, 64],
+                photo_concurrency: vec![1, 8, 32],
                 tenants: vec![1, 100, 1_000, 10_000],
                 distinct: vec![1, 100, 1_000],
                 instantiations: 20_000,
@@ -98,7 +106,7 @@ struct Kit {
 pub fn bench(args: &[String]) -> Result {
     let usage = || {
         format!(
-            "usage: cargo xtask bench [--quick | --report | --cluster | --preprocess | --only SCENARIO...] \
+            "usage: cargo xtask bench [--quick | --report | --cluster | --preprocess | --profile | --only SCENARIO...] \
              (scenarios: {})",
             scenarios::SCENARIOS.join(", ")
         )
@@ -106,7 +114,9 @@ pub fn bench(args: &[String]) -> Result {
     let (quick, only) = match args {
         [] => (false, Vec::new()),
         [flag] if flag == "--quick" => (true, Vec::new()),
-        [flag] if flag == "--cluster" || flag == "--preprocess" => (false, vec![flag.clone()]),
+        [flag] if ["--cluster", "--preprocess", "--profile"].contains(&flag.as_str()) => {
+            (false, vec![flag.clone()])
+        }
         [flag] if flag == "--report" => return rewrite_report(),
         [flag, names @ ..] if flag == "--only" && !names.is_empty() => {
             if let Some(name) = names
@@ -181,6 +191,12 @@ pub fn bench(args: &[String]) -> Result {
         let markers = (scenarios::preprocess::BEGIN, scenarios::preprocess::END);
         return own_section(&kit, "preprocess", &results, &section, markers);
     }
+    if only == ["--profile"] {
+        let results = scenarios::profile::profile(&mut kit)?;
+        let section = scenarios::profile::section(&results, &kit.commands);
+        let markers = (scenarios::profile::BEGIN, scenarios::profile::END);
+        return own_section(&kit, "profile", &results, &section, markers);
+    }
     if !only.is_empty() {
         return scheduler_only(&mut kit, &only);
     }
@@ -231,6 +247,13 @@ pub fn bench(args: &[String]) -> Result {
         let scheduler = run_scheduler(&mut kit, scenarios::SCENARIOS)?;
         report = splice(&report, &scheduler_report(&scheduler, &kit.commands));
         kit.commands = commands;
+        // The sections other commands write, and the notes, as they stand.
+        let old = std::fs::read_to_string(&doc).unwrap_or_default();
+        for markers in kept_sections() {
+            if let Some(section) = section_of(&old, markers) {
+                report = splice_between(&report, section, markers);
+            }
+        }
     }
     std::fs::write(&doc, report).map_err(|e| format!("{}: {e}", doc.display()))?;
     eprintln!(
@@ -239,6 +262,31 @@ pub fn bench(args: &[String]) -> Result {
         started.elapsed().as_secs_f64() / 60.0
     );
     Ok(())
+}
+
+/// Where the notes of `docs/benchmarks.md` begin and end: what people wrote about the
+/// figures (before and after a change, what a profile shows), which no command rewrites.
+pub(super) const NOTES: (&str, &str) = (
+    "<!-- notes: written by people; cargo xtask bench keeps them -->",
+    "<!-- end of notes -->",
+);
+
+/// The sections of `docs/benchmarks.md` a full run keeps: those `--cluster`, `--preprocess`
+/// and `--profile` write, and the notes.
+fn kept_sections() -> [(&'static str, &'static str); 4] {
+    [
+        (scenarios::cluster::BEGIN, scenarios::cluster::END),
+        (scenarios::preprocess::BEGIN, scenarios::preprocess::END),
+        (scenarios::profile::BEGIN, scenarios::profile::END),
+        NOTES,
+    ]
+}
+
+/// The text between `begin` and `end` in `doc` (what [`splice_between`] put there).
+fn section_of<'a>(doc: &'a str, (begin, end): (&str, &str)) -> Option<&'a str> {
+    let from = doc.find(begin)? + begin.len();
+    let to = doc[from..].find(end)? + from;
+    Some(doc[from..to].trim_start_matches('\n'))
 }
 
 /// Runs the scheduler's `scenarios`, merged into `target/bench/results-scheduler.json` (so a

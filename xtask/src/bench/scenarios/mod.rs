@@ -1,8 +1,8 @@
 //! The benchmark scenarios, one file each with its measurement and its section of
 //! `docs/benchmarks.md`: the full run's seven (sections 1 to 7), the inference scheduler's
-//! four, which `--only` runs alone and which keep their own section, and the cluster's and the
-//! image preprocessing's, which `--cluster` and `--preprocess` run alone, each into a section
-//! of its own.
+//! four, which `--only` runs alone and which keep their own section, and the cluster's, the
+//! image preprocessing's and the profile's, which `--cluster`, `--preprocess` and `--profile`
+//! run alone, each into a section of its own.
 
 pub(super) mod batching;
 pub(super) mod churn;
@@ -14,6 +14,7 @@ pub(super) mod instantiation;
 pub(super) mod neighbour;
 pub(super) mod overhead;
 pub(super) mod preprocess;
+pub(super) mod profile;
 pub(super) mod python;
 pub(super) mod sessions;
 pub(super) mod threads;

@@ -1,5 +1,6 @@
-//! Scenario 3, against a Python server: Corral's image classifier and a tiny JSON model
-//! against Starlette on uvicorn with onnxruntime, and their section of the document.
+//! Scenario 3, against a Python server: Corral's image classifier (on the small sample and on
+//! photos of ordinary sizes) and a tiny JSON model against Starlette on uvicorn with
+//! onnxruntime, and their section of the document.
 
 use std::fmt::Write as _;
 use std::process::Command;
@@ -9,14 +10,24 @@ use serde_json::{Value, json};
 
 use crate::bench::Kit;
 use crate::bench::load::{Load, corral_load, mlp_sweep, sweep};
-use crate::bench::report::{Goal, ms, peak, points, sweep_table};
+use crate::bench::report::{Goal, ms, peak, points, single, sweep_table};
 use crate::bench::server::{Corral, Server, free_addr, guest};
 use crate::{Result, root};
+
+/// Photos of ordinary sizes from `fixtures.py` (`xtask/bench/photos/README.md`), each sent
+/// to both servers at fewer concurrency levels than the sample.
+const PHOTOS: &[(&str, &str)] = &[
+    ("photo-640x480.jpg", "image/jpeg"),
+    ("photo-1280x720.jpg", "image/jpeg"),
+    ("photo-1920x1080.jpg", "image/jpeg"),
+    ("photo-640x480.png", "image/png"),
+];
 
 /// 3. Corral's image-classifier and a tiny JSON model against the Python server a team would
 ///    write instead, at its best worker/thread setting.
 pub(in crate::bench) fn python_pair(kit: &mut Kit) -> Result<Value> {
     let levels = kit.plan.concurrency.clone();
+    let photo_levels = kit.plan.photo_concurrency.clone();
     let corral = Corral::start(kit, "python-pair")?;
     let classifier = format!("classifier={}", kit.classifier.display());
     corral.tenants(kit, 0..1, &guest("image-classifier"), &classifier, false)?;
@@ -33,6 +44,18 @@ pub(in crate::bench) fn python_pair(kit: &mut Kit) -> Result<Value> {
         ),
         &levels,
     )?;
+    let mut corral_photos = serde_json::Map::new();
+    for (name, content_type) in PHOTOS {
+        let load = corral_load(
+            &corral,
+            0,
+            "/",
+            "POST",
+            Some(&kit.work.join(name)),
+            &[&format!("Content-Type: {content_type}")],
+        );
+        corral_photos.insert((*name).to_owned(), json!(sweep(kit, &load, &photo_levels)?));
+    }
     let corral_json = mlp_sweep(kit, &corral, 1)?;
     drop(corral);
 
@@ -73,6 +96,17 @@ pub(in crate::bench) fn python_pair(kit: &mut Kit) -> Result<Value> {
             },
             &levels,
         )?;
+        let mut photos = serde_json::Map::new();
+        for (name, content_type) in PHOTOS {
+            let load = Load {
+                url: format!("http://{addr}/classify"),
+                method: "POST",
+                body: Some(kit.work.join(name)),
+                headers: vec![format!("Content-Type: {content_type}")],
+                hosts: None,
+            };
+            photos.insert((*name).to_owned(), json!(sweep(kit, &load, &photo_levels)?));
+        }
         let json_points = sweep(
             kit,
             &Load {
@@ -94,10 +128,15 @@ pub(in crate::bench) fn python_pair(kit: &mut Kit) -> Result<Value> {
                     threads.to_string()
                 }
             ),
-            json!({ "image": image, "json": json_points }),
+            json!({ "image": image, "photos": photos, "json": json_points }),
         );
     }
-    Ok(json!({ "corral_image": corral_image, "corral_json": corral_json, "python": python }))
+    Ok(json!({
+        "corral_image": corral_image,
+        "corral_photos": corral_photos,
+        "corral_json": corral_json,
+        "python": python,
+    }))
 }
 
 /// Section 3 of the document, with its goals (one against section 1's native ceiling).
@@ -108,7 +147,7 @@ pub(in crate::bench) fn section(
     plot: &impl Fn(&str) -> String,
 ) {
     let p = &results["python"];
-    let native_peak = peak(&results["overhead"]["native"]);
+    let native_peak = super::overhead::native_ceiling(results);
     let _ = writeln!(out, "## 3. Against a Python server\n");
     out.push_str(
         "`xtask/bench/python_server.py`: Starlette on uvicorn, Pillow for decoding and resizing, \
@@ -170,7 +209,8 @@ pub(in crate::bench) fn section(
             let _ = writeln!(
                 out,
                 "- Corral's image classifier reaches {:.1}% of native ONNX Runtime's ceiling on the \
-                 raw tensor ({:.1} runs/s), with JPEG decoding and resizing in the guest on top.\n",
+                 preprocessed tensor at its best thread setting ({:.1} runs/s, section 1), with \
+                 JPEG decoding and resizing in the guest on top.\n",
                 of_native * 100.0,
                 native_peak.1
             );
@@ -182,9 +222,9 @@ pub(in crate::bench) fn section(
             ));
             goals.push((
                 "3. image classifier vs native ceiling".into(),
-                "≥ 95%".into(),
+                "≥ 90%".into(),
                 format!("{:.1}%", of_native * 100.0),
-                of_native >= 0.95,
+                of_native >= 0.90,
             ));
             goals.push((
                 "3. image classifier p99 vs Python (same concurrency)".into(),
@@ -192,6 +232,7 @@ pub(in crate::bench) fn section(
                 format!("{} vs {}", ms(c.3), ms(py_p99_same_c)),
                 c.3 <= py_p99_same_c,
             ));
+            photos_table(out, p, &pythons, goals);
         } else {
             goals.push((
                 "3. tiny model vs Python".into(),
@@ -202,4 +243,75 @@ pub(in crate::bench) fn section(
         }
     }
     out.push_str(&plot("python"));
+}
+
+/// The photos against the best Python setting for each: peak throughput, latency one at a
+/// time, and p99 at Corral's peak concurrency, with the goals (ahead at every size, 1.25× on
+/// the 640×480 JPEG).
+fn photos_table(out: &mut String, p: &Value, pythons: &[(String, Value)], goals: &mut Vec<Goal>) {
+    let _ = writeln!(
+        out,
+        "**Photos of ordinary sizes** (`xtask/bench/photos/README.md`), each at concurrency {} \
+         against the better Python setting for that photo:\n",
+        points(&p["corral_photos"][PHOTOS[0].0])
+            .iter()
+            .map(|q| q.0.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    out.push_str(
+        "| image | Corral peak req/s | Python peak req/s | Corral / Python | p50 at 1, Corral | \
+         Python | p99 at Corral's peak, Corral | Python |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut behind = Vec::new();
+    for (name, _) in PHOTOS {
+        let corral = &p["corral_photos"][name];
+        let Some((label, python)) = pythons
+            .iter()
+            .map(|(k, v)| (k.as_str(), &v["photos"][name]))
+            .max_by(|a, b| peak(a.1).1.total_cmp(&peak(b.1).1))
+        else {
+            continue;
+        };
+        let (c, py) = (peak(corral), peak(python));
+        let py_p99 = points(python)
+            .into_iter()
+            .find(|q| q.0 == c.0)
+            .map_or(f64::NAN, |q| q.3);
+        let ratio = c.1 / py.1;
+        let _ = writeln!(
+            out,
+            "| {name} | {:.1} (at {}) | {:.1} (at {}; {label}) | **{ratio:.2}×** | {} | {} | {} | {} |",
+            c.1,
+            c.0,
+            py.1,
+            py.0,
+            ms(single(corral).2),
+            ms(single(python).2),
+            ms(c.3),
+            ms(py_p99),
+        );
+        if ratio < 1.0 {
+            behind.push(format!("{name} {ratio:.2}×"));
+        }
+        if *name == "photo-640x480.jpg" {
+            goals.push((
+                "3. image classifier vs Python, 640×480 JPEG photo".into(),
+                "≥ 1.25×".into(),
+                format!("{ratio:.2}×"),
+                ratio >= 1.25,
+            ));
+        }
+    }
+    out.push('\n');
+    goals.push((
+        "3. image classifier ahead of Python at every photo size".into(),
+        "≥ 1.0× each".into(),
+        if behind.is_empty() {
+            "all".into()
+        } else {
+            format!("behind: {}", behind.join(", "))
+        },
+        behind.is_empty(),
+    ));
 }
