@@ -229,8 +229,8 @@ fn resize_crop_normalize(rgb: &[u8], width: u32, height: u32, how: &Preprocess) 
             }
         }
         // Horizontal pass on the cropped columns: one pixel's three values (and one spare
-        // lane) at a time, padded taps adding exact zeros; rounded to u8 as the image crate
-        // stores it, then normalized through the table into channel planes.
+        // lane) at a time, padded taps adding exact zeros; then rounded and normalized into
+        // the channel planes.
         for x in 0..crop {
             let (left, weights) = columns.get(x);
             let window = &row[left * 3..][..weights.len() * 3 + 1];

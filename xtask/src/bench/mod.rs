@@ -247,13 +247,7 @@ pub fn bench(args: &[String]) -> Result {
         let scheduler = run_scheduler(&mut kit, scenarios::SCENARIOS)?;
         report = splice(&report, &scheduler_report(&scheduler, &kit.commands));
         kit.commands = commands;
-        // The sections other commands write, and the notes, as they stand.
-        let old = std::fs::read_to_string(&doc).unwrap_or_default();
-        for markers in kept_sections() {
-            if let Some(section) = section_of(&old, markers) {
-                report = splice_between(&report, section, markers);
-            }
-        }
+        report = keep_sections(&doc, report, &kept_sections());
     }
     std::fs::write(&doc, report).map_err(|e| format!("{}: {e}", doc.display()))?;
     eprintln!(
@@ -280,6 +274,17 @@ fn kept_sections() -> [(&'static str, &'static str); 4] {
         (scenarios::profile::BEGIN, scenarios::profile::END),
         NOTES,
     ]
+}
+
+/// `report` with each of `sections` as `doc` (the document it replaces) has it.
+fn keep_sections(doc: &std::path::Path, mut report: String, sections: &[(&str, &str)]) -> String {
+    let old = std::fs::read_to_string(doc).unwrap_or_default();
+    for &markers in sections {
+        if let Some(section) = section_of(&old, markers) {
+            report = splice_between(&report, section, markers);
+        }
+    }
+    report
 }
 
 /// The text between `begin` and `end` in `doc` (what [`splice_between`] put there).
@@ -375,5 +380,9 @@ fn rewrite_report() -> Result {
         .arg(root().join("xtask/bench/plot.py"))
         .arg(&json_path)
         .arg(&plots))?;
-    std::fs::write(&doc, report(&results, &plots, &doc)?).map_err(|e| e.to_string())
+    // Every other section stays as it is, the scheduler's included.
+    let mut sections = vec![(report::BEGIN, report::END)];
+    sections.extend(kept_sections());
+    let text = keep_sections(&doc, report(&results, &plots, &doc)?, &sections);
+    std::fs::write(&doc, text).map_err(|e| e.to_string())
 }

@@ -223,3 +223,27 @@ pub(super) fn metric_sum(text: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Waits until `admin`'s `/readyz` answers 200; the time since `started`.
+pub(super) fn until_ready(admin: &str, started: Instant) -> Result<Duration> {
+    let addr = admin.trim_start_matches("http://");
+    loop {
+        let ready = TcpStream::connect(addr).ok().and_then(|mut stream| {
+            write!(
+                stream,
+                "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+            )
+            .ok()?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text).ok()?;
+            Some(text.starts_with("HTTP/1.1 200"))
+        });
+        if ready == Some(true) {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            return Err(format!("{admin} not ready within 30 minutes"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -20,7 +20,7 @@ use super::churn::distinct_classifier;
 use crate::Result;
 use crate::bench::Kit;
 use crate::bench::report::{describe, percentile};
-use crate::bench::server::{Corral, guest};
+use crate::bench::server::{Corral, guest, until_ready};
 
 const TOKEN: &str = "corral-bench-cluster-operator-token";
 /// Deploys timed for propagation.
@@ -86,30 +86,6 @@ fn corral(kit: &mut Kit, admin: &str, args: &[&str], record: bool) -> Result<Str
 /// The version tenant `tenant` runs on the replica at `admin`.
 fn active(admin: &str, tenant: &str) -> Result<Option<u64>> {
     Ok(admin_get(admin, &format!("/v1/tenants/{tenant}/deployments"))?["active"].as_u64())
-}
-
-/// Waits until `admin`'s `/readyz` answers 200; the time since `started`.
-fn until_ready(admin: &str, started: Instant) -> Result<Duration> {
-    let addr = admin.trim_start_matches("http://");
-    loop {
-        let ready = TcpStream::connect(addr).ok().and_then(|mut stream| {
-            write!(
-                stream,
-                "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-            )
-            .ok()?;
-            let mut text = String::new();
-            stream.read_to_string(&mut text).ok()?;
-            Some(text.starts_with("HTTP/1.1 200"))
-        });
-        if ready == Some(true) {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > Duration::from_secs(1800) {
-            return Err(format!("{admin} not ready within 30 minutes"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 pub(in crate::bench) fn cluster(kit: &mut Kit) -> Result<Value> {
