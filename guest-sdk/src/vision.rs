@@ -107,7 +107,12 @@ pub fn image_pixels(bytes: &[u8], how: &Preprocess) -> Result<Vec<f32>, String> 
         .with_guessed_format()
         .map_err(|e| format!("cannot read the image: {e}"))?;
     match reader.format() {
-        Some(image::ImageFormat::Jpeg | image::ImageFormat::Png) => {}
+        Some(image::ImageFormat::Jpeg) => {
+            if let Some((rgb, width, height)) = decode_reduced(bytes, how)? {
+                return Ok(resize_crop_normalize(&rgb, width, height, how));
+            }
+        }
+        Some(image::ImageFormat::Png) => {}
         _ => return Err("this is not a JPEG or PNG image".into()),
     }
     let mut limits = image::Limits::default();
@@ -124,6 +129,55 @@ pub fn image_pixels(bytes: &[u8], how: &Preprocess) -> Result<Vec<f32>, String> 
         image.height(),
         how,
     ))
+}
+
+/// A large JPEG decoded at a reduced DCT scale (1/2, 1/4 or 1/8, as libjpeg and Pillow's
+/// `draft` mode do): the smallest that keeps its short side at least 1.4 × `resize`, so that
+/// most of the decoding work and of the resize's input go while the triangle filter still
+/// averages over more than one decoded pixel per output pixel, as it does from the full image.
+/// (Measured against the Python server's answers: a 1920×1080 photo decoded at 1/4, 270 pixels
+/// for 256, moved a probability by 0.08; at 1/2, and a 1280×720 one at 1/2, stay within the
+/// tolerance.) RGB pixels and their size; `None` for a JPEG too small to reduce or neither RGB
+/// nor grayscale, which the full decoder takes.
+fn decode_reduced(bytes: &[u8], how: &Preprocess) -> Result<Option<(Vec<u8>, u32, u32)>, String> {
+    let failed = |e: jpeg_decoder::Error| format!("cannot decode the image: {e}");
+    let mut decoder = jpeg_decoder::Decoder::new(bytes);
+    decoder.read_info().map_err(failed)?;
+    let Some(info) = decoder.info() else {
+        return Ok(None);
+    };
+    let (width, height) = (u32::from(info.width), u32::from(info.height));
+    let short = width.min(height);
+    let least = how.resize.saturating_mul(7).div_ceil(5);
+    if short < least.saturating_mul(2) || width > how.max_side || height > how.max_side {
+        return Ok(None); // The full decoder, which also refuses what is over the limit.
+    }
+    let gray = match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => false,
+        jpeg_decoder::PixelFormat::L8 => true,
+        _ => return Ok(None),
+    };
+    // The same factor on both sides: ask for the short side at `least` and the long side in
+    // proportion (the decoder takes a scale that reaches either).
+    let wanted = |side: u32| {
+        u16::try_from((u64::from(side) * u64::from(least)).div_ceil(u64::from(short)))
+            .unwrap_or(u16::MAX)
+    };
+    let (scaled_width, scaled_height) = decoder
+        .scale(wanted(width), wanted(height))
+        .map_err(failed)?;
+    let (scaled_width, scaled_height) = (u32::from(scaled_width), u32::from(scaled_height));
+    decoder.set_max_decoding_buffer_size((scaled_width * scaled_height * 3) as usize);
+    let pixels = decoder.decode().map_err(failed)?;
+    let rgb = if gray {
+        pixels.iter().flat_map(|&v| [v, v, v]).collect()
+    } else {
+        pixels
+    };
+    if rgb.len() != (scaled_width * scaled_height * 3) as usize {
+        return Err("cannot decode the image: its pixel data is shorter than its size".into());
+    }
+    Ok(Some((rgb, scaled_width, scaled_height)))
 }
 
 /// One axis of a resize with the `image` crate's Triangle filter
