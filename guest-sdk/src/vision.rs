@@ -108,7 +108,7 @@ pub fn image_pixels(bytes: &[u8], how: &Preprocess) -> Result<Vec<f32>, String> 
         .map_err(|e| format!("cannot read the image: {e}"))?;
     match reader.format() {
         Some(image::ImageFormat::Jpeg) => {
-            if let Some((rgb, width, height)) = decode_reduced(bytes, how)? {
+            if let Some((rgb, width, height)) = decode_reduced(bytes, how) {
                 return Ok(resize_crop_normalize(&rgb, width, height, how));
             }
         }
@@ -137,25 +137,23 @@ pub fn image_pixels(bytes: &[u8], how: &Preprocess) -> Result<Vec<f32>, String> 
 /// averages over more than one decoded pixel per output pixel, as it does from the full image.
 /// (Measured against the Python server's answers: a 1920×1080 photo decoded at 1/4, 270 pixels
 /// for 256, moved a probability by 0.08; at 1/2, and a 1280×720 one at 1/2, stay within the
-/// tolerance.) RGB pixels and their size; `None` for a JPEG too small to reduce or neither RGB
-/// nor grayscale, which the full decoder takes.
-fn decode_reduced(bytes: &[u8], how: &Preprocess) -> Result<Option<(Vec<u8>, u32, u32)>, String> {
-    let failed = |e: jpeg_decoder::Error| format!("cannot decode the image: {e}");
+/// tolerance.) RGB pixels and their size; `None` for a JPEG too small to reduce, neither RGB
+/// nor grayscale, or that this decoder cannot read: the full decoder then takes it (and names
+/// what is wrong with it, if anything is).
+fn decode_reduced(bytes: &[u8], how: &Preprocess) -> Option<(Vec<u8>, u32, u32)> {
     let mut decoder = jpeg_decoder::Decoder::new(bytes);
-    decoder.read_info().map_err(failed)?;
-    let Some(info) = decoder.info() else {
-        return Ok(None);
-    };
+    decoder.read_info().ok()?;
+    let info = decoder.info()?;
     let (width, height) = (u32::from(info.width), u32::from(info.height));
     let short = width.min(height);
     let least = how.resize.saturating_mul(7).div_ceil(5);
     if short < least.saturating_mul(2) || width > how.max_side || height > how.max_side {
-        return Ok(None); // The full decoder, which also refuses what is over the limit.
+        return None; // The full decoder, which also refuses what is over the limit.
     }
     let gray = match info.pixel_format {
         jpeg_decoder::PixelFormat::RGB24 => false,
         jpeg_decoder::PixelFormat::L8 => true,
-        _ => return Ok(None),
+        _ => return None,
     };
     // The same factor on both sides: ask for the short side at `least` and the long side in
     // proportion (the decoder takes a scale that reaches either).
@@ -163,21 +161,17 @@ fn decode_reduced(bytes: &[u8], how: &Preprocess) -> Result<Option<(Vec<u8>, u32
         u16::try_from((u64::from(side) * u64::from(least)).div_ceil(u64::from(short)))
             .unwrap_or(u16::MAX)
     };
-    let (scaled_width, scaled_height) = decoder
-        .scale(wanted(width), wanted(height))
-        .map_err(failed)?;
+    let (scaled_width, scaled_height) = decoder.scale(wanted(width), wanted(height)).ok()?;
     let (scaled_width, scaled_height) = (u32::from(scaled_width), u32::from(scaled_height));
-    decoder.set_max_decoding_buffer_size((scaled_width * scaled_height * 3) as usize);
-    let pixels = decoder.decode().map_err(failed)?;
-    let rgb = if gray {
+    let len = (scaled_width * scaled_height * 3) as usize;
+    decoder.set_max_decoding_buffer_size(len);
+    let pixels = decoder.decode().ok()?;
+    let rgb: Vec<u8> = if gray {
         pixels.iter().flat_map(|&v| [v, v, v]).collect()
     } else {
         pixels
     };
-    if rgb.len() != (scaled_width * scaled_height * 3) as usize {
-        return Err("cannot decode the image: its pixel data is shorter than its size".into());
-    }
-    Ok(Some((rgb, scaled_width, scaled_height)))
+    (rgb.len() == len).then_some((rgb, scaled_width, scaled_height))
 }
 
 /// One axis of a resize with the `image` crate's Triangle filter
@@ -356,6 +350,44 @@ mod tests {
             "",
             "more classes than labels"
         );
+    }
+
+    fn jpeg(width: u32, height: u32) -> Vec<u8> {
+        let rgb = image::RgbImage::from_fn(width, height, |x, y| {
+            image::Rgb([(x / 4) as u8, (y / 3) as u8, ((x + y) / 8) as u8])
+        });
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .encode_image(&rgb)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn large_jpegs_decode_at_a_reduced_scale_and_others_fall_back_to_the_full_decoder() {
+        // 1/2 keeps 540 on the short side (at least 359), 1/4 would keep 270.
+        let (_, width, height) = decode_reduced(&jpeg(1920, 1080), &IMAGENET).unwrap();
+        assert_eq!((width, height), (960, 540));
+        assert!(
+            decode_reduced(&jpeg(1280, 700), &IMAGENET).is_none(),
+            "too small to halve"
+        );
+        // One this decoder cannot read goes to the full decoder, as before it existed (which
+        // fills in a JPEG cut short, and names what is wrong with one it cannot read).
+        let mut cut = jpeg(1920, 1080);
+        cut.truncate(cut.len() / 3);
+        assert!(decode_reduced(&cut, &IMAGENET).is_none());
+        let pixels = image_pixels(&cut, &IMAGENET).map(|p| p.len());
+        assert_eq!(pixels, Ok(3 * 224 * 224));
+        let mut broken = jpeg(1920, 1080);
+        broken.truncate(200);
+        let error = image_pixels(&broken, &IMAGENET)
+            .map(|p| p.len())
+            .unwrap_err();
+        assert!(error.starts_with("cannot decode the image"), "{error}");
+        // Either way the tensor has the crop's size.
+        let pixels = image_pixels(&jpeg(1920, 1080), &IMAGENET).map(|p| p.len());
+        assert_eq!(pixels, Ok(3 * 224 * 224));
     }
 
     #[test]
