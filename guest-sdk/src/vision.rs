@@ -385,6 +385,16 @@ mod tests {
             .map(|p| p.len())
             .unwrap_err();
         assert!(error.starts_with("cannot decode the image"), "{error}");
+        // One over the side limit is refused before either decoder decodes it.
+        let small_limit = Preprocess {
+            max_side: 1000,
+            ..IMAGENET
+        };
+        assert!(decode_reduced(&jpeg(1920, 1080), &small_limit).is_none());
+        let error = image_pixels(&jpeg(1920, 1080), &small_limit)
+            .map(|p| p.len())
+            .unwrap_err();
+        assert!(error.starts_with("cannot decode the image"), "{error}");
         // Either way the tensor has the crop's size.
         let pixels = image_pixels(&jpeg(1920, 1080), &IMAGENET).map(|p| p.len());
         assert_eq!(pixels, Ok(3 * 224 * 224));

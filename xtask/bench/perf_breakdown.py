@@ -18,7 +18,7 @@ data, requests, hz = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 
 # (part, test on (thread, dso, symbol)), first match wins; the order of the report.
 PARTS = [
-    ("ONNX Runtime (the model)", lambda t, d, s: "libonnxruntime" in d or "libstdc++" in d and t == "run"),
+    ("ONNX Runtime (the model)", lambda t, d, s: "libonnxruntime" in d or ("libstdc++" in d and t == "run")),
     ("guest: JPEG/PNG decode", lambda t, d, s: d.endswith(".cwasm") and any(
         k in s for k in ("zune_jpeg", "zune_core", "png..", "_3png", "fdeflate", "miniz", "inflate", "image..codecs", "_5image6codecs"))),
     ("guest: resize, crop, normalize", lambda t, d, s: d.endswith(".cwasm") and (

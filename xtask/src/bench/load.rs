@@ -134,6 +134,21 @@ pub(super) fn probe(kit: &mut Kit, args: &[&dyn AsRefOsStr]) -> Result<Vec<Value
         .collect()
 }
 
+/// Runs `command` (one of `xtask/bench/`'s Python scripts) and parses the JSON it prints.
+pub(super) fn script_json(command: &mut Command) -> Result<Value> {
+    let output = command
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", describe(command)))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{} failed: {}",
+            describe(command),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    serde_json::from_slice(&output.stdout).map_err(|e| format!("{}: {e}", describe(command)))
+}
+
 /// Arguments of mixed string and path types.
 pub(super) trait AsRefOsStr {
     fn as_os(&self) -> &std::ffi::OsStr;

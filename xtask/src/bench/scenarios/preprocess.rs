@@ -8,6 +8,7 @@ use std::process::Command;
 use serde_json::{Value, json};
 
 use crate::bench::Kit;
+use crate::bench::load::script_json;
 use crate::bench::server::{Corral, guest};
 use crate::{Result, post_to, root};
 
@@ -87,16 +88,7 @@ pub(in crate::bench) fn preprocess(kit: &mut Kit) -> Result<Value> {
         .arg(ROUNDS.to_string())
         .args(&paths);
     kit.commands.push(format!("{command:?}"));
-    let output = command
-        .output()
-        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "{command:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    let pillow: Value = serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
+    let pillow = script_json(&mut command)?;
     Ok(json!({
         "date": crate::bench::machine()["date"],
         "rounds": ROUNDS,

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use serde_json::{Value, json};
 
 use crate::bench::Kit;
-use crate::bench::load::{Load, corral_load, wrk};
+use crate::bench::load::{Load, corral_load, script_json, wrk};
 use crate::bench::report::{describe, ms};
 use crate::bench::server::{Corral, guest};
 use crate::bench::tools::which;
@@ -24,7 +24,8 @@ const SECONDS: u32 = 8;
 /// One request at a time, and past saturation on this machine's two cores.
 const LEVELS: &[u32] = &[1, 8];
 
-/// The requests profiled: (name, tenant, path, body in the bench folder or the sample, headers).
+/// The requests profiled, each named: the classifier on a photo and on the sample (tenant
+/// `t0`), and the raw tensor (`t1`).
 fn cases(kit: &Kit, corral: &Corral) -> Vec<(&'static str, Load)> {
     let image = |file: &std::path::Path| {
         corral_load(
@@ -108,16 +109,7 @@ pub(in crate::bench) fn profile(kit: &mut Kit) -> Result<Value> {
             if results.is_empty() {
                 kit.commands.push(describe(&breakdown));
             }
-            let output = breakdown
-                .output()
-                .map_err(|e| format!("cannot run perf_breakdown.py: {e}"))?;
-            if !output.status.success() {
-                return Err(format!(
-                    "perf_breakdown.py failed: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                ));
-            }
-            let parts: Value = serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
+            let parts = script_json(&mut breakdown)?;
             let _ = std::fs::remove_file(&data);
             results.push(json!({ "case": name, "concurrency": c, "point": point, "cpu": parts }));
         }
