@@ -192,13 +192,77 @@ impl HttpSettings {
 /// How inference runs use the CPUs: `runs` batches execute at once, each with `threads`
 /// intra-op threads. By default runs × threads = cores (one thread per run, one run per core),
 /// so concurrent runs never oversubscribe the machine.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InferenceSettings {
     /// Intra-op threads of one run (0: 1).
     pub threads: usize,
-    /// Runs that may execute at once across all tenants and models (0: cores / threads).
+    /// Runs that may execute at once on the CPU, across all tenants and models
+    /// (0: cores / threads).
     pub runs: usize,
+    /// Where models are placed: `"cpu"` and `"cuda:N"` (the N-th NVIDIA GPU), in any order.
+    /// Each model goes to the GPU with the fewest resident bytes that can hold it; the CPU is
+    /// the last resort, and only when listed.
+    pub devices: Vec<String>,
+    /// Each GPU's model memory budget, in bytes (0: 90% of the card's memory).
+    pub device_memory_bytes: u64,
+    /// Runs that may execute at once on each GPU (0: 2).
+    pub device_runs: usize,
+}
+
+impl Default for InferenceSettings {
+    fn default() -> Self {
+        Self {
+            threads: 0,
+            runs: 0,
+            devices: vec!["cpu".into()],
+            device_memory_bytes: 0,
+            device_runs: 0,
+        }
+    }
+}
+
+/// A device named in `[inference] devices`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeviceName {
+    /// The machine's CPUs (`"cpu"`).
+    Cpu,
+    /// The NVIDIA GPU with this CUDA ordinal (`"cuda:N"`).
+    Cuda(u32),
+}
+
+/// The most GPUs one machine is taken to have (CUDA ordinals 0 to 63).
+pub const MAX_CUDA_ORDINAL: u32 = 63;
+
+impl DeviceName {
+    /// Reads `"cpu"` or `"cuda:N"`.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        if name == "cpu" {
+            return Ok(Self::Cpu);
+        }
+        let ordinal = name
+            .strip_prefix("cuda:")
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u32>().ok());
+        match ordinal {
+            Some(n) if n <= MAX_CUDA_ORDINAL => Ok(Self::Cuda(n)),
+            Some(n) => Err(format!(
+                "'{name}' names GPU {n}, past the last one Corral addresses (cuda:{MAX_CUDA_ORDINAL})"
+            )),
+            None => Err(format!(
+                "'{name}' is not a device: write \"cpu\" or \"cuda:N\" (N = 0 for the first NVIDIA GPU)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
 }
 
 /// Dynamic batching: queued `compute`s of one model (from any tenant) that agree on all but
@@ -243,7 +307,8 @@ pub struct OnnxSettings {
     /// Whether idle intra-op threads spin waiting for work: a little lower latency for one run
     /// at a time, but spinning threads take CPU from concurrent runs and other tenants.
     pub intra_op_spinning: bool,
-    /// Execution providers in order of preference. This build has `cpu`.
+    /// Deprecated alias of `[inference] devices` (kept one release; logs a warning when set
+    /// to anything but `["cpu"]`): `"cpu"` is the CPU, `"cuda"` the first GPU.
     pub execution_providers: Vec<String>,
     /// Memory all ONNX Runtime runs together may use for their tensors, in bytes (0: half the
     /// machine's memory). A run that needs more fails with a `wasi:nn` runtime error instead
@@ -526,11 +591,32 @@ impl Config {
     }
 
     /// `[inference]` with the deprecated aliases (`max_parallel_inference`, `[onnx]
-    /// intra_op_threads`) applied where `[inference]` leaves the key unset, and a warning for
-    /// each alias in use.
+    /// intra_op_threads`, `[onnx] execution_providers`) applied where `[inference]` leaves the
+    /// key unset, and a warning for each alias in use.
     pub fn inference(&self) -> (InferenceSettings, Vec<String>) {
         let mut settings = self.inference.clone();
         let mut warnings = Vec::new();
+        if self.onnx.execution_providers != OnnxSettings::default().execution_providers {
+            warnings.push(
+                "[onnx] execution_providers is deprecated: use [inference] devices (it is read \
+                 as that for now: \"cuda\" as \"cuda:0\")"
+                    .to_owned(),
+            );
+            if settings.devices == InferenceSettings::default().devices {
+                settings.devices = self
+                    .onnx
+                    .execution_providers
+                    .iter()
+                    .map(|p| {
+                        if p == "cuda" {
+                            "cuda:0".into()
+                        } else {
+                            p.clone()
+                        }
+                    })
+                    .collect();
+            }
+        }
         if self.max_parallel_inference != 0 {
             warnings.push(
                 "max_parallel_inference is deprecated: use [inference] runs (it is read as that \
@@ -622,14 +708,36 @@ impl Config {
             anyhow::bail!("[inference] threads and runs must each be at most 1024");
         }
         for provider in &self.onnx.execution_providers {
-            if provider != "cpu" {
+            if provider != "cpu" && provider != "cuda" {
                 anyhow::bail!(
-                    "[onnx] execution_providers: '{provider}' is not available in this build \
-                     (it has: cpu)"
+                    "[onnx] execution_providers: '{provider}' is not one Corral has (it has: cpu, \
+                     cuda); the key is deprecated: use [inference] devices"
                 );
             }
         }
+        self.devices()?;
+        if self.inference.device_runs > 1024 {
+            anyhow::bail!("[inference] device_runs must be at most 1024");
+        }
         Ok(())
+    }
+
+    /// `[inference] devices` (or its deprecated alias) read: at least one, each once.
+    pub fn devices(&self) -> anyhow::Result<Vec<DeviceName>> {
+        let (settings, _) = self.inference();
+        if settings.devices.is_empty() {
+            anyhow::bail!("[inference] devices is empty: list at least one, such as [\"cpu\"]");
+        }
+        let mut devices = Vec::with_capacity(settings.devices.len());
+        for name in &settings.devices {
+            let device =
+                DeviceName::parse(name).map_err(|e| anyhow::anyhow!("[inference] devices: {e}"))?;
+            if devices.contains(&device) {
+                anyhow::bail!("[inference] devices: '{device}' is listed twice");
+            }
+            devices.push(device);
+        }
+        Ok(devices)
     }
 }
 
@@ -836,9 +944,75 @@ mod tests {
         );
         let err = Config::parse("[onnx]\nexecution_providers = [\"tpu\"]\n", env(&[])).unwrap_err();
         assert!(
-            format!("{err:#}").contains("'tpu' is not available"),
+            format!("{err:#}").contains("'tpu' is not one Corral has"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn devices_are_cpu_and_cuda_ordinals_each_listed_once() {
+        let config = Config::parse("", env(&[])).unwrap();
+        assert_eq!(config.devices().unwrap(), vec![DeviceName::Cpu]);
+        let config = Config::parse(
+            "[inference]\ndevices = [\"cuda:1\", \"cuda:0\", \"cpu\"]\n",
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.devices().unwrap(),
+            vec![DeviceName::Cuda(1), DeviceName::Cuda(0), DeviceName::Cpu]
+        );
+        let config =
+            Config::parse("", env(&[("CORRAL_INFERENCE_DEVICES", "[\"cuda:0\"]")])).unwrap();
+        assert_eq!(config.devices().unwrap(), vec![DeviceName::Cuda(0)]);
+        for (devices, expected) in [
+            ("[]", "devices is empty"),
+            ("[\"gpu0\"]", "'gpu0' is not a device"),
+            ("[\"cuda\"]", "'cuda' is not a device"),
+            ("[\"cuda:\"]", "'cuda:' is not a device"),
+            ("[\"cuda:-1\"]", "'cuda:-1' is not a device"),
+            ("[\"cuda:+1\"]", "'cuda:+1' is not a device"),
+            ("[\"CPU\"]", "'CPU' is not a device"),
+            ("[\"cuda:64\"]", "past the last one"),
+            ("[\"cuda:99999999999999\"]", "is not a device"),
+            (
+                "[\"cuda:0\", \"cpu\", \"cuda:0\"]",
+                "'cuda:0' is listed twice",
+            ),
+        ] {
+            let err = Config::parse(&format!("[inference]\ndevices = {devices}\n"), env(&[]))
+                .unwrap_err();
+            assert!(format!("{err:#}").contains(expected), "{devices}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn execution_providers_is_read_as_devices_with_a_warning() {
+        let config = Config::parse(
+            "[onnx]\nexecution_providers = [\"cuda\", \"cpu\"]\n",
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.devices().unwrap(),
+            vec![DeviceName::Cuda(0), DeviceName::Cpu]
+        );
+        let (_, warnings) = config.inference();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("execution_providers is deprecated")),
+            "{warnings:?}"
+        );
+        // The alias is read only while [inference] devices is left at its default.
+        let config = Config::parse(
+            "[onnx]\nexecution_providers = [\"cuda\"]\n[inference]\ndevices = [\"cuda:1\"]\n",
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(config.devices().unwrap(), vec![DeviceName::Cuda(1)]);
+        let (_, warnings) = Config::parse("", env(&[])).unwrap().inference();
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]
