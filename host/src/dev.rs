@@ -57,7 +57,7 @@ impl DevServer {
         let engine = engine::new_engine(&options.engine)?;
         let mut config = Config::default();
         config.inference.runs = options.runs.unwrap_or(0);
-        let inference = Arc::new(Inference::new(crate::server::inference_options(&config)));
+        let inference = Arc::new(Inference::new(crate::server::inference_options(&config)?));
         // The same builder as `corral serve`'s, without a cache of compiled components.
         let builder = DeploymentBuilder::new(engine, Arc::clone(&inference), None);
         let (component_path, files, limits) = (
@@ -229,7 +229,7 @@ mod tests {
     }
 
     fn inference() -> Inference {
-        Inference::new(crate::server::inference_options(&Config::default()))
+        Inference::new(crate::server::inference_options(&Config::default()).unwrap())
     }
 
     #[test]

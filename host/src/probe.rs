@@ -27,7 +27,7 @@ use crate::metrics::TenantCounters;
 use crate::nn::NnCtx;
 use crate::store::Digest;
 
-/// One model file loaded on its own, outside the model cache: one session, on the CPU.
+/// One model file loaded on its own, outside the model cache: one session, on the CPU or a GPU.
 pub struct NativeModel {
     model: Arc<dyn LoadedModel>,
 }
@@ -37,14 +37,38 @@ impl NativeModel {
     /// intra-op threads (`0`: ONNX Runtime's default, one per core). The thread count is the
     /// process's: the first model loaded sets it.
     pub fn load(path: &Path, threads: usize) -> anyhow::Result<Self> {
-        crate::backends::onnx::OnnxRuntime::configure(crate::config::OnnxSettings {
-            intra_op_threads: threads,
-            ..Default::default()
-        });
+        Self::load_on(path, threads, "cpu")
+    }
+
+    /// [`NativeModel::load`] onto `device` (`cpu`, `cuda:N`), as `corral serve` places a model
+    /// there (a GPU's session arena capped at 90% of the card, as its default budget).
+    pub fn load_on(path: &Path, threads: usize, device: &str) -> anyhow::Result<Self> {
+        use crate::backends::onnx::{CudaArena, OnnxRuntime};
+        let placement =
+            Placement::from(crate::config::DeviceName::parse(device).map_err(anyhow::Error::msg)?);
+        let gpus = match placement {
+            Placement::Cuda(ordinal) => {
+                let driver = crate::backends::cuda::driver().map_err(anyhow::Error::msg)?;
+                let gpu = driver.gpu(ordinal).map_err(anyhow::Error::msg)?;
+                OnnxRuntime::check_cuda()?;
+                vec![CudaArena {
+                    ordinal,
+                    limit_bytes: gpu.memory_bytes / 10 * 9,
+                }]
+            }
+            Placement::Cpu => Vec::new(),
+        };
+        OnnxRuntime::configure(
+            crate::config::OnnxSettings {
+                intra_op_threads: threads,
+                ..Default::default()
+            },
+            gpus,
+        );
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         let model = backend(ModelFormat::from_path(path)?)
-            .and_then(|b| b.load(&bytes, Placement::Cpu))
+            .and_then(|b| b.load(&bytes, placement))
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(Self { model })
     }
@@ -79,7 +103,7 @@ impl Instantiation {
         let compiled = compile(&engine, component)?;
         let inference = Arc::new(Inference::new(crate::server::inference_options(
             &Config::default(),
-        )));
+        )?));
         let models = crate::dev::load_files(&inference, models)?;
         let nn = NnCtx::new(Arc::new(models), inference, "probe");
         let service = Service::new(&engine, &compiled, nn)?;

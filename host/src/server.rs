@@ -14,14 +14,16 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, Admin};
-use crate::backends::onnx::OnnxRuntime;
+use crate::backends::Placement;
+use crate::backends::onnx::{CudaArena, OnnxRuntime};
+use crate::config::DeviceName;
 use crate::config::{ClusterSettings, Config};
 use crate::deployment::DeploymentBuilder;
 use crate::engine;
 use crate::http::error::HostError;
 use crate::http::listener::Listener;
 use crate::http::{self, Router, Target};
-use crate::inference::{Inference, InferenceOptions};
+use crate::inference::{Device, Inference, InferenceOptions};
 use crate::metrics::ConnectionStats;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -31,8 +33,9 @@ use crate::tls::{self, CertResolver};
 
 /// The inference layer's options from the configuration (deprecated keys applied, with their
 /// warnings logged), and ONNX Runtime and libtorch configured to match: each run gets
-/// `threads` intra-op threads.
-pub fn inference_options(config: &Config) -> InferenceOptions {
+/// `threads` intra-op threads. A GPU in `[inference] devices` must be on this machine, with
+/// the libraries that drive it: otherwise the error names what is missing.
+pub fn inference_options(config: &Config) -> anyhow::Result<InferenceOptions> {
     let (settings, warnings) = config.inference();
     for warning in warnings {
         tracing::warn!("{warning}");
@@ -47,30 +50,85 @@ pub fn inference_options(config: &Config) -> InferenceOptions {
             "[inference] runs x threads is more than the cores: concurrent runs will compete for them"
         );
     }
-    let mut onnx = config.onnx.clone();
-    onnx.intra_op_threads = threads;
-    OnnxRuntime::configure(onnx);
+    let names = config.devices()?;
+    let gpus = names.iter().any(|d| *d != DeviceName::Cpu);
     #[cfg(feature = "torch")]
     crate::backends::torch::set_threads(threads);
     let memory_bytes = match config.models.memory_bytes {
         0 => crate::backends::memory_available() / 2,
         bytes => bytes,
     };
+    let driver = if gpus {
+        let listed = names.iter().filter(|d| **d != DeviceName::Cpu);
+        let listed = listed
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let driver = crate::backends::cuda::driver()
+            .map_err(|e| anyhow::anyhow!("[inference] devices lists {listed}, but {e}"))?;
+        OnnxRuntime::check_cuda().with_context(|| {
+            format!("[inference] devices lists {listed}, but ONNX Runtime cannot drive it")
+        })?;
+        Some(driver)
+    } else {
+        None
+    };
+    let mut devices = Vec::with_capacity(names.len());
+    for name in names {
+        let device = match (name, &driver) {
+            (DeviceName::Cuda(ordinal), Some(driver)) => {
+                let gpu = driver
+                    .gpu(ordinal)
+                    .map_err(|e| anyhow::anyhow!("[inference] devices: {e}"))?;
+                let memory_bytes = match settings.device_memory_bytes {
+                    0 => gpu.memory_bytes / 10 * 9,
+                    bytes => bytes,
+                };
+                tracing::info!(device = %name, gpu = %gpu.name, card_bytes = gpu.memory_bytes, memory_bytes, driver = driver.version, "GPU");
+                Device {
+                    name: Arc::from(name.to_string()),
+                    placement: Placement::Cuda(ordinal),
+                    accelerator: true,
+                    memory_bytes,
+                    runs: match settings.device_runs {
+                        0 => DEFAULT_DEVICE_RUNS,
+                        runs => runs,
+                    },
+                }
+            }
+            _ => Device::cpu(runs, memory_bytes),
+        };
+        devices.push(device);
+    }
+    let mut onnx = config.onnx.clone();
+    onnx.intra_op_threads = threads;
+    let arenas = devices.iter().filter_map(|d| match d.placement {
+        Placement::Cuda(ordinal) => Some(CudaArena {
+            ordinal,
+            limit_bytes: d.memory_bytes,
+        }),
+        Placement::Cpu => None,
+    });
+    OnnxRuntime::configure(onnx, arenas.collect());
     tracing::info!(
         runs,
         threads,
         max_batch_size = config.batching.max_batch_size,
         memory_bytes,
+        devices = %devices.iter().map(|d| &*d.name).collect::<Vec<_>>().join(","),
         "inference"
     );
-    InferenceOptions {
-        runs,
+    Ok(InferenceOptions {
         threads,
         max_batch_size: config.batching.max_batch_size,
         max_delay: Duration::from_micros(config.batching.max_delay_us),
-        memory_bytes,
-    }
+        devices,
+    })
 }
+
+/// Run threads per GPU when `[inference] device_runs` is 0: one run executing while the next
+/// batch is copied in and the last one's outputs copied out.
+pub const DEFAULT_DEVICE_RUNS: usize = 2;
 
 /// Where the operator token file lives in the data directory.
 const TOKEN_FILE: &str = "admin-token";
@@ -132,7 +190,7 @@ impl Server {
                 .map(|()| store)
         })
         .await??;
-        let inference = Arc::new(Inference::new(inference_options(&options)));
+        let inference = Arc::new(Inference::new(inference_options(&options)?));
         let engine = engine::new_engine(&options.engine)?;
         let metrics = Arc::new(Metrics::default());
         let store = Arc::new(store);

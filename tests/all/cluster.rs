@@ -6,7 +6,7 @@
 use hyper::StatusCode;
 use serde_json::json;
 
-use crate::common::serve::{Corral, DataDir, Part, multipart, send};
+use crate::common::serve::{Corral, DataDir, Part, multipart, send, serve_refused};
 use crate::common::*;
 
 #[path = "../support/postgres.rs"]
@@ -96,24 +96,6 @@ async fn tenants_and_deployments_live_in_the_database_and_a_host_has_one_owner()
     let a = Corral::start(&dir, &cluster_config(&url));
     let (status, _) = a.call("acme.test", "GET", "/case/add", Vec::new()).await;
     assert_eq!(status, StatusCode::OK, "{}", a.log_text());
-}
-
-/// Runs `corral serve` with `config` (TOML) and no operator token in the environment,
-/// expecting it to refuse to start; its stderr.
-fn serve_refused(name: &str, config: &str) -> String {
-    let dir = DataDir::new(name);
-    let file = dir.0.join("corral.toml");
-    std::fs::write(&file, config).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
-        .args(["serve", "--config"])
-        .arg(&file)
-        .arg("--data")
-        .arg(dir.data())
-        .env_remove("CORRAL_ADMIN_TOKEN")
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// Replicas must agree on the operator token, so cluster mode never generates one.

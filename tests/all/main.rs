@@ -10,6 +10,7 @@ mod common;
 mod classifier;
 mod cli;
 mod cluster;
+mod devices;
 mod faults;
 mod front_door;
 mod guest_languages;

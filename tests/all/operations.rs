@@ -148,7 +148,7 @@ async fn a_request_has_an_id_in_its_logs_and_produces_its_metrics() {
     assert_eq!(corral.metric("corral_instances_in_use").await, 0.0);
     assert_eq!(value("corral_model_sessions"), 1.0);
     assert!(
-        value("corral_models_memory_budget_bytes") > 0.0,
+        value("corral_models_memory_budget_bytes{device=\"cpu\"}") > 0.0,
         "the budget is shown"
     );
     let add = json!(

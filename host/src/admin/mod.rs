@@ -137,27 +137,33 @@ impl Admin {
                     models_resident: cache
                         .residents()
                         .iter()
-                        .map(|r| (digest(&r.key), r.bytes))
+                        .map(|r| (digest(&r.key), r.device.to_string(), r.bytes))
                         .collect(),
-                    models_budget: cache.budget(),
+                    models_budget: cache
+                        .devices()
+                        .iter()
+                        .map(|d| (d.name.to_string(), d.budget))
+                        .collect(),
                     model_loads: cache.loads_total(),
                     model_evictions: cache.evictions_total(),
-                    model_load_times: cache.load_times(),
+                    model_load_times: cache
+                        .load_times()
+                        .into_iter()
+                        .map(|(device, times)| (device.to_string(), times))
+                        .collect(),
                     model_stats: inference
-                        .scheduler()
-                        .model_stats(&cache.loaded_keys())
+                        .model_stats()
                         .into_iter()
                         .map(|(key, stats)| {
                             (digest(&key), stats as Arc<dyn crate::metrics::ModelSeries>)
                         })
                         .collect(),
                     tenant_compute: inference
-                        .scheduler()
                         .compute_seconds()
                         .into_iter()
-                        .map(|(tenant, seconds)| (tenant, "cpu", seconds))
+                        .map(|(tenant, device, seconds)| (tenant, device.to_string(), seconds))
                         .collect(),
-                    nn_queued: inference.scheduler().queued(),
+                    nn_queued: inference.queued(),
                     tenants: self.tenancy.tenant_count(),
                     queue_depth: self.tenancy.queue_depths(),
                     instances_in_use: crate::engine::live_instances(),

@@ -71,6 +71,9 @@ impl Admin {
                     "format": model.key.format.name(),
                     "loaded": cache.is_loaded(&model.key),
                 });
+                if let Some(device) = cache.device_of(&model.key) {
+                    status["device"] = json!(&*device);
+                }
                 if let Some(bytes) = cache.measured_bytes(&model.key) {
                     status["resident_bytes"] = json!(bytes);
                 }

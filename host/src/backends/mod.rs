@@ -6,6 +6,7 @@
 //!
 //! Guest mistakes come back as [`InferenceError`]s with a `wasi:nn`-style kind, never as panics.
 
+pub mod cuda;
 pub mod models;
 pub mod onnx;
 pub mod tensor;
@@ -47,17 +48,34 @@ use std::sync::{Arc, Mutex, PoisonError};
 use models::ModelFormat;
 use tensor::{ElementType, Tensor};
 
-/// Where a model is loaded and run. The CPU only, for now; devices join as variants.
+/// Where a model is loaded and run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Placement {
     Cpu,
+    /// The NVIDIA GPU with this CUDA ordinal.
+    Cuda(u32),
 }
 
 impl Placement {
-    /// The name metrics and status show (`cpu`).
-    pub fn name(self) -> &'static str {
+    /// The name configuration, metrics and status use (`cpu`, `cuda:0`).
+    pub fn name(self) -> String {
         match self {
-            Self::Cpu => "cpu",
+            Self::Cpu => "cpu".to_owned(),
+            Self::Cuda(n) => format!("cuda:{n}"),
+        }
+    }
+
+    /// Whether this is an accelerator (placed before the CPU).
+    pub fn is_accelerator(self) -> bool {
+        !matches!(self, Self::Cpu)
+    }
+}
+
+impl From<corral_parsers::config::DeviceName> for Placement {
+    fn from(name: corral_parsers::config::DeviceName) -> Self {
+        match name {
+            corral_parsers::config::DeviceName::Cpu => Self::Cpu,
+            corral_parsers::config::DeviceName::Cuda(n) => Self::Cuda(n),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The TorchScript backend (cargo feature `torch`): one `tch` module per model file, shared by
-//! every tenant and request, run on the CPU under `no_grad`.
+//! every tenant and request, run under `no_grad` on the CPU or on the GPU it was placed on
+//! (inputs moved there once, outputs moved back once).
 //!
 //! TorchScript has no input metadata to check against: the guest's inputs are passed to the
 //! module's `forward` in the order the guest gives them (their names are for the guest), and
@@ -32,11 +33,38 @@ impl Backend for TorchBackend {
         bytes: &[u8],
         placement: Placement,
     ) -> Result<Arc<dyn LoadedModel>, InferenceError> {
-        let Placement::Cpu = placement;
-        let (session, resident) = super::measured_load(bytes.len(), || TorchSession::load(bytes));
+        let device = device(placement)?;
+        let (session, resident) =
+            super::measured_load(bytes.len(), || TorchSession::load(bytes, device));
         let mut session = session?;
         session.resident_bytes = resident;
         Ok(Arc::new(session))
+    }
+}
+
+/// libtorch's device for a placement; a GPU this libtorch cannot reach is an error naming why.
+fn device(placement: Placement) -> Result<Device, InferenceError> {
+    match placement {
+        Placement::Cpu => Ok(Device::Cpu),
+        Placement::Cuda(ordinal) => {
+            let unreachable = |why: String| {
+                InferenceError::runtime(format!(
+                    "libtorch cannot place the TorchScript model on cuda:{ordinal}: {why}"
+                ))
+            };
+            if !tch::Cuda::is_available() {
+                return Err(unreachable(
+                    "this libtorch has no CUDA (a CPU build, or its CUDA libraries were not \
+                     linked: build with -Wl,--no-as-needed -ltorch_cuda)"
+                        .into(),
+                ));
+            }
+            let count = tch::Cuda::device_count();
+            if i64::from(ordinal) >= count {
+                return Err(unreachable(format!("it sees {count} GPU(s)")));
+            }
+            Ok(Device::Cuda(ordinal as usize))
+        }
     }
 }
 
@@ -48,6 +76,7 @@ pub fn set_threads(threads: usize) {
 /// A loaded TorchScript module. libtorch runs `forward` from many threads at once.
 pub struct TorchSession {
     module: CModule,
+    device: Device,
     signature: Signature,
     resident_bytes: u64,
 }
@@ -66,7 +95,10 @@ impl LoadedModel for TorchSession {
     }
 
     fn placement(&self) -> Placement {
-        Placement::Cpu
+        match self.device {
+            Device::Cuda(ordinal) => Placement::Cuda(ordinal as u32),
+            _ => Placement::Cpu,
+        }
     }
 
     fn run(
@@ -130,15 +162,14 @@ fn gist(error: &tch::TchError) -> String {
 }
 
 impl TorchSession {
-    /// Loads a TorchScript file (as `torch.jit.save` writes it) onto the CPU, in eval mode.
-    pub fn load(bytes: &[u8]) -> Result<Self, InferenceError> {
-        let mut module =
-            CModule::load_data_on_device(&mut &bytes[..], Device::Cpu).map_err(|e| {
-                InferenceError::new(
-                    ErrorKind::InvalidEncoding,
-                    format!("libtorch cannot load the TorchScript model: {}", gist(&e)),
-                )
-            })?;
+    /// Loads a TorchScript file (as `torch.jit.save` writes it) onto `device`, in eval mode.
+    pub fn load(bytes: &[u8], device: Device) -> Result<Self, InferenceError> {
+        let mut module = CModule::load_data_on_device(&mut &bytes[..], device).map_err(|e| {
+            InferenceError::new(
+                ErrorKind::InvalidEncoding,
+                format!("libtorch cannot load the TorchScript model: {}", gist(&e)),
+            )
+        })?;
         module.f_set_eval().map_err(|e| {
             InferenceError::new(
                 ErrorKind::InvalidEncoding,
@@ -147,13 +178,15 @@ impl TorchSession {
         })?;
         Ok(Self {
             module,
+            device,
             signature: Signature::default(),
             resident_bytes: 0,
         })
     }
 
     /// Runs `forward` on the inputs, in the guest's order. Each input is copied once into a
-    /// libtorch tensor; each output once out of it.
+    /// libtorch tensor (and once more to the GPU, if the model is on one); each output once
+    /// out of it (after a copy back from the GPU).
     pub fn run(
         &self,
         inputs: Vec<(String, Tensor)>,
@@ -166,6 +199,10 @@ impl TorchSession {
             let shape: Vec<i64> = tensor.shape.iter().map(|&d| i64::from(d)).collect();
             let value =
                 tch::Tensor::f_from_data_size(tensor.bytes.as_slice(), &shape, kind(tensor.ty))
+                    .and_then(|value| match self.device {
+                        Device::Cpu => Ok(value),
+                        device => value.f_to_device(device),
+                    })
                     .map_err(|e| {
                         InferenceError::invalid(format!("input '{name}': {}", gist(&e)))
                     })?;
@@ -210,7 +247,7 @@ impl TorchSession {
     }
 }
 
-/// Copies a libtorch tensor (any layout, on the CPU) into a host tensor.
+/// Copies a libtorch tensor (any layout, on any device) into a host tensor.
 fn to_host(name: &str, tensor: &tch::Tensor) -> Result<Tensor, InferenceError> {
     let ty = element_type(tensor.kind()).ok_or_else(|| {
         InferenceError::new(
@@ -231,7 +268,10 @@ fn to_host(name: &str, tensor: &tch::Tensor) -> Result<Tensor, InferenceError> {
         })?;
     let numel = tensor.numel();
     let mut bytes = vec![0u8; numel * ty.size()];
-    let contiguous = tensor.contiguous();
+    let contiguous = tensor
+        .f_to_device(Device::Cpu)
+        .map_err(|e| InferenceError::runtime(format!("cannot read output '{name}': {}", gist(&e))))?
+        .contiguous();
     contiguous.f_copy_data_u8(&mut bytes, numel).map_err(|e| {
         InferenceError::runtime(format!("cannot read output '{name}': {}", gist(&e)))
     })?;

@@ -1,15 +1,20 @@
-//! The model memory budget: loaded models by content, kept least-recently-used.
+//! The model memory budgets: loaded models by content, placed on a device, kept
+//! least-recently-used within each device's budget.
 //!
 //! A model is loaded on first use (or at deploy, to validate it) and stays loaded while it is
-//! used. When a load would take the models' measured resident bytes past the budget, idle
-//! models (held by nothing but the cache: no run queued or executing) are unloaded first:
+//! used. **Placement**: it goes to the accelerator (GPU) with the fewest resident bytes that
+//! has room for it; failing that, to the one that can make room by unloading idle models;
+//! only then to the CPU (if it is a device at all), free room first. **Eviction**, per device:
+//! when a load would take a device's measured resident bytes past its budget, idle models
+//! there (held by nothing but the cache: no run queued or executing) are unloaded first:
 //! models no deployment holds, then the loading tenant's own, then other tenants', each
 //! oldest use first. So a tenant cycling through many models of its own mostly unloads its
-//! own, and cannot push every other tenant's models out by doing so. A model in use is never unloaded; a load that cannot fit without
-//! unloading one fails instead, so the budget holds. A model larger than the whole budget never
-//! loads.
+//! own, and cannot push every other tenant's models out by doing so. A model in use is never
+//! unloaded; a load that cannot fit without unloading one fails instead, so every budget
+//! holds. A model larger than every device's budget never loads.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
@@ -23,12 +28,42 @@ use crate::metrics::Histogram;
 /// it: they are estimates and diagnostics, not state).
 const MAX_REMEMBERED: usize = 1 << 16;
 
+/// One device's part of the cache: where its models load and the bytes they may hold there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceBudget {
+    /// The name metrics and status show (`cpu`, `cuda:0`).
+    pub name: Arc<str>,
+    /// Where the backends load its models.
+    pub placement: Placement,
+    /// Whether models go here before the CPU (a GPU; tests also mark CPU stand-ins).
+    pub accelerator: bool,
+    /// Measured resident bytes its models may hold together.
+    pub budget: u64,
+}
+
+/// A loaded model and the device it is on (an index into the cache's devices, which is also
+/// the scheduler lane its runs go to).
+#[derive(Clone, Debug)]
+pub struct Placed {
+    pub model: Arc<dyn LoadedModel>,
+    pub device: usize,
+}
+
+impl Deref for Placed {
+    type Target = dyn LoadedModel;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.model
+    }
+}
+
 /// Why a model could not be loaded.
 #[derive(Debug)]
 pub enum LoadError {
-    /// Its measured (or, before a first load, its file's) size is over the whole budget.
+    /// Its measured (or, before a first load, its file's) size is over the budget of every
+    /// device (of the device it loaded on, once measured).
     TooLarge { bytes: u64, budget: u64 },
-    /// Models in use hold the budget: nothing idle is left to unload.
+    /// Models in use hold every budget it could fit in: nothing idle is left to unload.
     NoRoom { bytes: u64, budget: u64 },
     /// The backend refused the bytes, or they could not be read.
     Failed(InferenceError),
@@ -66,13 +101,21 @@ struct Entry {
     model: Arc<dyn LoadedModel>,
     bytes: u64,
     last_used: u64,
+    device: usize,
+}
+
+impl Entry {
+    /// Held by nothing but the cache: no run queued or executing.
+    fn idle(&self) -> bool {
+        Arc::strong_count(&self.model) == 1
+    }
 }
 
 #[derive(Default)]
 struct State {
     entries: HashMap<ModelKey, Entry>,
-    /// Bytes of loaded models plus bytes reserved by loads in progress.
-    used: u64,
+    /// Per device: bytes of loaded models plus bytes reserved by loads in progress.
+    used: Vec<u64>,
     clock: u64,
     /// Measured sizes of models loaded before (the estimate for their next load).
     sizes: HashMap<ModelKey, u64>,
@@ -112,34 +155,30 @@ impl Drop for ModelHold {
             return;
         }
         state.holds.remove(&self.key);
-        let idle = state
-            .entries
-            .get(&self.key)
-            .is_some_and(|e| Arc::strong_count(&e.model) == 1);
+        let idle = state.entries.get(&self.key).is_some_and(Entry::idle);
         if idle && let Some(entry) = state.entries.remove(&self.key) {
-            state.used -= entry.bytes;
+            state.used[entry.device] -= entry.bytes;
             tracing::info!(digest = %self.key.digest, bytes = entry.bytes, "model unloaded (no deployment uses it)");
         }
     }
 }
 
-/// Loaded models under a memory budget.
+/// Loaded models under each device's memory budget.
 pub struct ModelCache {
-    budget: u64,
-    placement: Placement,
+    devices: Vec<DeviceBudget>,
     state: Arc<Mutex<State>>,
     /// One lock per model being loaded: two first uses of one model load it once.
     loading: DashMap<ModelKey, Arc<Mutex<()>>>,
     loads: AtomicU64,
     evictions: AtomicU64,
-    /// Time of each successful load (reading the bytes and the backend's load).
-    load_times: Arc<Histogram>,
+    /// Time of each successful load (reading the bytes and the backend's load), by device.
+    load_times: Vec<Arc<Histogram>>,
 }
 
 impl std::fmt::Debug for ModelCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ModelCache")
-            .field("budget", &self.budget)
+            .field("devices", &self.devices)
             .field("resident", &self.resident_bytes())
             .finish_non_exhaustive()
     }
@@ -150,18 +189,38 @@ impl std::fmt::Debug for ModelCache {
 pub struct Resident {
     pub key: ModelKey,
     pub bytes: u64,
+    /// The device it is on (`cpu`, `cuda:0`).
+    pub device: Arc<str>,
 }
 
+/// How a load may be refused, as [`ModelCache::load`] answers.
+type Refusal = Result<Option<Placed>, LoadError>;
+
 impl ModelCache {
+    /// A cache of one device.
     pub fn new(budget: u64, placement: Placement) -> Self {
-        Self {
-            budget,
+        Self::with_devices(vec![DeviceBudget {
+            name: Arc::from(placement.name()),
             placement,
-            state: Arc::default(),
+            accelerator: placement.is_accelerator(),
+            budget,
+        }])
+    }
+
+    /// A cache placing models on `devices` (at least one), each under its own budget.
+    pub fn with_devices(devices: Vec<DeviceBudget>) -> Self {
+        assert!(!devices.is_empty(), "a model cache needs a device");
+        let state = State {
+            used: vec![0; devices.len()],
+            ..State::default()
+        };
+        Self {
+            load_times: devices.iter().map(|_| Arc::default()).collect(),
+            devices,
+            state: Arc::new(Mutex::new(state)),
             loading: DashMap::new(),
             loads: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
-            load_times: Arc::default(),
         }
     }
 
@@ -169,8 +228,13 @@ impl ModelCache {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The largest device budget: no model larger than this can load.
     pub fn budget(&self) -> u64 {
-        self.budget
+        self.devices.iter().map(|d| d.budget).max().unwrap_or(0)
+    }
+
+    pub fn devices(&self) -> &[DeviceBudget] {
+        &self.devices
     }
 
     /// A deployment's hold on `key`, for `tenant` (see [`ModelHold`]).
@@ -191,13 +255,16 @@ impl ModelCache {
     }
 
     /// The loaded model for `key`, if it is loaded; counts as a use.
-    pub fn get(&self, key: &ModelKey) -> Option<Arc<dyn LoadedModel>> {
+    pub fn get(&self, key: &ModelKey) -> Option<Placed> {
         let mut state = self.state();
         state.clock += 1;
         let clock = state.clock;
         let entry = state.entries.get_mut(key)?;
         entry.last_used = clock;
-        Some(Arc::clone(&entry.model))
+        Some(Placed {
+            model: Arc::clone(&entry.model),
+            device: entry.device,
+        })
     }
 
     /// The loaded model for `key`, loading it from `source` if needed, for `tenant` (whose own
@@ -208,7 +275,7 @@ impl ModelCache {
         source: &dyn ModelSource,
         room: Room,
         tenant: &str,
-    ) -> Result<Option<Arc<dyn LoadedModel>>, LoadError> {
+    ) -> Result<Option<Placed>, LoadError> {
         if let Some(model) = self.get(&key) {
             return Ok(Some(model));
         }
@@ -217,7 +284,7 @@ impl ModelCache {
             let _loading = lock.lock().unwrap_or_else(PoisonError::into_inner);
             match self.get(&key) {
                 Some(model) => Ok(Some(model)),
-                None => self.load_new(key, source, room, tenant),
+                None => self.load_new(key, source, room, tenant, false),
             }
         };
         drop(lock);
@@ -233,13 +300,15 @@ impl ModelCache {
         result
     }
 
+    /// Loads a model not loaded yet (`again`: placed a second time, by its measured size).
     fn load_new(
         &self,
         key: ModelKey,
         source: &dyn ModelSource,
         room: Room,
         tenant: &str,
-    ) -> Result<Option<Arc<dyn LoadedModel>>, LoadError> {
+        again: bool,
+    ) -> Result<Option<Placed>, LoadError> {
         let started = std::time::Instant::now();
         let backend = backend(key.format).map_err(LoadError::Failed)?;
         let bytes = source.read().map_err(|e| {
@@ -250,19 +319,20 @@ impl ModelCache {
                  cannot be read (the server's log says more)",
             ))
         })?;
-        let estimate = {
+        let (device, estimate) = {
             let mut state = self.state();
             let estimate = state.sizes.get(&key).copied().unwrap_or(bytes.len() as u64);
-            if let Some(refused) = self.fit(&mut state, estimate, room, tenant) {
-                return refused;
-            }
-            state.used += estimate;
-            estimate
+            let device = match self.place(&mut state, estimate, room, tenant) {
+                Ok(device) => device,
+                Err(refused) => return refused,
+            };
+            state.used[device] += estimate;
+            (device, estimate)
         };
-        let loaded = backend.load(&bytes, self.placement);
+        let loaded = backend.load(&bytes, self.devices[device].placement);
         drop(bytes);
         let mut state = self.state();
-        state.used -= estimate;
+        state.used[device] -= estimate;
         let model = loaded.map_err(LoadError::Failed)?;
         let measured = model.resident_bytes();
         if state.sizes.len() >= MAX_REMEMBERED {
@@ -270,10 +340,17 @@ impl ModelCache {
         }
         state.sizes.insert(key, measured);
         // It may measure larger than estimated, with what is left in use: the budget holds.
-        if let Some(refused) = self.fit(&mut state, measured, room, tenant) {
+        // Placed by a first guess (its file's size), it is placed again by its measured size,
+        // which another device may have room for.
+        if let Some(refused) = self.fit(&mut state, device, measured, room, tenant) {
+            if measured > estimate && self.devices.len() > 1 && !again {
+                drop((state, model));
+                tracing::debug!(digest = %key.digest, measured, estimate, "a model larger than its estimate is placed again");
+                return self.load_new(key, source, room, tenant, true);
+            }
             return refused;
         }
-        state.used += measured;
+        state.used[device] += measured;
         state.clock += 1;
         let last_used = state.clock;
         state.failures.remove(&key);
@@ -283,27 +360,69 @@ impl ModelCache {
                 model: Arc::clone(&model),
                 bytes: measured,
                 last_used,
+                device,
             },
         );
         self.loads.fetch_add(1, Ordering::Relaxed);
-        self.load_times.observe(started.elapsed());
-        tracing::info!(digest = %key.digest, format = key.format.name(), bytes = measured, "model loaded");
-        Ok(Some(model))
+        self.load_times[device].observe(started.elapsed());
+        let on = &*self.devices[device].name;
+        tracing::info!(digest = %key.digest, format = key.format.name(), bytes = measured, device = on, "model loaded");
+        Ok(Some(Placed { model, device }))
     }
 
-    /// Makes room for `bytes` more as `room` allows; the answer to give when they cannot fit.
-    fn fit(
+    /// The device a model of `bytes` goes to (see the module's documentation), having made
+    /// room there if it must; the answer to give when there is none.
+    fn place(
         &self,
         state: &mut State,
         bytes: u64,
         room: Room,
         tenant: &str,
-    ) -> Option<Result<Option<Arc<dyn LoadedModel>>, LoadError>> {
-        let budget = self.budget;
+    ) -> Result<usize, Refusal> {
+        let budget = self.budget();
+        if bytes > budget {
+            return Err(Err(LoadError::TooLarge { bytes, budget }));
+        }
+        let reclaimable: Vec<u64> = (0..self.devices.len())
+            .map(|d| self.reclaimable(state, d))
+            .collect();
+        let evict = room == Room::MakeRoom;
+        match choose(&self.devices, &state.used, &reclaimable, bytes, evict) {
+            Some(device) => {
+                self.make_room(state, device, bytes, evict, tenant);
+                Ok(device)
+            }
+            None if evict => Err(Err(LoadError::NoRoom { bytes, budget })),
+            None => Err(Ok(None)),
+        }
+    }
+
+    /// Bytes `device` would have free with every idle model on it unloaded.
+    fn reclaimable(&self, state: &State, device: usize) -> u64 {
+        let idle: u64 = state
+            .entries
+            .values()
+            .filter(|e| e.device == device && e.idle())
+            .map(|e| e.bytes)
+            .sum();
+        (self.devices[device].budget + idle).saturating_sub(state.used[device])
+    }
+
+    /// Makes room for `bytes` more on `device` as `room` allows; the answer to give when they
+    /// cannot fit.
+    fn fit(
+        &self,
+        state: &mut State,
+        device: usize,
+        bytes: u64,
+        room: Room,
+        tenant: &str,
+    ) -> Option<Refusal> {
+        let budget = self.devices[device].budget;
         if bytes > budget {
             return Some(Err(LoadError::TooLarge { bytes, budget }));
         }
-        if self.make_room(state, bytes, room == Room::MakeRoom, tenant) {
+        if self.make_room(state, device, bytes, room == Room::MakeRoom, tenant) {
             return None;
         }
         Some(match room {
@@ -312,11 +431,18 @@ impl ModelCache {
         })
     }
 
-    /// Unloads idle models until `bytes` more fit (when `evict`): first those no deployment
-    /// holds, then `tenant`'s own, then other tenants', least recently used first in each;
-    /// whether they fit.
-    fn make_room(&self, state: &mut State, bytes: u64, evict: bool, tenant: &str) -> bool {
-        while state.used + bytes > self.budget {
+    /// Unloads idle models on `device` until `bytes` more fit there (when `evict`): first
+    /// those no deployment holds, then `tenant`'s own, then other tenants', least recently
+    /// used first in each; whether they fit.
+    fn make_room(
+        &self,
+        state: &mut State,
+        device: usize,
+        bytes: u64,
+        evict: bool,
+        tenant: &str,
+    ) -> bool {
+        while state.used[device] + bytes > self.devices[device].budget {
             if !evict {
                 return false;
             }
@@ -328,27 +454,28 @@ impl ModelCache {
             let victim = state
                 .entries
                 .iter()
-                .filter(|(_, entry)| Arc::strong_count(&entry.model) == 1)
+                .filter(|(_, entry)| entry.device == device && entry.idle())
                 .min_by_key(|(key, entry)| (order(key), entry.last_used))
                 .map(|(key, _)| *key);
             let Some(victim) = victim else {
                 return false;
             };
             if let Some(entry) = state.entries.remove(&victim) {
-                state.used -= entry.bytes;
+                state.used[device] -= entry.bytes;
                 self.evictions.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(digest = %victim.digest, bytes = entry.bytes, "model unloaded (memory budget)");
+                let on = &*self.devices[device].name;
+                tracing::info!(digest = %victim.digest, bytes = entry.bytes, device = on, "model unloaded (memory budget)");
             }
         }
         true
     }
 
-    /// Bytes the loaded models hold, as measured.
+    /// Bytes the loaded models hold, as measured, on every device together.
     pub fn resident_bytes(&self) -> u64 {
         self.state().entries.values().map(|e| e.bytes).sum()
     }
 
-    /// Every loaded model and its measured size.
+    /// Every loaded model, its measured size and its device.
     pub fn residents(&self) -> Vec<Resident> {
         let mut all: Vec<Resident> = self
             .state()
@@ -357,6 +484,7 @@ impl ModelCache {
             .map(|(key, entry)| Resident {
                 key: *key,
                 bytes: entry.bytes,
+                device: Arc::clone(&self.devices[entry.device].name),
             })
             .collect();
         all.sort_unstable_by_key(|r| (r.key.digest.to_string(), r.key.format.name()));
@@ -365,6 +493,19 @@ impl ModelCache {
 
     pub fn loaded_keys(&self) -> HashSet<ModelKey> {
         self.state().entries.keys().copied().collect()
+    }
+
+    /// The models loaded on `device` now.
+    pub fn loaded_keys_on(&self, device: usize) -> HashSet<ModelKey> {
+        let state = self.state();
+        let on = state.entries.iter().filter(|(_, e)| e.device == device);
+        on.map(|(key, _)| *key).collect()
+    }
+
+    /// The device `key` is loaded on now, if it is.
+    pub fn device_of(&self, key: &ModelKey) -> Option<Arc<str>> {
+        let device = self.state().entries.get(key)?.device;
+        Some(Arc::clone(&self.devices[device].name))
     }
 
     /// Whether `key` is loaded now (no use counted).
@@ -386,8 +527,12 @@ impl ModelCache {
         self.loads.load(Ordering::Relaxed)
     }
 
-    pub fn load_times(&self) -> Arc<Histogram> {
-        Arc::clone(&self.load_times)
+    /// Each device's load times.
+    pub fn load_times(&self) -> Vec<(Arc<str>, Arc<Histogram>)> {
+        let devices = self.devices.iter().map(|d| Arc::clone(&d.name));
+        devices
+            .zip(self.load_times.iter().map(Arc::clone))
+            .collect()
     }
 
     pub fn evictions_total(&self) -> u64 {
@@ -397,5 +542,98 @@ impl ModelCache {
     /// Loads in progress (the per-model locks do not outlive their loads).
     pub fn loads_in_progress(&self) -> usize {
         self.loading.len()
+    }
+}
+
+/// The device a model of `bytes` goes to, given each device's bytes in use and the bytes it
+/// would have free with its idle models unloaded (when `evict` allows that): the accelerator
+/// with the fewest bytes in use that has room, else the one that can make room, else the CPU
+/// (room first); ties go to the device listed first. `None` when no device can take it.
+fn choose(
+    devices: &[DeviceBudget],
+    used: &[u64],
+    reclaimable: &[u64],
+    bytes: u64,
+    evict: bool,
+) -> Option<usize> {
+    let mut order: Vec<usize> = (0..devices.len())
+        .filter(|&d| devices[d].budget >= bytes)
+        .collect();
+    order.sort_by_key(|&d| used[d]);
+    for accelerators in [true, false] {
+        let group = || {
+            order
+                .iter()
+                .copied()
+                .filter(move |&d| devices[d].accelerator == accelerators)
+        };
+        if let Some(free) = group().find(|&d| used[d] + bytes <= devices[d].budget) {
+            return Some(free);
+        }
+        if evict && let Some(d) = group().find(|&d| reclaimable[d] >= bytes) {
+            return Some(d);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{DeviceBudget, choose};
+    use crate::backends::Placement;
+
+    fn device(name: &str, accelerator: bool, budget: u64) -> DeviceBudget {
+        DeviceBudget {
+            name: Arc::from(name),
+            placement: Placement::Cpu,
+            accelerator,
+            budget,
+        }
+    }
+
+    #[test]
+    fn a_model_goes_to_the_least_loaded_gpu_with_room_and_the_cpu_last() {
+        let devices = [
+            device("cpu", false, 1000),
+            device("cuda:0", true, 100),
+            device("cuda:1", true, 100),
+        ];
+        // The GPU with fewer bytes in use, though listed after the CPU and another GPU.
+        assert_eq!(choose(&devices, &[0, 50, 20], &[0; 3], 30, false), Some(2));
+        // Ties go to the one listed first.
+        assert_eq!(choose(&devices, &[0, 20, 20], &[0; 3], 30, false), Some(1));
+        // The least loaded (a smaller card) has no room for this one; the other has.
+        let smaller = [
+            device("cpu", false, 1000),
+            device("cuda:0", true, 100),
+            device("cuda:1", true, 50),
+        ];
+        assert_eq!(choose(&smaller, &[0, 40, 10], &[0; 3], 45, false), Some(1));
+        // No GPU has room, and nothing may be unloaded: the CPU.
+        assert_eq!(
+            choose(&devices, &[0, 90, 90], &[10, 10, 10], 30, false),
+            Some(0)
+        );
+        // Unloading idle models on a GPU comes before the CPU.
+        assert_eq!(
+            choose(&devices, &[0, 90, 90], &[1000, 10, 40], 30, true),
+            Some(2)
+        );
+        // Larger than any GPU's whole budget: the CPU.
+        assert_eq!(
+            choose(&devices, &[0, 0, 0], &[1000, 100, 100], 101, true),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn without_the_cpu_listed_a_model_that_no_gpu_can_take_goes_nowhere() {
+        let devices = [device("cuda:0", true, 100), device("cuda:1", true, 100)];
+        assert_eq!(choose(&devices, &[90, 95], &[10, 5], 30, true), None);
+        assert_eq!(choose(&devices, &[90, 95], &[40, 5], 30, false), None);
+        assert_eq!(choose(&devices, &[90, 95], &[40, 5], 30, true), Some(0));
+        assert_eq!(choose(&devices, &[0, 0], &[100, 100], 101, true), None);
     }
 }

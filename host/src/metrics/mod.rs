@@ -50,18 +50,18 @@ pub trait ModelSeries: Send + Sync + std::fmt::Debug {
 
 #[derive(Debug, Default)]
 pub struct Gauges {
-    /// Loaded models: (digest, measured resident bytes).
-    pub models_resident: Vec<(String, u64)>,
-    /// The models' memory budget.
-    pub models_budget: u64,
+    /// Loaded models: (digest, device, measured resident bytes).
+    pub models_resident: Vec<(String, String, u64)>,
+    /// Each device's models' memory budget.
+    pub models_budget: Vec<(String, u64)>,
     pub model_loads: u64,
     pub model_evictions: u64,
-    /// Time of each model load.
-    pub model_load_times: Arc<Histogram>,
+    /// Time of each model load, by device.
+    pub model_load_times: Vec<(String, Arc<Histogram>)>,
     /// Per loaded model (digest): its scheduler measurements.
     pub model_stats: Vec<(String, Arc<dyn ModelSeries>)>,
     /// Tenant → seconds of inference runs (its share of each batch), with the device.
-    pub tenant_compute: Vec<(String, &'static str, f64)>,
+    pub tenant_compute: Vec<(String, String, f64)>,
     /// Tenant → inference jobs waiting for a run thread.
     pub nn_queued: Vec<(String, u32)>,
     pub tenants: usize,
@@ -147,12 +147,25 @@ impl Metrics {
             out,
             "corral_model_resident_bytes",
             "gauge",
-            "Measured memory of each loaded model, by model digest.",
+            "Measured memory of each loaded model, by model digest and the device it is on.",
         );
-        for (model, bytes) in &gauges.models_resident {
+        for (model, device, bytes) in &gauges.models_resident {
             let _ = writeln!(
                 out,
-                "corral_model_resident_bytes{{model=\"{model}\"}} {bytes}"
+                "corral_model_resident_bytes{{model=\"{model}\",device=\"{device}\"}} {bytes}"
+            );
+        }
+        header(
+            out,
+            "corral_models_memory_budget_bytes",
+            "gauge",
+            "Each device's model memory budget ([models] memory_bytes on the CPU, [inference] \
+             device_memory_bytes on a GPU).",
+        );
+        for (device, bytes) in &gauges.models_budget {
+            let _ = writeln!(
+                out,
+                "corral_models_memory_budget_bytes{{device=\"{device}\"}} {bytes}"
             );
         }
         header(
@@ -161,9 +174,13 @@ impl Metrics {
             "histogram",
             "Time of each model load (reading its bytes and the backend's load).",
         );
-        gauges
-            .model_load_times
-            .render(out, "corral_model_load_seconds", "device=\"cpu\"");
+        for (device, times) in &gauges.model_load_times {
+            times.render(
+                out,
+                "corral_model_load_seconds",
+                &format!("device=\"{device}\""),
+            );
+        }
         header(
             out,
             "corral_tenant_compute_seconds_total",
@@ -331,11 +348,6 @@ impl Metrics {
                 gauges.models_resident.len() as u64,
             ),
             (
-                "corral_models_memory_budget_bytes",
-                "The loaded models' memory budget ([models] memory_bytes).",
-                gauges.models_budget,
-            ),
-            (
                 "corral_tenants",
                 "Tenants registered.",
                 gauges.tenants as u64,
@@ -431,7 +443,11 @@ mod tests {
         metrics.record_request("acme", 500, Duration::from_millis(3));
         metrics.record_request("", 404, Duration::from_micros(100));
         let text = metrics.render(&Gauges {
-            models_resident: vec![("a".into(), 1), ("b".into(), 2), ("c".into(), 3)],
+            models_resident: vec![
+                ("a".into(), "cpu".into(), 1),
+                ("b".into(), "cpu".into(), 2),
+                ("c".into(), "cuda:0".into(), 3),
+            ],
             ..Gauges::default()
         });
         assert!(
@@ -453,6 +469,7 @@ mod tests {
         );
         assert!(text.contains("corral_request_duration_seconds_count{tenant=\"acme\"} 3\n"));
         assert!(text.contains("corral_model_sessions 3\n"));
-        assert!(text.contains("corral_model_resident_bytes{model=\"b\"} 2\n"));
+        assert!(text.contains("corral_model_resident_bytes{model=\"b\",device=\"cpu\"} 2\n"));
+        assert!(text.contains("corral_model_resident_bytes{model=\"c\",device=\"cuda:0\"} 3\n"));
     }
 }

@@ -26,7 +26,7 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use crate::backends::tensor::{ElementType, Tensor, TensorBytes};
 use crate::backends::{ErrorKind, InferenceError};
-use crate::inference::scheduler::Registration;
+use crate::inference::Registrations;
 use crate::inference::{Inference, Model, ModelSet, RunError, Submission};
 use crate::limits::Outcome;
 use crate::limits::{LimitHit, Limits};
@@ -72,14 +72,14 @@ pub struct NnCtx {
     /// The deployment's configuration as JSON (`corral:service/models.config`).
     config: Option<Arc<str>>,
     /// Registers the tenant with the scheduler while the deployment has models.
-    _registration: Option<Arc<Registration>>,
+    _registration: Option<Arc<Registrations>>,
 }
 
 impl NnCtx {
     /// The `wasi:nn` context of a deployment of `tenant`.
     pub fn new(models: Arc<ModelSet>, inference: Arc<Inference>, tenant: &str) -> Self {
-        let registration = (models.iter().next().is_some())
-            .then(|| Arc::new(inference.scheduler().register(tenant)));
+        let registration =
+            (models.iter().next().is_some()).then(|| Arc::new(inference.register(tenant)));
         Self {
             models,
             inference,

@@ -302,10 +302,6 @@ impl Tenancy {
         self.tenants.remove(name);
         tenant.live.store(None);
         self.platform.metrics.forget_tenant(name);
-        self.platform
-            .builder
-            .inference()
-            .scheduler()
-            .forget_tenant(name);
+        self.platform.builder.inference().forget_tenant(name);
     }
 }

@@ -405,6 +405,27 @@ fn wait_ready(admin: SocketAddr, log: &Path) {
     }
 }
 
+/// Runs `corral serve` with `config` (TOML) and no operator token in the environment,
+/// expecting it to refuse to start; its stderr.
+pub fn serve_refused(name: &str, config: &str) -> String {
+    let dir = DataDir::new(name);
+    let file = dir.0.join("corral.toml");
+    std::fs::write(&file, config).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(["serve", "--config"])
+        .arg(&file)
+        .arg("--data")
+        .arg(dir.data())
+        .env_remove("CORRAL_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "corral serve started with {config}"
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// One part of a multipart/form-data body.
 pub struct Part {
     pub name: String,

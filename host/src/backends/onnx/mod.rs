@@ -18,7 +18,7 @@ use super::{
 
 pub use corral_parsers::onnx::{ModelCheckError, check_self_contained};
 pub use ffi::OutputTensor;
-pub use runtime::OnnxRuntime;
+pub use runtime::{CudaArena, OnnxRuntime};
 
 /// What the model says one input must be.
 #[derive(Debug)]
@@ -44,7 +44,6 @@ impl Backend for OnnxBackend {
         bytes: &[u8],
         placement: Placement,
     ) -> Result<Arc<dyn LoadedModel>, InferenceError> {
-        let Placement::Cpu = placement;
         // A model naming external data is refused by policy (`security`), one that does not
         // parse is not ONNX (`invalid-encoding`).
         check_self_contained(bytes).map_err(|e| {
@@ -56,8 +55,14 @@ impl Backend for OnnxBackend {
         })?;
         let runtime =
             OnnxRuntime::global().map_err(|e| InferenceError::runtime(format!("{e:#}")))?;
-        let (session, resident) =
-            super::measured_load(bytes.len(), || OnnxSession::load(runtime, bytes));
+        let (session, resident) = match placement {
+            Placement::Cpu => {
+                super::measured_load(bytes.len(), || OnnxSession::load(runtime, bytes, placement))
+            }
+            Placement::Cuda(ordinal) => super::cuda::measured_load(ordinal, bytes.len(), || {
+                OnnxSession::load(runtime, bytes, placement)
+            }),
+        };
         let mut session = session?;
         session.resident_bytes = resident;
         Ok(Arc::new(session))
@@ -76,6 +81,7 @@ pub struct OnnxSession {
     output_c_names: Vec<CString>,
     signature: Signature,
     resident_bytes: u64,
+    placement: Placement,
 }
 
 impl LoadedModel for OnnxSession {
@@ -92,7 +98,7 @@ impl LoadedModel for OnnxSession {
     }
 
     fn placement(&self) -> Placement {
-        Placement::Cpu
+        self.placement
     }
 
     fn run(
@@ -110,20 +116,25 @@ impl LoadedModel for OnnxSession {
 impl OnnxSession {
     /// Builds a session from model bytes. Fails with [`ErrorKind::InvalidEncoding`] when ONNX
     /// Runtime cannot load them, naming its reason.
-    pub fn load(runtime: &'static OnnxRuntime, bytes: &[u8]) -> Result<Self, InferenceError> {
-        let session = runtime.session_from_memory(bytes).map_err(|e| {
+    pub fn load(
+        runtime: &'static OnnxRuntime,
+        bytes: &[u8],
+        placement: Placement,
+    ) -> Result<Self, InferenceError> {
+        let session = runtime.session_from_memory(bytes, placement).map_err(|e| {
             InferenceError::new(
                 ErrorKind::InvalidEncoding,
                 format!("ONNX Runtime cannot load the model: {e}"),
             )
         })?;
-        Self::from_session(runtime, session)
+        Self::from_session(runtime, session, placement)
     }
 
     /// Reads a loaded session's inputs and outputs.
     fn from_session(
         runtime: &'static OnnxRuntime,
         session: Session,
+        placement: Placement,
     ) -> Result<Self, InferenceError> {
         let mut inputs = Vec::new();
         for outlet in session.inputs() {
@@ -191,6 +202,7 @@ impl OnnxSession {
             output_c_names,
             signature,
             resident_bytes: 0,
+            placement,
         })
     }
 

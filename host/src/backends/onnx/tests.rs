@@ -58,9 +58,11 @@ fn onnx_runtime_reads_a_function_default_attribute_from_disk() {
     let Some(runtime) = runtime() else { return };
     let (folder, model) = secret_beside_model("reads");
     let session = runtime
-        .session_in(&model, &folder)
+        .session_in(&model, &folder, crate::backends::Placement::Cpu)
         .expect("the model loads");
-    let session = super::OnnxSession::from_session(runtime, session).unwrap();
+    let session =
+        super::OnnxSession::from_session(runtime, session, crate::backends::Placement::Cpu)
+            .unwrap();
     let outputs = session
         .run(Vec::new(), &crate::backends::RunControl::default())
         .expect("the model runs");
@@ -74,7 +76,10 @@ fn onnx_runtime_reads_a_function_default_attribute_from_disk() {
 fn corral_sessions_read_no_external_data() {
     let Some(runtime) = runtime() else { return };
     let (folder, model) = secret_beside_model("refuses");
-    let error = runtime.session_from_memory(&model).unwrap_err().to_string();
+    let error = runtime
+        .session_from_memory(&model, crate::backends::Placement::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(
         error.contains("/dev/null/corral-data/admin-token"),
         "ONNX Runtime looked elsewhere: {error}"
@@ -112,7 +117,11 @@ fn loading_locks_do_not_outlive_their_loads() {
             .collect();
         loads.into_iter().map(|load| load.join().unwrap()).collect()
     });
-    assert!(models.iter().all(|s| std::sync::Arc::ptr_eq(s, &models[0])));
+    assert!(
+        models
+            .iter()
+            .all(|s| std::sync::Arc::ptr_eq(&s.model, &models[0].model))
+    );
     assert_eq!(cache.loads_total(), 1);
     assert_eq!(cache.loads_in_progress(), 0);
     let dir = std::env::temp_dir().join(format!("corral-bad-models-{}", std::process::id()));
@@ -133,4 +142,49 @@ fn loading_locks_do_not_outlive_their_loads() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(cache.loads_in_progress(), 0);
     assert_eq!(cache.residents().len(), 1);
+}
+
+/// The CPU build of ONNX Runtime (what `cargo xtask setup` installs) is refused for a GPU,
+/// the message naming the file that is missing and how to install the GPU build.
+#[test]
+fn the_cpu_build_is_refused_for_a_gpu_naming_the_gpu_build() {
+    if runtime().is_none() {
+        return;
+    }
+    let library = super::runtime::find_library_for(false).unwrap();
+    let error = super::runtime::cuda_provider_beside(&library)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("without its CUDA execution provider")
+            && error.contains("libonnxruntime_providers_shared.so")
+            && error.contains("cargo xtask setup --gpu")
+            && error.contains(".corral/onnxruntime-gpu"),
+        "{error}"
+    );
+}
+
+/// Without NVIDIA's CUDA libraries (a machine without a GPU, as CI's), the check names the
+/// first library it cannot load, where it looked, and how to provide them.
+#[test]
+fn missing_cuda_libraries_are_named() {
+    if std::path::Path::new("/proc/driver/nvidia").exists() {
+        // A GPU machine may have them on its library path: then they load.
+        if let Err(e) = super::runtime::preload_cuda_libraries(std::path::Path::new("/nowhere/x")) {
+            assert!(e.to_string().contains("CORRAL_CUDA_LIBRARY_PATH"), "{e}");
+        }
+        return;
+    }
+    let error = super::runtime::preload_cuda_libraries(std::path::Path::new("/nowhere/lib.so"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        // The first that does not load: libcudart.so.13 itself is loaded already where
+        // libtorch (feature `torch`) is linked.
+        error.contains("the CUDA execution provider needs lib")
+            && error.contains("/nowhere/nvidia")
+            && error.contains("CORRAL_CUDA_LIBRARY_PATH")
+            && error.contains("cargo xtask setup --gpu"),
+        "{error}"
+    );
 }

@@ -168,8 +168,9 @@ impl Drop for Ticket {
 }
 
 impl Scheduler {
-    /// Starts `runs` run threads.
-    pub fn new(runs: usize) -> Self {
+    /// Starts `runs` run threads for `device`, named for it: `corral-run-0` on the CPU,
+    /// `cuda0-run-0` on a GPU (a thread's name holds 15 bytes).
+    pub fn new(runs: usize, device: &str) -> Self {
         let runs = runs.max(1);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -181,10 +182,14 @@ impl Scheduler {
             in_flight: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
         });
+        let prefix = match device {
+            "cpu" => "corral".to_owned(),
+            gpu => gpu.replace(':', ""),
+        };
         for n in 0..runs {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
-                .name(format!("corral-run-{n}"))
+                .name(format!("{prefix}-run-{n}"))
                 .spawn(move || run::work(&shared))
                 .expect("cannot start an inference thread");
         }
