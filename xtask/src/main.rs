@@ -2,7 +2,9 @@
 //!
 //! - `setup`: installs what a fresh machine lacks: the `wasm32-wasip2` target, the ONNX
 //!   Runtime library (from the PyPI `onnxruntime` wheel, into `.corral/onnxruntime/`), the
-//!   text-embedding model, and the Python and JavaScript component toolchains.
+//!   text-embedding model, and the Python and JavaScript component toolchains. `setup --gpu`
+//!   installs ONNX Runtime's GPU build instead (`onnxruntime-gpu`, into
+//!   `.corral/onnxruntime-gpu/`, with NVIDIA's CUDA 13 and cuDNN 9 libraries in `nvidia/`).
 //! - `build-guests`: builds the example and test components (release, wasm32-wasip2).
 //! - `demo`: setup + build, starts `corral run` on the image classifier, classifies the sample
 //!   image and prints the predictions.
@@ -32,6 +34,7 @@ type Result<T = ()> = std::result::Result<T, String>;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
+        Some("setup") if args.get(1).map(String::as_str) == Some("--gpu") => setup::setup_gpu(),
         Some("setup") => setup(),
         Some("build-guests") => build_guests(),
         Some("demo") => demo(),
@@ -39,7 +42,7 @@ fn main() -> ExitCode {
         Some("pytest") => pytest(&args[1..]),
         Some("bench") => bench::bench(&args[1..]),
         _ => {
-            Err("usage: cargo xtask <setup | build-guests | demo | test [cargo test args] | pytest [pytest args] | bench [--quick | --report | --cluster | --preprocess | --only SCENARIO..]>".into())
+            Err("usage: cargo xtask <setup [--gpu] | build-guests | demo | test [cargo test args] | pytest [pytest args] | bench [--quick | --report | --cluster | --preprocess | --only SCENARIO..]>".into())
         }
     };
     match result {

