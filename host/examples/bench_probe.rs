@@ -1,12 +1,17 @@
 //! In-process measurements for `cargo xtask bench`, the parts no HTTP load generator can see.
 //! Each mode prints one JSON object per line on stdout.
 //!
-//! - `native MODEL INPUT SHAPE SECONDS C1,C2,.. [THREADS]`: ONNX Runtime on its own, in this
-//!   process, with the session settings `corral serve` uses (Corral's session wrapper: the C
-//!   API `Run`, inputs passed without copying) and THREADS intra-op threads per run (default
-//!   `0`: ONNX Runtime's own default, one per core). For each concurrency, that many threads
-//!   call `Run` on one shared session in a loop; prints runs/s and latency percentiles. The
-//!   physical limit the HTTP numbers are compared with.
+//! - `native MODEL INPUT SHAPE SECONDS C1,C2,.. [THREADS [DEVICE]]`: ONNX Runtime on its own,
+//!   in this process, with the session settings `corral serve` uses (Corral's session wrapper:
+//!   the C API `Run`, inputs passed without copying) and THREADS intra-op threads per run
+//!   (default `0`: ONNX Runtime's own default, one per core), on DEVICE (`cpu`, the default,
+//!   or `cuda:N`). For each concurrency, that many threads call `Run` on one shared session in
+//!   a loop; prints runs/s and latency percentiles. The physical limit the HTTP numbers are
+//!   compared with.
+//! - `load ADDR HOST PATH BODY SECONDS C1,C2,.. [NAME:VALUE ..]`: an HTTP/1.1 load generator
+//!   for machines without wrk (the GPU check's): for each concurrency, that many keep-alive
+//!   connections POST BODY (a file) to PATH with `Host: HOST` and the given headers, for
+//!   SECONDS; prints requests/s, latency percentiles and the answers that were not 200.
 //! - `instantiate COMPONENT ITERATIONS [NAME=MODEL ...]`: the per-request work `corral serve`
 //!   does before the guest's handler runs: a new store with the tenant's limits, then
 //!   instantiating the pre-instantiated component from the pooling allocator. Prints the
@@ -42,17 +47,35 @@ fn main() -> anyhow::Result<()> {
             shape,
             seconds,
             concurrency,
-            threads @ ..,
-        ] if threads.len() <= 1 => native(
+            rest @ ..,
+        ] if rest.len() <= 2 => native(
             Path::new(model),
             input,
             &parse_list(shape)?,
             Duration::from_secs_f64(seconds.parse().context("SECONDS")?),
             &parse_list(concurrency)?,
-            threads
-                .first()
+            rest.first()
                 .map_or(Ok(0), |t| t.parse())
                 .context("THREADS")?,
+            rest.get(1).copied().unwrap_or("cpu"),
+        ),
+        [
+            "load",
+            addr,
+            host,
+            path,
+            body,
+            seconds,
+            concurrency,
+            headers @ ..,
+        ] => load(
+            addr,
+            host,
+            path,
+            &std::fs::read(body).with_context(|| format!("cannot read {body}"))?,
+            Duration::from_secs_f64(seconds.parse().context("SECONDS")?),
+            &parse_list(concurrency)?,
+            headers,
         ),
         ["instantiate", component, iterations, models @ ..] => instantiate(
             Path::new(component),
@@ -81,7 +104,8 @@ fn main() -> anyhow::Result<()> {
             first_requests(addr, path, Path::new(body), hosts)
         }
         _ => bail!(
-            "usage: bench_probe native MODEL INPUT SHAPE SECONDS C1,C2.. [THREADS] | \
+            "usage: bench_probe native MODEL INPUT SHAPE SECONDS C1,C2.. [THREADS [DEVICE]] | \
+             load ADDR HOST PATH BODY SECONDS C1,C2.. [NAME:VALUE ..] | \
              instantiate COMPONENT ITERATIONS [NAME=MODEL ..] | sessions MODEL COUNT | \
              tenants ADMIN TOKEN FROM TO COMPONENT NAME=MODEL [DISTINCT_DIR] | \
              first ADDR PATH BODY HOST.."
@@ -116,8 +140,9 @@ fn native(
     seconds: Duration,
     concurrency: &[usize],
     threads: usize,
+    device: &str,
 ) -> anyhow::Result<()> {
-    let session = NativeModel::load(model, threads)?;
+    let session = NativeModel::load_on(model, threads, device)?;
     let elements: usize = shape.iter().map(|&d| d as usize).product();
     // A deterministic, image-like input: values in [-2, 2].
     let data: Vec<u8> = (0..elements)
@@ -391,6 +416,131 @@ fn first_requests(addr: &str, path: &str, body: &Path, hosts: &[&str]) -> anyhow
         println!(
             "{}",
             json!({ "host": host, "latency_us": elapsed.as_secs_f64() * 1e6 })
+        );
+    }
+    Ok(())
+}
+
+/// One keep-alive HTTP/1.1 connection's requests: POSTs `head` + `body` until `deadline`;
+/// each answer's latency and whether it was 200.
+fn connection(
+    addr: &str,
+    head: &[u8],
+    body: &[u8],
+    deadline: Instant,
+) -> anyhow::Result<Vec<(Duration, bool)>> {
+    use std::io::{BufReader, Read, Write};
+    let stream = std::net::TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    stream.set_nodelay(true)?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut answers = Vec::new();
+    let mut line = Vec::new();
+    while Instant::now() < deadline {
+        let started = Instant::now();
+        writer.write_all(head)?;
+        writer.write_all(body)?;
+        let ok = read_line(&mut reader, &mut line)?.starts_with(b"HTTP/1.1 200");
+        let (mut length, mut chunked) = (0u64, false);
+        loop {
+            let header = String::from_utf8_lossy(read_line(&mut reader, &mut line)?).into_owned();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().context("Content-Length")?;
+                } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = value.trim().eq_ignore_ascii_case("chunked");
+                }
+            }
+        }
+        if chunked {
+            // Each chunk: its size in hex, CRLF, the bytes, CRLF; size 0 ends the body, then
+            // trailers up to an empty line.
+            loop {
+                let size = String::from_utf8_lossy(read_line(&mut reader, &mut line)?).into_owned();
+                let size = size.split(';').next().unwrap_or_default().trim();
+                let size = u64::from_str_radix(size, 16).context("chunk size")?;
+                if size == 0 {
+                    while !read_line(&mut reader, &mut line)?.is_empty() {}
+                    break;
+                }
+                std::io::copy(&mut (&mut reader).take(size), &mut std::io::sink())?;
+                read_line(&mut reader, &mut line)?;
+            }
+        } else {
+            std::io::copy(&mut (&mut reader).take(length), &mut std::io::sink())?;
+        }
+        answers.push((started.elapsed(), ok));
+    }
+    Ok(answers)
+}
+
+/// One line of an HTTP head, without its CRLF; an error when the server closed the connection.
+fn read_line<'a>(
+    reader: &mut impl std::io::BufRead,
+    line: &'a mut Vec<u8>,
+) -> anyhow::Result<&'a [u8]> {
+    line.clear();
+    if reader.read_until(b'\n', line)? == 0 {
+        bail!("the server closed the connection");
+    }
+    Ok(line.trim_ascii_end())
+}
+
+fn load(
+    addr: &str,
+    host: &str,
+    path: &str,
+    body: &[u8],
+    seconds: Duration,
+    concurrency: &[usize],
+    headers: &[&str],
+) -> anyhow::Result<()> {
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for header in headers {
+        let (name, value) = header.split_once(':').context("headers are NAME:VALUE")?;
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    // A short warm-up: models load, GPU kernels are chosen.
+    connection(
+        addr,
+        head.as_bytes(),
+        body,
+        Instant::now() + Duration::from_secs(1),
+    )?;
+    for &c in concurrency {
+        let started = Instant::now();
+        let deadline = started + seconds;
+        let answers = std::thread::scope(|scope| -> anyhow::Result<Vec<(Duration, bool)>> {
+            let workers: Vec<_> = (0..c)
+                .map(|_| scope.spawn(|| connection(addr, head.as_bytes(), body, deadline)))
+                .collect();
+            let mut all = Vec::new();
+            for worker in workers {
+                all.extend(worker.join().expect("connection thread")?);
+            }
+            Ok(all)
+        })?;
+        let elapsed = started.elapsed().as_secs_f64();
+        let failed = answers.iter().filter(|(_, ok)| !ok).count();
+        let mut sorted: Vec<Duration> = answers.iter().map(|(d, _)| *d).collect();
+        sorted.sort();
+        println!(
+            "{}",
+            json!({
+                "concurrency": c,
+                "requests": sorted.len(),
+                "not_ok": failed,
+                "rps": sorted.len() as f64 / elapsed,
+                "p50_us": percentile_us(&sorted, 0.50),
+                "p99_us": percentile_us(&sorted, 0.99),
+            })
         );
     }
     Ok(())
