@@ -133,13 +133,32 @@ async fn models_spread_over_the_gpus_and_run_on_their_own_devices() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Runs the test `name` (this module's) again in a child process of this test binary with no
+/// other test beside it; true in that child, where the test's body is to run. A load's size is
+/// the allocator's growth across it, process-wide, so other tests allocating or freeing in
+/// parallel would change what the budgets see.
+fn alone(name: &str) -> bool {
+    const ALONE: &str = "CORRAL_TEST_ALONE";
+    if std::env::var_os(ALONE).is_some() {
+        return true;
+    }
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([&format!("inference::tests::{name}"), "--exact"])
+        .args(["--test-threads=1", "--nocapture"])
+        .env(ALONE, "1")
+        .status()
+        .unwrap();
+    assert!(status.success(), "{name}, run alone: {status}");
+    false
+}
+
 /// Each stand-in GPU holds one classifier under its budget. A third goes to a GPU by unloading
 /// that GPU's idle model (one eviction, on that device alone), not to the roomy CPU; with both
 /// GPUs' models in use, the next goes to the CPU, the last resort. No device's models ever
 /// pass its budget.
 #[test]
 fn each_device_keeps_its_own_budget_and_the_cpu_comes_last() {
-    if !onnx_runtime() {
+    if !alone("each_device_keeps_its_own_budget_and_the_cpu_comes_last") || !onnx_runtime() {
         return;
     }
     let classifier = repo().join("examples/image-classifier/model/efficientnet-lite0.onnx");

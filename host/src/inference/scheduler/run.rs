@@ -71,6 +71,11 @@ pub(super) fn work(shared: &Shared) {
         }
         state.tidy(&key);
         drop(state);
+        // Answers go out once the run is counted, so a client that got its answer sees the
+        // run (and its compute time) in the metrics.
+        for (job, result) in ran.replies {
+            let _ = job.reply.send(result);
+        }
         // A thread waiting on a batch's delay, or an exclusive model, may be able to go now.
         shared.wake.notify_one();
     }
@@ -79,6 +84,8 @@ pub(super) fn work(shared: &Shared) {
 struct Ran {
     elapsed: Duration,
     unbatchable: bool,
+    /// Each job with its result, to send once the run is counted.
+    replies: Vec<(Job, Outputs)>,
 }
 
 /// Runs a batch: one job as it is; several stacked into one run, split back, and retried one
@@ -97,8 +104,6 @@ fn execute(batch: Batch) -> Ran {
     // one by one does not).
     let mut measured = true;
     let model = &batch.model;
-    // Results are sent once the run is recorded, so a client that got its answer sees the
-    // run in the metrics.
     let mut replies: Vec<(Job, Outputs)> = Vec::with_capacity(batch.jobs.len());
     if batch.jobs.len() == 1 {
         let mut job = batch.jobs.into_iter().next().expect("one job");
@@ -140,11 +145,9 @@ fn execute(batch: Batch) -> Ran {
     if measured {
         batch.stats.record(rows, elapsed);
     }
-    for (job, result) in replies {
-        let _ = job.reply.send(result);
-    }
     Ran {
         elapsed,
         unbatchable,
+        replies,
     }
 }
