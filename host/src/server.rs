@@ -82,6 +82,12 @@ pub fn inference_options(config: &Config) -> anyhow::Result<InferenceOptions> {
                     .map_err(|e| anyhow::anyhow!("[inference] devices: {e}"))?;
                 let memory_bytes = match settings.device_memory_bytes {
                     0 => gpu.memory_bytes / 10 * 9,
+                    bytes if bytes > gpu.memory_bytes => anyhow::bail!(
+                        "[inference] device_memory_bytes is {bytes}, more than {name} ({}) has: \
+                         {} bytes",
+                        gpu.name,
+                        gpu.memory_bytes
+                    ),
                     bytes => bytes,
                 };
                 tracing::info!(device = %name, gpu = %gpu.name, card_bytes = gpu.memory_bytes, memory_bytes, driver = driver.version, "GPU");

@@ -34,8 +34,12 @@ impl Backend for TorchBackend {
         placement: Placement,
     ) -> Result<Arc<dyn LoadedModel>, InferenceError> {
         let device = device(placement)?;
-        let (session, resident) =
-            super::measured_load(bytes.len(), || TorchSession::load(bytes, device));
+        let load = || TorchSession::load(bytes, device);
+        let (session, resident) = match placement {
+            Placement::Cpu => super::measured_load(bytes.len(), load),
+            // On a GPU, what the card lost (libtorch's caching allocator included).
+            Placement::Cuda(ordinal) => super::cuda::measured_load(ordinal, bytes.len(), load),
+        };
         let mut session = session?;
         session.resident_bytes = resident;
         Ok(Arc::new(session))

@@ -405,7 +405,10 @@ impl ModelCache {
             .filter(|e| e.device == device && e.idle())
             .map(|e| e.bytes)
             .sum();
-        (self.devices[device].budget + idle).saturating_sub(state.used[device])
+        self.devices[device]
+            .budget
+            .saturating_add(idle)
+            .saturating_sub(state.used[device])
     }
 
     /// Makes room for `bytes` more on `device` as `room` allows; the answer to give when they

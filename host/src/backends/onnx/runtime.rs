@@ -58,7 +58,11 @@ impl OnnxRuntime {
     /// (none: the CPU build of the library is loaded). Call once, before the first session;
     /// later calls are ignored (the process keeps the settings it started with).
     pub fn configure(settings: OnnxSettings, gpus: Vec<CudaArena>) {
-        if SETTINGS.set(settings).is_err() || GPUS.set(gpus).is_err() {
+        // Each set on its own: settings fixed earlier (a session made first) must not keep
+        // the GPU list from being set.
+        let settings_kept = SETTINGS.set(settings).is_err();
+        let gpus_kept = GPUS.set(gpus).is_err();
+        if settings_kept || gpus_kept {
             tracing::debug!("ONNX Runtime settings were already set");
         }
     }
