@@ -143,15 +143,18 @@ impl Model {
 /// A tensor: dimensions, element type and row-major data, held by the host.
 pub struct Tensor(wasi_nn::tensor::Tensor);
 
+// WebAssembly is little-endian, so a tensor's values are already its bytes: the host copies
+// them straight out of the guest's slice, and a reader takes one aligned copy. A big-endian
+// target converts value by value.
 macro_rules! constructor {
     ($(#[$doc:meta])* $name:ident, $ty:ty, $tt:ident) => {
         $(#[$doc])*
         pub fn $name(shape: &[u32], data: &[$ty]) -> Tensor {
-            let mut bytes = Vec::with_capacity(std::mem::size_of_val(data));
-            for value in data {
-                bytes.extend_from_slice(&value.to_le_bytes());
-            }
-            Tensor::from_bytes(shape, TensorType::$tt, &bytes)
+            #[cfg(target_endian = "little")]
+            let bytes: &[u8] = bytemuck::cast_slice(data);
+            #[cfg(target_endian = "big")]
+            let bytes: &[u8] = &data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+            Tensor::from_bytes(shape, TensorType::$tt, bytes)
         }
     };
 }
@@ -168,11 +171,17 @@ macro_rules! reader {
                 )));
             }
             const SIZE: usize = std::mem::size_of::<$ty>();
-            Ok(self
-                .bytes()
+            let bytes = self.bytes();
+            // A trailing partial value is dropped either way.
+            let whole = &bytes[..bytes.len() / SIZE * SIZE];
+            #[cfg(target_endian = "little")]
+            let values = bytemuck::pod_collect_to_vec(whole);
+            #[cfg(target_endian = "big")]
+            let values = whole
                 .chunks_exact(SIZE)
                 .map(|c| <$ty>::from_le_bytes(c.try_into().expect("chunk of SIZE bytes")))
-                .collect())
+                .collect();
+            Ok(values)
         }
     };
 }
