@@ -23,6 +23,7 @@ const CONFIG: &str = r#"
 header_read_timeout_ms = 500
 max_headers = 20
 max_header_bytes = 8192
+read_buffer_bytes = 65536
 max_connections = 8
 idle_timeout_ms = 1500
 h2_max_concurrent_streams = 4
@@ -107,15 +108,22 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
 
 /// A raw HTTP/1.1 request head and its status line's code.
 async fn raw_status(addr: SocketAddr, head: &str) -> u16 {
+    raw_answer(addr, head).await.0
+}
+
+/// The status and the whole answer to `head` sent on a new connection.
+async fn raw_answer(addr: SocketAddr, head: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(head.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
-    let text = String::from_utf8_lossy(&answer);
-    text.split(' ')
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split(' ')
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"))
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    (status, text)
 }
 
 async fn h2_client(
@@ -196,11 +204,18 @@ async fn each_front_door_limit_triggers_while_a_good_client_is_served() {
     let many: String = (0..30).map(|n| format!("x-h{n}: v\r\n")).collect();
     let head = format!("GET /case/add HTTP/1.1\r\nhost: {HOST}\r\n{many}connection: close\r\n\r\n");
     assert_eq!(raw_status(addr, &head).await, 431);
+    // Over max_header_bytes, though well inside the connection's read buffer (which holds
+    // body reads of up to 64 KiB here).
     let big = "v".repeat(10_000);
     let head = format!(
         "GET /case/add HTTP/1.1\r\nhost: {HOST}\r\nx-big: {big}\r\nconnection: close\r\n\r\n"
     );
-    assert_eq!(raw_status(addr, &head).await, 431);
+    let (status, answer) = raw_answer(addr, &head).await;
+    assert_eq!(status, 431, "{answer}");
+    assert!(
+        answer.contains("headers_too_large") && answer.contains("the limit is 8192"),
+        "{answer}"
+    );
     for (label, headers) in [
         (
             "many fields",

@@ -133,6 +133,10 @@ pub struct HttpSettings {
     pub max_headers: usize,
     /// Most bytes in one request head (`431` beyond); at least 8192.
     pub max_header_bytes: usize,
+    /// Most bytes an HTTP/1.1 connection reads from its socket at once: a request body reaches
+    /// its guest in pieces of at most this size, so a small value costs a hand-off per piece;
+    /// it is also what an idle connection may keep buffered. At least `max_header_bytes`.
+    pub read_buffer_bytes: usize,
     /// Most connections open at once per listener; more are closed as soon as accepted.
     pub max_connections: usize,
     /// A connection with no request in flight and no traffic for this long is closed.
@@ -150,6 +154,7 @@ impl Default for HttpSettings {
             header_read_timeout_ms: 10_000,
             max_headers: 100,
             max_header_bytes: 16 * 1024,
+            read_buffer_bytes: 256 * 1024,
             max_connections: 10_000,
             idle_timeout_ms: 60_000,
             h2_max_concurrent_streams: 100,
@@ -183,6 +188,13 @@ impl HttpSettings {
             return Err(format!(
                 "max_header_bytes must be at least 8192 (it is {})",
                 self.max_header_bytes
+            ));
+        }
+        if self.read_buffer_bytes < self.max_header_bytes {
+            return Err(format!(
+                "read_buffer_bytes ({}) must be at least max_header_bytes ({}): a request head \
+                 is read into that buffer whole",
+                self.read_buffer_bytes, self.max_header_bytes
             ));
         }
         Ok(())
@@ -931,6 +943,12 @@ mod tests {
         assert!(format!("{err:#}").contains("cpu_msec"), "{err:#}");
         let err = Config::parse("[http]\nmax_header_bytes = 100\n", env(&[])).unwrap_err();
         assert!(format!("{err:#}").contains("at least 8192"), "{err:#}");
+        let err = Config::parse("[http]\nread_buffer_bytes = 8192\n", env(&[])).unwrap_err();
+        assert!(
+            format!("{err:#}")
+                .contains("read_buffer_bytes (8192) must be at least max_header_bytes (16384)"),
+            "{err:#}"
+        );
         let err = Config::parse("[tls]\ncert_file = \"a.pem\"\n", env(&[])).unwrap_err();
         assert!(
             format!("{err:#}").contains("set both or neither"),
