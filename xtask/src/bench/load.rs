@@ -77,10 +77,13 @@ pub(super) fn wrk(
                 .replace(&format!("-d {seconds}s"), "-d Ns"),
         );
     }
+    let cpu_before = children_cpu_seconds();
     let output = command
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| format!("cannot run wrk: {e}"))?;
+    // wrk has been waited for, so its CPU time is now counted among this process's children.
+    let client_cpu = children_cpu_seconds() - cpu_before;
     let text = String::from_utf8_lossy(&output.stdout);
     let line = text
         .lines()
@@ -102,6 +105,7 @@ pub(super) fn wrk(
     }
     point["concurrency"] = json!(connections);
     point["rps"] = json!(requests / duration);
+    point["client_cpu_ms_per_request"] = json!(client_cpu * 1e3 / requests);
     eprintln!(
         "xtask: {} c={connections}: {:.1} req/s, p50 {} us, p99 {} us",
         load.url,
@@ -110,6 +114,25 @@ pub(super) fn wrk(
         point["p99_us"]
     );
     Ok(point)
+}
+
+/// CPU seconds (user + system) of this process's children that have been waited for, from
+/// `/proc/self/stat` (clock ticks of 10 ms: enough over a run of seconds).
+fn children_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at the state, field 3;
+    // cutime and cstime are fields 16 and 17.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |field: usize| {
+        fields
+            .get(field - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(16) + ticks(17)) / 100.0
 }
 
 /// Runs bench_probe and parses its JSON lines.

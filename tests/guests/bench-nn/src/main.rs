@@ -6,6 +6,8 @@
 //!   and `x-model` the model's (default `model`). The answer is the first output's raw bytes.
 //! - `POST /json`: `{"features": [f32, ...]}` runs input `x` with shape `[1, n]` and answers
 //!   `{"scores": [f32, ...]}` from the first output (a small tabular model).
+//! - `POST /read`: reads the whole body and answers 4,000 zero bytes (EfficientNet-Lite0's
+//!   output size), without a model: what `/tensor` costs apart from `wasi:nn` and the run.
 //! - `POST /preprocess`: a JPEG or PNG body, put through the image classifier's preprocessing
 //!   (`corral_guest::vision`, ImageNet's defaults) and timed inside the guest:
 //!   `{"decode_us", "total_us", "width", "height"}`, where `decode_us` is the decode to RGB
@@ -31,11 +33,15 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
         "/tensor" => tensor(&mut request).await,
         "/json" => Ok(features(&mut request).await),
         "/preprocess" => preprocess(&mut request).await,
+        "/read" => {
+            request.body_mut().contents().await?;
+            Ok(Response::new(Body::from(vec![0u8; 4000])))
+        }
         _ => Ok(error(
             StatusCode::NOT_FOUND,
             "not_found",
-            "POST /tensor (raw f32 bytes, x-shape header), /json ({\"features\": [...]}) or \
-             /preprocess (an image)",
+            "POST /tensor (raw f32 bytes, x-shape header), /json ({\"features\": [...]}), \
+             /read (any body) or /preprocess (an image)",
         )),
     }
 }

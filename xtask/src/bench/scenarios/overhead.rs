@@ -65,10 +65,23 @@ pub(in crate::bench) fn overhead(kit: &mut Kit) -> Result<Value> {
     );
     let levels = kit.plan.concurrency.clone();
     let http = sweep(kit, &load, &levels)?;
+    // The same request without wasi:nn or a model: what the transport, the instance and the
+    // body into guest memory cost on their own.
+    let read = corral_load(
+        &corral,
+        0,
+        "/read",
+        "POST",
+        Some(&kit.tensor.clone()),
+        &["Content-Type: application/octet-stream"],
+    );
+    let read_levels: Vec<u32> = levels.iter().copied().filter(|&c| c <= 8).collect();
+    let read = sweep(kit, &read, &read_levels)?;
     Ok(json!({
         "native": native,
         "native_corral_threads": native_corral_threads,
         "corral": http,
+        "corral_read": read,
     }))
 }
 
@@ -109,6 +122,9 @@ pub(in crate::bench) fn section(
         columns.push(("native, Corral's threads", &o["native_corral_threads"]));
     }
     columns.push(("Corral", &o["corral"]));
+    if o["corral_read"].is_array() {
+        columns.push(("Corral, body only (`/read`)", &o["corral_read"]));
+    }
     sweep_table(out, &columns);
     let _ = writeln!(
         out,
@@ -127,6 +143,43 @@ pub(in crate::bench) fn section(
         corral_peak.0,
         ratio * 100.0
     );
+    if o["corral_read"].is_array() {
+        let read_c1 = single(&o["corral_read"]);
+        let read_peak = peak(&o["corral_read"]);
+        // wrk's CPU per request at Corral's peak, and the share of the machine's cores it took.
+        let client_ms = o["corral"]
+            .as_array()
+            .and_then(|points| {
+                points
+                    .iter()
+                    .find(|p| p["concurrency"].as_u64() == Some(corral_peak.0))
+            })
+            .and_then(|p| p["client_cpu_ms_per_request"].as_f64())
+            .unwrap_or(f64::NAN);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let _ = writeln!(
+            out,
+            "- Without the model: the same 602,112-byte request to `bench-nn`'s `/read`, which \
+             reads the whole body into guest memory and answers 4,000 bytes (no `wasi:nn`, no \
+             run), takes {} p50 at concurrency 1 and peaks at {:.1} req/s (at {}). So of the \
+             {:+.0} µs added at concurrency 1, about {:.0} µs is the request's transport, \
+             instance and body (the loopback connection and wrk included, which native has \
+             not), and {:.0} µs the `wasi:nn` path: the tensor out of guest memory, the hand-off \
+             to a run thread and back, the output into the guest.\n\
+             - The load generator runs on the same cores: wrk itself used {:.2} ms of CPU per \
+             request at Corral's peak (native has no client), {:.1}% of the machine's {} cores \
+             at that rate.\n",
+            ms(read_c1.2),
+            read_peak.1,
+            read_peak.0,
+            added,
+            read_c1.2,
+            added - read_c1.2,
+            client_ms,
+            client_ms * corral_peak.1 / 10.0 / cores,
+            cores,
+        );
+    }
     out.push_str(&plot("overhead"));
     goals.push((
         "1. throughput vs native ONNX Runtime".into(),

@@ -1,5 +1,6 @@
 //! Scheduler scenario `threads`: how `[inference]` splits the cores (the default, one run
-//! with every core, and the split before the scheduler), and its section.
+//! with every core, a run per core with every core each, and the split before the scheduler),
+//! and its section.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,8 +14,10 @@ use crate::bench::report::millis;
 use crate::bench::server::{Corral, guest};
 
 /// The `[inference]` split: one thread per run and a run per core (the default) against all
-/// cores in one run, and against what Corral did before the scheduler (four runs at once, each
-/// with ONNX Runtime's default of a thread per core), on the raw-tensor EfficientNet-Lite0.
+/// cores in one run, a run per core with every core each (a lone run gets them all, runs at
+/// once share the session's threads), and what Corral did before the scheduler (four runs at
+/// once, each with ONNX Runtime's default of a thread per core), on the raw-tensor
+/// EfficientNet-Lite0.
 pub(in crate::bench) fn threads(kit: &mut Kit) -> Result<Value> {
     let levels = [1, 2, 8, 32];
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -22,6 +25,7 @@ pub(in crate::bench) fn threads(kit: &mut Kit) -> Result<Value> {
     for (side, runs, threads) in [
         ("default", 0, 0),
         ("one_run", 1, cores),
+        ("wide", cores, cores),
         ("before", 4, cores),
     ] {
         let (runs, threads) = (runs.to_string(), threads.to_string());
@@ -51,34 +55,59 @@ pub(in crate::bench) fn threads(kit: &mut Kit) -> Result<Value> {
     Ok(json!(sides))
 }
 
+/// The splits in the order of the section's columns, with their headings.
+const SIDES: [(&str, &str); 4] = [
+    ("default", "default"),
+    ("one_run", "one run, all cores"),
+    ("wide", "a run per core, all cores each"),
+    ("before", "before"),
+];
+
 /// The scheduler section's "Run threads".
 pub(in crate::bench) fn section(out: &mut String, t: &Value) {
     let _ = writeln!(out, "## Run threads: how `[inference]` splits the cores\n");
     out.push_str(
-        "EfficientNet-Lite0 raw tensors, one tenant, batching off, three splits of the same \
-         cores: the default (one intra-op thread per run, one run per core), every core in \
-         one run at a time, and what Corral did before the scheduler (up to four runs at \
-         once, each with ONNX Runtime's default of one thread per core).\n\n\
-         | C | default req/s | p50 / p99 ms | one run, all cores req/s | p50 / p99 ms | before req/s | p50 / p99 ms |\n\
-         |---|---|---|---|---|---|---|\n",
+        "EfficientNet-Lite0 raw tensors, one tenant, batching off, splits of the same cores: \
+         the default (one intra-op thread per run, one run per core), every core in one run at \
+         a time, one run per core with every core each (a run alone has them all; runs at once \
+         share the session's intra-op threads), and what Corral did before the scheduler (up \
+         to four runs at once, each with ONNX Runtime's default of one thread per core).\n\n",
     );
-    let points = |side: &str| t[side]["points"].as_array().cloned().unwrap_or_default();
-    let (d, o, b) = (points("default"), points("one_run"), points("before"));
-    for ((d, o), b) in d.iter().zip(&o).zip(&b) {
-        let _ = writeln!(
-            out,
-            "| {} | {:.1} | {} / {} | {:.1} | {} / {} | {:.1} | {} / {} |",
-            d["concurrency"],
-            d["rps"].as_f64().unwrap_or(0.0),
-            millis(&d["p50_us"]),
-            millis(&d["p99_us"]),
-            o["rps"].as_f64().unwrap_or(0.0),
-            millis(&o["p50_us"]),
-            millis(&o["p99_us"]),
-            b["rps"].as_f64().unwrap_or(0.0),
-            millis(&b["p50_us"]),
-            millis(&b["p99_us"]),
-        );
+    // Results from before the `wide` split was measured have three columns.
+    let sides: Vec<(&str, &str)> = SIDES
+        .into_iter()
+        .filter(|(side, _)| t[*side]["points"].is_array())
+        .collect();
+    out.push_str("| C |");
+    for (_, heading) in &sides {
+        let _ = write!(out, " {heading} req/s | p50 / p99 ms |");
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---|---|".repeat(sides.len()));
+    out.push('\n');
+    let points: Vec<Vec<Value>> = sides
+        .iter()
+        .map(|(side, _)| t[*side]["points"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let Some(rows) = points.first() else {
+        return;
+    };
+    for (i, first) in rows.iter().enumerate() {
+        let _ = write!(out, "| {} |", first["concurrency"]);
+        for side in &points {
+            let Some(p) = side.get(i) else {
+                out.push_str(" – | – |");
+                continue;
+            };
+            let _ = write!(
+                out,
+                " {:.1} | {} / {} |",
+                p["rps"].as_f64().unwrap_or(0.0),
+                millis(&p["p50_us"]),
+                millis(&p["p99_us"]),
+            );
+        }
+        out.push('\n');
     }
     out.push('\n');
 }
