@@ -1,9 +1,10 @@
-//! `cargo xtask bench [--quick | --report | --cluster | --preprocess | --only SCENARIO..]`: Corral against the real
+//! `cargo xtask bench [--quick | --report | --cluster | --preprocess | --profile | --only ..]`: Corral against the real
 //! alternatives, side by side in one run on this machine, written to `docs/benchmarks.md` with
 //! plots in `docs/benchmarks/` (`--quick`: shorter, under `target/bench/`; `--report`: the
 //! document again from the last full run's `target/bench/results.json`, measuring nothing;
-//! `--only batching|neighbour|churn`: the inference scheduler's scenarios alone, rewriting only
-//! their section of the document; `--cluster`: three replicas sharing PostgreSQL and S3,
+//! `--only batching|neighbour|churn|threads`: the inference scheduler's scenarios alone,
+//! rewriting only their section of the document; `--only overhead`: section 1 again, into the
+//! last full run's results; `--cluster`: three replicas sharing PostgreSQL and S3,
 //! rewriting only their section; `--preprocess`: the image classifier's preprocessing in the
 //! guest against Pillow's, on photos of ordinary sizes, rewriting only its section;
 //! `--profile`: where a request's CPU time goes, from `perf record` of the server under load,
@@ -106,7 +107,7 @@ struct Kit {
 pub fn bench(args: &[String]) -> Result {
     let usage = || {
         format!(
-            "usage: cargo xtask bench [--quick | --report | --cluster | --preprocess | --profile | --only SCENARIO...] \
+            "usage: cargo xtask bench [--quick | --report | --cluster | --preprocess | --profile | --only overhead | --only SCENARIO...] \
              (scenarios: {})",
             scenarios::SCENARIOS.join(", ")
         )
@@ -118,6 +119,7 @@ pub fn bench(args: &[String]) -> Result {
             (false, vec![flag.clone()])
         }
         [flag] if flag == "--report" => return rewrite_report(),
+        [flag, name] if flag == "--only" && name == "overhead" => (false, vec![name.clone()]),
         [flag, names @ ..] if flag == "--only" && !names.is_empty() => {
             if let Some(name) = names
                 .iter()
@@ -196,6 +198,9 @@ pub fn bench(args: &[String]) -> Result {
         let section = scenarios::profile::section(&results, &kit.commands);
         let markers = (scenarios::profile::BEGIN, scenarios::profile::END);
         return own_section(&kit, "profile", &results, &section, markers);
+    }
+    if only == ["overhead"] {
+        return overhead_only(&mut kit);
     }
     if !only.is_empty() {
         return scheduler_only(&mut kit, &only);
@@ -360,9 +365,21 @@ fn own_section(
 
 /// `--report`: writes docs/benchmarks.md and its plots again from the last full run's
 /// results (after a change to the report's layout; no measurement is repeated).
-fn rewrite_report() -> Result {
+/// `--only overhead`: section 1 measured again on its own, into the last full run's results
+/// (marked as measured later), and the document rewritten from them as `--report` does.
+fn overhead_only(kit: &mut Kit) -> Result {
     let json_path = target_dir().join("bench/results.json");
-    let text = std::fs::read_to_string(&json_path).map_err(|e| {
+    let mut results = full_results(&json_path)?;
+    let mut overhead = overhead(kit)?;
+    overhead["remeasured"] = machine()["date"].clone();
+    results["overhead"] = overhead;
+    std::fs::write(&json_path, format!("{results:#}")).map_err(|e| e.to_string())?;
+    rewrite_report()
+}
+
+/// The last full run's results, from `json_path`.
+fn full_results(json_path: &std::path::Path) -> Result<Value> {
+    let text = std::fs::read_to_string(json_path).map_err(|e| {
         format!(
             "{}: {e} (run `cargo xtask bench` first)",
             json_path.display()
@@ -372,6 +389,12 @@ fn rewrite_report() -> Result {
     if results["run"]["quick"].as_bool() != Some(false) {
         return Err(format!("{} is from a --quick run", json_path.display()));
     }
+    Ok(results)
+}
+
+fn rewrite_report() -> Result {
+    let json_path = target_dir().join("bench/results.json");
+    let results = full_results(&json_path)?;
     let (doc, plots) = (
         root().join("docs/benchmarks.md"),
         root().join("docs/benchmarks"),

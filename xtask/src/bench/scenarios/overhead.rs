@@ -7,9 +7,9 @@ use serde_json::{Value, json};
 
 use crate::Result;
 use crate::bench::Kit;
-use crate::bench::load::{corral_load, probe, sweep};
+use crate::bench::load::{corral_load, probe, sweep, wrk};
 use crate::bench::report::{Goal, ms, peak, single, sweep_table};
-use crate::bench::server::{Corral, guest};
+use crate::bench::server::{Corral, guest, metric_sum, metrics};
 
 /// Intra-op threads per run in `corral serve`'s default `[inference]` split.
 const CORRAL_THREADS: &str = "1";
@@ -77,11 +77,20 @@ pub(in crate::bench) fn overhead(kit: &mut Kit) -> Result<Value> {
     );
     let read_levels: Vec<u32> = levels.iter().copied().filter(|&c| c <= 8).collect();
     let read = sweep(kit, &read, &read_levels)?;
+    // Concurrency 1 once more, with the server's own count of its runs' time around it: how
+    // long a run takes inside the server, next to native's.
+    let before = metrics(&corral.admin)?;
+    let single = wrk(kit, &load, 1, kit.plan.seconds, false)?;
+    let after = metrics(&corral.admin)?;
+    let delta = |name: &str| metric_sum(&after, name) - metric_sum(&before, name);
+    let runs = delta("corral_nn_compute_seconds_count");
+    let run_us = delta("corral_nn_compute_seconds_sum") / runs.max(1.0) * 1e6;
     Ok(json!({
         "native": native,
         "native_corral_threads": native_corral_threads,
         "corral": http,
         "corral_read": read,
+        "corral_single": { "point": single, "runs": runs, "run_mean_us": run_us },
     }))
 }
 
@@ -143,9 +152,43 @@ pub(in crate::bench) fn section(
         corral_peak.0,
         ratio * 100.0
     );
-    if o["corral_read"].is_array() {
-        let read_c1 = single(&o["corral_read"]);
+    if o["corral_read"].is_array() && o["corral_single"].is_object() {
         let read_peak = peak(&o["corral_read"]);
+        let mean_at_1 = |v: &Value| {
+            v.as_array()
+                .and_then(|points| points.iter().find(|p| p["concurrency"] == 1))
+                .and_then(|p| p["mean_us"].as_f64())
+                .unwrap_or(f64::NAN)
+        };
+        let extra = &o["corral_single"];
+        let request = extra["point"]["mean_us"].as_f64().unwrap_or(f64::NAN);
+        let body = mean_at_1(&o["corral_read"]);
+        let run = extra["run_mean_us"].as_f64().unwrap_or(f64::NAN);
+        // One thread running back to back: its mean run is the inverse of its rate.
+        let native_run = 1e6 / native_c1.1;
+        let _ = writeln!(
+            out,
+            "- Without the model: the same 602,112-byte request to `bench-nn`'s `/read`, which \
+             reads the whole body into guest memory and answers 4,000 bytes (no `wasi:nn`, no \
+             run), peaks at {:.1} req/s (at {}).\n\
+             - Where a request's time goes at concurrency 1 (means of one more {:.0} s point, with \
+             the server's own count of its runs' time around it): {} through Corral = {} for \
+             the request without the model (`/read`: loopback HTTP with wrk on the same cores, \
+             the instance, the body into guest memory) + {} for the run inside the server \
+             (ONNX Runtime alone with the same threads: {} per run, so {} of it is the run \
+             itself being slower among the server's other work) + {} for the rest of the \
+             `wasi:nn` path (the tensor out of guest memory, the hand-off to a run thread and \
+             back, the output into the guest).",
+            read_peak.1,
+            read_peak.0,
+            extra["point"]["duration_us"].as_f64().unwrap_or(0.0) / 1e6,
+            ms(request),
+            ms(body),
+            ms(run),
+            ms(native_run),
+            ms(run - native_run),
+            ms(request - body - run),
+        );
         // wrk's CPU per request at Corral's peak, and the share of the machine's cores it took.
         let client_ms = o["corral"]
             .as_array()
@@ -159,26 +202,20 @@ pub(in crate::bench) fn section(
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let _ = writeln!(
             out,
-            "- Without the model: the same 602,112-byte request to `bench-nn`'s `/read`, which \
-             reads the whole body into guest memory and answers 4,000 bytes (no `wasi:nn`, no \
-             run), takes {} p50 at concurrency 1 and peaks at {:.1} req/s (at {}). So of the \
-             {:+.0} µs added at concurrency 1, about {:.0} µs is the request's transport, \
-             instance and body (the loopback connection and wrk included, which native has \
-             not), and {:.0} µs the `wasi:nn` path: the tensor out of guest memory, the hand-off \
-             to a run thread and back, the output into the guest.\n\
-             - The load generator runs on the same cores: wrk itself used {:.2} ms of CPU per \
-             request at Corral's peak (native has no client), {:.1}% of the machine's {} cores \
-             at that rate.\n",
-            ms(read_c1.2),
-            read_peak.1,
-            read_peak.0,
-            added,
-            read_c1.2,
-            added - read_c1.2,
-            client_ms,
+            "- The load generator runs on the same cores: wrk itself used {client_ms:.2} ms of \
+             CPU per request at Corral's peak (native has no client), {:.1}% of the machine's \
+             {cores} cores at that rate.",
             client_ms * corral_peak.1 / 10.0 / cores,
-            cores,
         );
+        if let Some(when) = o["remeasured"].as_str() {
+            let _ = writeln!(
+                out,
+                "- This section was measured again on its own (`cargo xtask bench --only \
+                 overhead`, {when}), after the rest of the run; the image classifier's ratio to \
+                 the native ceiling in section 3 uses these native figures."
+            );
+        }
+        out.push('\n');
     }
     out.push_str(&plot("overhead"));
     goals.push((
