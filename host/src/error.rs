@@ -70,7 +70,7 @@ error_codes! {
     MisdirectedRequest = ("misdirected_request", MISDIRECTED_REQUEST, Request,
         "the connection's TLS server name belongs to another tenant than the request's host: open a new connection"),
     HeadersTooLarge = ("headers_too_large", REQUEST_HEADER_FIELDS_TOO_LARGE, Request,
-        "the request head has more header fields than the server allows"),
+        "the request head has more header fields or bytes than the server allows"),
     RequestTooLarge = ("request_too_large", PAYLOAD_TOO_LARGE, Request,
         "the request body is larger than the tenant's request_body_bytes"),
     NoActiveDeployment = ("no_active_deployment", SERVICE_UNAVAILABLE, Request,

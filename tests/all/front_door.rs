@@ -213,7 +213,9 @@ async fn each_front_door_limit_triggers_while_a_good_client_is_served() {
     let (status, answer) = raw_answer(addr, &head).await;
     assert_eq!(status, 431, "{answer}");
     assert!(
-        answer.contains("headers_too_large") && answer.contains("the limit is 8192"),
+        answer.contains("headers_too_large")
+            && answer.contains("the limit is 8192")
+            && answer.to_ascii_lowercase().contains("connection: close"),
         "{answer}"
     );
     for (label, headers) in [

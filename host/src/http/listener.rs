@@ -214,7 +214,16 @@ impl ConnectionTask {
                 async move {
                     let response = match handled {
                         Ok(response) => response.await,
-                        Err(refusal) => refusal.into_response(),
+                        Err(refusal) => {
+                            // As hyper's own 431 does: a client sending heads that large
+                            // does not keep the connection.
+                            let mut response = refusal.into_response();
+                            response.headers_mut().insert(
+                                hyper::header::CONNECTION,
+                                hyper::header::HeaderValue::from_static("close"),
+                            );
+                            response
+                        }
                     };
                     drop(started);
                     Ok::<_, Infallible>(response)
@@ -252,7 +261,8 @@ impl ConnectionTask {
 }
 
 /// The refusal of a request whose head (request line and header fields, as HTTP/1.1 writes
-/// them) is over `max` bytes. HTTP/2 heads are bounded by h2 itself (`max_header_list_size`,
+/// them once parsed: padding the parser drops is not counted) is over `max` bytes. The raw
+/// head a connection may buffer is bounded by `read_buffer_bytes`, as its body reads are. HTTP/2 heads are bounded by h2 itself (`max_header_list_size`,
 /// which counts 32 bytes more per field, so this never refuses one first).
 fn head_too_large<B>(request: &Request<B>, max: usize) -> Option<HostError> {
     // "METHOD URI HTTP/1.1\r\n", "name: value\r\n" per field, "\r\n".
