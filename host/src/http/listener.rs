@@ -262,8 +262,9 @@ impl ConnectionTask {
 
 /// The refusal of a request whose head (request line and header fields, as HTTP/1.1 writes
 /// them once parsed: padding the parser drops is not counted) is over `max` bytes. The raw
-/// head a connection may buffer is bounded by `read_buffer_bytes`, as its body reads are. HTTP/2 heads are bounded by h2 itself (`max_header_list_size`,
-/// which counts 32 bytes more per field, so this never refuses one first).
+/// head a connection may buffer is bounded by `read_buffer_bytes`, as its body reads are.
+/// HTTP/2 heads are bounded by h2 itself (`max_header_list_size`, which counts 32 bytes more
+/// per field, so this never refuses one first).
 fn head_too_large<B>(request: &Request<B>, max: usize) -> Option<HostError> {
     // "METHOD URI HTTP/1.1\r\n", "name: value\r\n" per field, "\r\n".
     let line = request.method().as_str().len()
